@@ -1,0 +1,1 @@
+"""MSMT Broker server."""

@@ -1,0 +1,114 @@
+"""Canonical JSON: the one byte encoding that signatures and key files cover.
+
+The profile is RFC 8785 (JCS) restricted to what the protocol needs: objects with ASCII
+keys, arrays, strings and integers of at most 2^53 - 1 in magnitude. No floats, booleans
+or nulls appear in any signed structure, so for this profile JCS output is exactly
+`json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)`.
+
+Decoding is strict: duplicate keys, floats, constants, invalid UTF-8 and any input that
+does not re-encode to the identical bytes are rejected.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from typing import Any
+
+from .errors import DuplicateKey, InvalidHeader, MalformedEnvelope, NonCanonicalEncoding
+
+MAX_SAFE_INTEGER = 2**53 - 1
+_B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
+
+JsonValue = Any  # str | int | list[JsonValue] | dict[str, JsonValue]
+
+
+def _check(value: JsonValue, depth: int = 0) -> None:
+    if depth > 16:
+        raise NonCanonicalEncoding("structure is nested more than 16 levels deep")
+    if isinstance(value, bool) or value is None or isinstance(value, float):
+        raise NonCanonicalEncoding(f"value of type {type(value).__name__} is not allowed")
+    if isinstance(value, int):
+        if abs(value) > MAX_SAFE_INTEGER:
+            raise NonCanonicalEncoding("integer outside the range +/-(2^53 - 1)")
+    elif isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise NonCanonicalEncoding("string is not valid Unicode (lone surrogate)") from exc
+    elif isinstance(value, list):
+        for item in value:
+            _check(item, depth + 1)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str) or not key.isascii():
+                raise NonCanonicalEncoding("object keys must be ASCII strings")
+            _check(item, depth + 1)
+    else:
+        raise NonCanonicalEncoding(f"value of type {type(value).__name__} is not allowed")
+
+
+def encode(value: JsonValue) -> bytes:
+    """Encode `value` canonically. Raises NonCanonicalEncoding for values outside the profile."""
+    _check(value)
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return text.encode("utf-8")
+
+
+def _reject_duplicates(pairs: list[tuple[str, JsonValue]]) -> dict[str, JsonValue]:
+    result: dict[str, JsonValue] = {}
+    for key, value in pairs:
+        if key in result:
+            raise DuplicateKey(f"object key {key!r} appears more than once")
+        result[key] = value
+    return result
+
+
+def _reject_float(text: str) -> float:
+    raise NonCanonicalEncoding(f"number {text[:20]!r} is not an integer")
+
+
+def _reject_constant(text: str) -> float:
+    raise NonCanonicalEncoding(f"constant {text!r} is not allowed")
+
+
+def decode(data: bytes) -> JsonValue:
+    """Decode canonical bytes; anything that is not the canonical encoding is rejected."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MalformedEnvelope("header is not valid UTF-8") from exc
+    try:
+        value = json.loads(
+            text,
+            object_pairs_hook=_reject_duplicates,
+            parse_float=_reject_float,
+            parse_constant=_reject_constant,
+        )
+    except (DuplicateKey, NonCanonicalEncoding):
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise MalformedEnvelope(f"header is not valid JSON: {exc}") from exc
+    if encode(value) != data:
+        raise NonCanonicalEncoding("header bytes are not in canonical form (RFC 8785 profile)")
+    return value
+
+
+def b64encode(data: bytes) -> str:
+    """base64url without padding (RFC 4648 section 5)."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64decode(text: str, what: str = "value") -> bytes:
+    """Strict base64url without padding; non-canonical encodings are rejected."""
+    if not isinstance(text, str) or not _B64URL.match(text) or len(text) % 4 == 1:
+        raise InvalidHeader(f"{what} is not unpadded base64url")
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidHeader(f"{what} is not unpadded base64url") from exc
+    if b64encode(raw) != text:
+        raise NonCanonicalEncoding(f"{what} is not canonical base64url (non-zero padding bits)")
+    return raw
