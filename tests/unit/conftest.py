@@ -4,6 +4,7 @@ import hashlib
 from dataclasses import dataclass
 
 import pytest
+
 from msmt.core import EncryptionPrivateKey, SigningPrivateKey
 
 MEMBERS = ("KOR", "USA", "JPN", "FRA", "GBR", "DEU", "ITA", "NLD", "CAN", "AUS", "NZL")

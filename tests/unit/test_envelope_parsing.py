@@ -6,6 +6,7 @@ import struct
 from typing import Any
 
 import pytest
+
 from msmt.core import Markings, canonical, errors, parse, seal
 from msmt.core.envelope import MAGIC, MAX_HEADER_BYTES, SIGNATURE_SIZE
 

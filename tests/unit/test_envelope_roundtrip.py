@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 
 import pytest
+
 from msmt.core import Markings, errors, open_envelope, parse, seal, verify
 
 from .conftest import CountryKeys, synthetic_codes

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+
 from msmt.core import (
     Markings,
     SigningPublicKey,

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
+
 from msmt.core import EncryptionPrivateKey, SigningPrivateKey, SigningPublicKey, errors
 from msmt.core.keys import MLDSA65_SIGNATURE_SIZE, composite_message
 
