@@ -1,0 +1,133 @@
+"""Admin API: countries, keys, agreements and the audit record. Admin keys only."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Path, Query
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..services import admin as admin_service
+from ..store.db import transaction
+from ..store.models import AdminAction
+from . import schemas
+from .deps import AdminDep, BrokerState, StateDep
+from .problem_docs import PROBLEMS
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=PROBLEMS)
+Code = Annotated[str, Path(pattern=r"^([A-Z]{3}|\*)$")]
+T = TypeVar("T")
+
+
+async def _write(state: BrokerState, work: Callable[[Session], T]) -> T:
+    def run() -> T:
+        with transaction(state.sessions) as session:
+            return work(session)
+
+    return await run_in_threadpool(run)
+
+
+async def _read(state: BrokerState, work: Callable[[Session], T]) -> T:
+    def run() -> T:
+        with state.sessions() as session:
+            return work(session)
+
+    return await run_in_threadpool(run)
+
+
+@router.get("/countries", response_model=list[schemas.CountryOut])
+async def list_countries(admin: AdminDep, state: StateDep) -> Any:
+    return await _read(state, admin_service.list_countries)
+
+
+@router.post("/countries", status_code=201, response_model=schemas.CountryOut)
+async def enrol_country(body: schemas.CountryIn, admin: AdminDep, state: StateDep) -> Any:
+    return await _write(
+        state,
+        lambda s: admin_service.enrol_country(
+            s, admin.owner, body.code, body.name, body.accreditation, body.groups, state.clock()
+        ),
+    )
+
+
+@router.patch("/countries/{code}", response_model=schemas.CountryOut)
+async def update_country(code: Code, body: schemas.CountryPatch, admin: AdminDep, state: StateDep) -> Any:
+    return await _write(
+        state,
+        lambda s: admin_service.update_country(
+            s,
+            admin.owner,
+            code,
+            state.clock(),
+            status=body.status,
+            accreditation=body.accreditation,
+            groups=body.groups,
+        ),
+    )
+
+
+@router.get("/keys", response_model=list[schemas.KeyOut])
+async def list_keys(admin: AdminDep, state: StateDep) -> Any:
+    return await _read(state, admin_service.list_keys)
+
+
+@router.post("/keys", status_code=201, response_model=schemas.KeyOut)
+async def add_key(body: schemas.KeyDocumentIn, admin: AdminDep, state: StateDep) -> Any:
+    """Register a country's public key from its public key document."""
+    document = json.dumps(body.model_dump()).encode()
+    return await _write(
+        state, lambda s: admin_service.add_key_document(s, admin.owner, document, state.clock())
+    )
+
+
+@router.post("/keys/{key_id}/revoke", response_model=schemas.KeyOut)
+async def revoke_key(
+    key_id: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")], admin: AdminDep, state: StateDep
+) -> Any:
+    """Revoke a key; it is refused from the next request on."""
+    return await _write(state, lambda s: admin_service.revoke_key(s, admin.owner, key_id, state.clock()))
+
+
+@router.get("/agreements", response_model=list[schemas.AgreementOut])
+async def list_agreements(admin: AdminDep, state: StateDep) -> Any:
+    return await _read(state, admin_service.list_agreements)
+
+
+@router.put("/agreements/{originator}/{recipient}", response_model=schemas.AgreementOut)
+async def set_agreement(
+    originator: Code, recipient: Code, body: schemas.AgreementIn, admin: AdminDep, state: StateDep
+) -> Any:
+    """Set the originator -> recipient agreement; `*`/`*` is the default for pairs without one."""
+    return await _write(
+        state,
+        lambda s: admin_service.set_agreement(
+            s, admin.owner, originator, recipient, body.ceiling, body.topics, state.clock()
+        ),
+    )
+
+
+@router.get("/actions", response_model=list[schemas.AdminActionOut])
+async def list_actions(
+    admin: AdminDep, state: StateDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> Any:
+    """The record of admin actions, newest first."""
+
+    def load(session: Session) -> list[dict[str, Any]]:
+        rows = session.scalars(select(AdminAction).order_by(AdminAction.id.desc()).limit(limit))
+        return [
+            {
+                "id": r.id,
+                "at_ms": r.at_ms,
+                "actor": r.actor,
+                "action": r.action,
+                "target": r.target,
+                "details": json.loads(r.details),
+            }
+            for r in rows
+        ]
+
+    return await _read(state, load)

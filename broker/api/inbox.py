@@ -1,0 +1,54 @@
+"""A recipient's inbox: list by cursor (with long-poll) and acknowledge."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.concurrency import run_in_threadpool
+
+from ..services import inbox as inbox_service
+from . import schemas
+from .deps import CountryDep, StateDep
+from .problem_docs import PROBLEMS
+
+router = APIRouter(prefix="/v1/inbox", tags=["inbox"])
+
+
+@router.get("", response_model=schemas.InboxPage, responses=PROBLEMS)
+async def list_inbox(
+    caller: CountryDep,
+    state: StateDep,
+    after: Annotated[int, Query(ge=0, description="cursor: the last seq already seen")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    wait: Annotated[float, Query(ge=0, le=30, description="seconds to wait for new deliveries")] = 0,
+) -> schemas.InboxPage:
+    """Deliveries with seq > after, in seq order. With `wait`, returns as soon as any arrive."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + min(wait, state.settings.inbox_max_wait_s)
+
+    def load() -> schemas.InboxPage:
+        with state.sessions() as session:
+            return schemas.InboxPage(**inbox_service.list_inbox(session, caller.owner, after, limit))
+
+    while True:
+        page = await run_in_threadpool(load)
+        remaining = deadline - loop.time()
+        if page.deliveries or remaining <= 0:
+            return page
+        await asyncio.sleep(min(state.settings.inbox_poll_interval_s, remaining))
+
+
+@router.post("/ack", response_model=schemas.AckResult, responses=PROBLEMS)
+async def acknowledge(body: schemas.AckRequest, caller: CountryDep, state: StateDep) -> schemas.AckResult:
+    """Acknowledge processed deliveries (all or none)."""
+    from ..store.db import transaction
+
+    def run() -> schemas.AckResult:
+        with transaction(state.sessions) as session:
+            return schemas.AckResult(
+                **inbox_service.acknowledge(session, caller.owner, body.seqs, state.clock())
+            )
+
+    return await run_in_threadpool(run)

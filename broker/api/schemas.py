@@ -1,0 +1,147 @@
+"""Request and response bodies (also what the OpenAPI document shows)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ProblemBody(BaseModel):
+    type: str
+    title: str
+    status: int
+    detail: str
+
+
+class Receipt(BaseModel):
+    item_id: str
+    log_index: int
+    received_ms: int
+    recipients: list[str]
+
+
+class Delivery(BaseModel):
+    seq: int
+    item_id: str
+    originator: str
+    created_ms: int
+    received_ms: int
+    classification: str
+    tlp: str
+    content_type: str
+    size: int
+    log_index: int
+    state: str
+
+
+class InboxPage(BaseModel):
+    deliveries: list[Delivery]
+    cursor: int
+
+
+class AckRequest(Strict):
+    seqs: list[int] = Field(min_length=1, max_length=1000)
+
+
+class AckResult(BaseModel):
+    acknowledged: list[int]
+
+
+class DeliveryStatus(BaseModel):
+    recipient: str
+    state: str
+    created_ms: int
+    acked_ms: int | None
+
+
+class ItemStatus(BaseModel):
+    item_id: str
+    log_index: int
+    received_ms: int
+    deliveries: list[DeliveryStatus]
+
+
+class CountryIn(Strict):
+    code: str = Field(pattern=r"^[A-Z]{3}$")
+    name: str = Field(min_length=1, max_length=200)
+    accreditation: str = Field(max_length=32)
+    groups: list[str] = Field(default_factory=list, max_length=64)
+
+
+class CountryPatch(Strict):
+    status: str | None = None
+    accreditation: str | None = Field(default=None, max_length=32)
+    groups: list[str] | None = Field(default=None, max_length=64)
+
+
+class CountryOut(BaseModel):
+    code: str
+    name: str
+    status: str
+    accreditation: str
+    groups: list[str]
+
+
+class KeyDocumentIn(Strict):
+    """A public key document as `msmt keys export` writes it."""
+
+    format: str
+    kind: str
+    algorithm: str
+    country: str
+    key_id: str
+    public_key: str = Field(max_length=4096)
+
+
+class KeyOut(BaseModel):
+    key_id: str
+    owner: str
+    kind: str
+    public_key: str
+    valid_from_ms: int
+    valid_until_ms: int | None
+    revoked_ms: int | None
+
+
+class AgreementIn(Strict):
+    ceiling: str = Field(max_length=32)
+    topics: list[str] | None = Field(default=None, max_length=32)
+
+
+class AgreementOut(BaseModel):
+    originator: str
+    recipient: str
+    ceiling: str
+    topics: list[str] | None
+
+
+class DirectoryKey(BaseModel):
+    key_id: str
+    public_key: str
+
+
+class DirectoryEntry(BaseModel):
+    code: str
+    name: str
+    status: str
+    accreditation: str
+    groups: list[str]
+    signing_keys: list[DirectoryKey]
+    encryption_key: DirectoryKey | None
+
+
+class Directory(BaseModel):
+    countries: list[DirectoryEntry]
+    generated_ms: int
+
+
+class AdminActionOut(BaseModel):
+    id: int
+    at_ms: int
+    actor: str
+    action: str
+    target: str
+    details: dict[str, object]

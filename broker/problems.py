@@ -1,0 +1,52 @@
+"""RFC 9457 problem details: every error the API returns is one of these."""
+
+from __future__ import annotations
+
+from typing import Any
+
+PROBLEM_TYPE_BASE = "urn:msmt:problem:"
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+class Problem(Exception):
+    """An error with a stable `type` code, an HTTP status and a human sentence."""
+
+    def __init__(self, status: int, code: str, title: str, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.title = title
+        self.detail = detail
+        self.extra = extra
+
+    def to_dict(self, instance: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": PROBLEM_TYPE_BASE + self.code,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if instance:
+            body["instance"] = instance
+        body.update(self.extra)
+        return body
+
+
+def unauthorized(code: str, detail: str) -> Problem:
+    return Problem(401, code, "Authentication failed", detail)
+
+
+def forbidden(code: str, detail: str, **extra: Any) -> Problem:
+    return Problem(403, code, "Forbidden", detail, **extra)
+
+
+def not_found(code: str, detail: str) -> Problem:
+    return Problem(404, code, "Not found", detail)
+
+
+def invalid(code: str, detail: str, **extra: Any) -> Problem:
+    return Problem(422, code, "Invalid request", detail, **extra)
+
+
+def conflict(code: str, detail: str) -> Problem:
+    return Problem(409, code, "Conflict", detail)

@@ -1,0 +1,268 @@
+"""Admin operations: countries, keys, agreements and admins. Each is recorded with its actor."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from msmt.core import KeyKind, canonical, errors, parse_public_key_document
+from msmt.core.keys import PUBLIC_KEY_TYPES
+from msmt.core.markings import COUNTRY_RE, RELEASABLE_RE, TOPIC_RE
+from msmt.core.policy import DEFAULT_LADDER, DEFAULT_PAIR
+
+from ..problems import conflict, invalid, not_found
+from ..store import queries
+from ..store.models import Admin, Agreement, Country, GroupMember, InboxCounter, Key
+
+ADMIN_NAME_RE = re.compile(r"^[a-z][a-z0-9._-]{0,63}$")
+
+
+def _country(session: Session, code: str) -> Country:
+    country = session.get(Country, code)
+    if country is None:
+        raise not_found("unknown-country", f"{code} is not enrolled")
+    return country
+
+
+def _check_level(level: str, what: str) -> None:
+    if level not in DEFAULT_LADDER:
+        raise invalid("unknown-classification", f"{what} {level!r} is not one of {', '.join(DEFAULT_LADDER)}")
+
+
+def _check_groups(groups: list[str]) -> list[str]:
+    for group in groups:
+        if not RELEASABLE_RE.match(group) or COUNTRY_RE.match(group) or group == "ALL":
+            raise invalid(
+                "invalid-group", f"group name {group!r} must be 2-32 of A-Z0-9_ and not a country code"
+            )
+    return sorted(set(groups))
+
+
+def country_view(session: Session, country: Country, groups: set[str] | None = None) -> dict[str, Any]:
+    if groups is None:
+        groups = queries.groups_by_country(session).get(country.code, set())
+    return {
+        "code": country.code,
+        "name": country.name,
+        "status": country.status,
+        "accreditation": country.accreditation,
+        "groups": sorted(groups),
+    }
+
+
+def key_view(key: Key) -> dict[str, Any]:
+    return {
+        "key_id": key.key_id,
+        "owner": key.owner,
+        "kind": key.kind,
+        "public_key": canonical.b64encode(key.public_key),
+        "valid_from_ms": key.valid_from_ms,
+        "valid_until_ms": key.valid_until_ms,
+        "revoked_ms": key.revoked_ms,
+    }
+
+
+def enrol_country(
+    session: Session, actor: str, code: str, name: str, accreditation: str, groups: list[str], now_ms: int
+) -> dict[str, Any]:
+    if not COUNTRY_RE.match(code):
+        raise invalid("invalid-country", f"{code!r} is not an ISO 3166-1 alpha-3 code")
+    _check_level(accreditation, "accreditation")
+    groups = _check_groups(groups)
+    if session.get(Country, code) is not None:
+        raise conflict("country-exists", f"{code} is already enrolled")
+    country = Country(
+        code=code, name=name[:200], status="active", accreditation=accreditation, created_ms=now_ms
+    )
+    session.add(country)
+    session.flush()
+    session.add(InboxCounter(recipient=code, last_seq=0))
+    for group in groups:
+        session.add(GroupMember(group_name=group, country=code))
+    queries.record_admin_action(
+        session,
+        actor,
+        "enrol-country",
+        code,
+        {"name": name, "accreditation": accreditation, "groups": groups},
+        now_ms,
+    )
+    return country_view(session, country, set(groups))
+
+
+def update_country(
+    session: Session,
+    actor: str,
+    code: str,
+    now_ms: int,
+    *,
+    status: str | None = None,
+    accreditation: str | None = None,
+    groups: list[str] | None = None,
+) -> dict[str, Any]:
+    country = _country(session, code)
+    changes: dict[str, Any] = {}
+    if status is not None:
+        if status not in ("active", "suspended"):
+            raise invalid("invalid-status", "status must be active or suspended")
+        country.status = changes["status"] = status
+    if accreditation is not None:
+        _check_level(accreditation, "accreditation")
+        country.accreditation = changes["accreditation"] = accreditation
+    if groups is not None:
+        groups = _check_groups(groups)
+        for row in session.scalars(select(GroupMember).where(GroupMember.country == code)):
+            session.delete(row)
+        session.flush()
+        for group in groups:
+            session.add(GroupMember(group_name=group, country=code))
+        changes["groups"] = groups
+    queries.record_admin_action(session, actor, "update-country", code, changes, now_ms)
+    session.flush()
+    return country_view(session, country)
+
+
+def add_key(
+    session: Session,
+    actor: str,
+    owner: str,
+    kind: str,
+    public_key: bytes,
+    now_ms: int,
+    valid_until_ms: int | None = None,
+) -> dict[str, Any]:
+    if owner.startswith("admin:"):
+        if kind != "admin":
+            raise invalid("invalid-key-kind", "admins hold admin keys only")
+        if session.get(Admin, owner.removeprefix("admin:")) is None:
+            raise not_found("unknown-admin", f"{owner} does not exist")
+        key_type = PUBLIC_KEY_TYPES[KeyKind.API]
+    else:
+        _country(session, owner)
+        if kind not in {k.value for k in KeyKind}:
+            raise invalid("invalid-key-kind", "a country key is signing, encryption or api")
+        key_type = PUBLIC_KEY_TYPES[KeyKind(kind)]
+    try:
+        parsed = key_type.from_bytes(public_key)
+    except errors.KeyMaterialError as exc:
+        raise invalid(exc.code, exc.detail) from exc
+    key_id = parsed.key_id
+    if session.get(Key, key_id) is not None:
+        raise conflict("key-exists", f"key {key_id} is already registered")
+    if valid_until_ms is not None and valid_until_ms <= now_ms:
+        raise invalid("invalid-validity", "valid_until must be in the future")
+    key = Key(
+        key_id=key_id,
+        owner=owner,
+        kind=kind,
+        public_key=public_key,
+        valid_from_ms=now_ms,
+        valid_until_ms=valid_until_ms,
+        revoked_ms=None,
+        created_ms=now_ms,
+    )
+    session.add(key)
+    queries.record_admin_action(session, actor, "add-key", key_id, {"owner": owner, "kind": kind}, now_ms)
+    session.flush()
+    return key_view(key)
+
+
+def add_key_document(session: Session, actor: str, document: bytes, now_ms: int) -> dict[str, Any]:
+    try:
+        doc = parse_public_key_document(document)
+    except errors.KeyMaterialError as exc:
+        raise invalid(exc.code, exc.detail) from exc
+    return add_key(session, actor, doc.country, doc.kind.value, doc.key.raw, now_ms)
+
+
+def revoke_key(session: Session, actor: str, key_id: str, now_ms: int) -> dict[str, Any]:
+    key = session.get(Key, key_id)
+    if key is None:
+        raise not_found("unknown-key", f"key {key_id} is not registered")
+    if key.revoked_ms is None:
+        key.revoked_ms = now_ms
+        queries.record_admin_action(session, actor, "revoke-key", key_id, {"owner": key.owner}, now_ms)
+    session.flush()
+    return key_view(key)
+
+
+def set_agreement(
+    session: Session,
+    actor: str,
+    originator: str,
+    recipient: str,
+    ceiling: str,
+    topics: list[str] | None,
+    now_ms: int,
+) -> dict[str, Any]:
+    if (originator, recipient) != DEFAULT_PAIR:
+        _country(session, originator)
+        _country(session, recipient)
+        if originator == recipient:
+            raise invalid("invalid-agreement", "an agreement joins two different countries")
+    _check_level(ceiling, "ceiling")
+    if topics is not None:
+        for topic in topics:
+            if not TOPIC_RE.match(topic):
+                raise invalid("invalid-topic", f"topic {topic!r} is not well formed")
+    stored = "*" if topics is None else json.dumps(sorted(set(topics)))
+    row = session.get(Agreement, (originator, recipient))
+    if row is None:
+        row = Agreement(
+            originator=originator, recipient=recipient, ceiling=ceiling, topics=stored, updated_ms=now_ms
+        )
+        session.add(row)
+    else:
+        row.ceiling, row.topics, row.updated_ms = ceiling, stored, now_ms
+    queries.record_admin_action(
+        session,
+        actor,
+        "set-agreement",
+        f"{originator}->{recipient}",
+        {"ceiling": ceiling, "topics": topics},
+        now_ms,
+    )
+    session.flush()
+    return agreement_view(row)
+
+
+def agreement_view(row: Agreement) -> dict[str, Any]:
+    return {
+        "originator": row.originator,
+        "recipient": row.recipient,
+        "ceiling": row.ceiling,
+        "topics": None if row.topics == "*" else json.loads(row.topics),
+    }
+
+
+def create_admin(session: Session, actor: str, name: str, now_ms: int) -> None:
+    if not ADMIN_NAME_RE.match(name):
+        raise invalid("invalid-admin", "admin names are lowercase letters, digits, '.', '_' or '-'")
+    if session.get(Admin, name) is not None:
+        raise conflict("admin-exists", f"admin {name} exists")
+    session.add(Admin(name=name, status="active", created_ms=now_ms))
+    queries.record_admin_action(session, actor, "create-admin", name, {}, now_ms)
+    session.flush()
+
+
+def list_countries(session: Session) -> list[dict[str, Any]]:
+    groups = queries.groups_by_country(session)
+    return [
+        country_view(session, c, groups.get(c.code, set()))
+        for c in session.scalars(select(Country).order_by(Country.code))
+    ]
+
+
+def list_agreements(session: Session) -> list[dict[str, Any]]:
+    return [
+        agreement_view(a)
+        for a in session.scalars(select(Agreement).order_by(Agreement.originator, Agreement.recipient))
+    ]
+
+
+def list_keys(session: Session) -> list[dict[str, Any]]:
+    return [key_view(k) for k in session.scalars(select(Key).order_by(Key.owner, Key.created_ms))]

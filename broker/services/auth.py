@@ -1,0 +1,103 @@
+"""API authentication: short-lived, single-use EdDSA JWTs signed with a registered key.
+
+Token rules: header `alg` EdDSA and `kid` = the key id of one of the caller's registered
+API keys (admin keys for admins); claims `iss` = the key's owner, `aud` = this broker,
+`iat`, `exp` (at most `token_max_lifetime_s` after `iat`) and a unique `jti`. A key that is
+revoked or past its validity is refused from the next request on; a `jti` is accepted once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jwt
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from msmt.core import ApiPublicKey
+
+from ..problems import forbidden, unauthorized
+from ..settings import Settings
+from ..store import queries
+from ..store.db import transaction
+from ..store.models import Admin, Country, UsedToken
+
+ADMIN_PREFIX = "admin:"
+
+
+@dataclass(frozen=True)
+class Caller:
+    owner: str  # country code, or "admin:<name>"
+    key_id: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.owner.startswith(ADMIN_PREFIX)
+
+
+def authenticate(factory: sessionmaker[Session], settings: Settings, token: str, now_ms: int) -> Caller:
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError as exc:
+        raise unauthorized("malformed-token", "the bearer token is not a JWT") from exc
+    if header.get("alg") != "EdDSA":
+        raise unauthorized("bad-token-algorithm", "tokens must be signed with EdDSA (Ed25519)")
+    kid = header.get("kid")
+    if not isinstance(kid, str):
+        raise unauthorized("unknown-key", "the token has no key id (kid)")
+
+    with factory() as session:
+        key = queries.usable_key(session, kid, now_ms)
+        if key is None or key.kind not in ("api", "admin"):
+            raise unauthorized("unknown-key", "the token's key is unknown, revoked or expired")
+        owner = key.owner
+        if key.kind == "admin":
+            admin = session.get(Admin, owner.removeprefix(ADMIN_PREFIX))
+            active = admin is not None and admin.status == "active"
+        else:
+            country = session.get(Country, owner)
+            active = country is not None and country.status == "active"
+        public = ApiPublicKey.from_bytes(key.public_key)
+
+    try:
+        claims = jwt.decode(
+            token,
+            key=public.ed_key,
+            algorithms=["EdDSA"],
+            audience=settings.audience,
+            issuer=owner,
+            leeway=settings.token_leeway_s,
+            options={"require": ["exp", "iat", "jti", "iss", "aud"]},
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise unauthorized("expired-token", "the token has expired") from exc
+    except jwt.InvalidAudienceError as exc:
+        raise unauthorized(
+            "wrong-audience", f"the token is not for this broker ({settings.audience})"
+        ) from exc
+    except jwt.InvalidIssuerError as exc:
+        raise unauthorized("wrong-issuer", "the token's issuer is not the owner of its key") from exc
+    except jwt.PyJWTError as exc:
+        raise unauthorized("invalid-token", f"the token is not valid: {exc}") from exc
+
+    iat, exp, jti = claims["iat"], claims["exp"], claims["jti"]
+    if not isinstance(iat, int | float) or not isinstance(exp, int | float):
+        raise unauthorized("invalid-token", "iat and exp must be numbers")
+    if exp - iat > settings.token_max_lifetime_s:
+        raise unauthorized("token-lifetime", f"tokens may live at most {settings.token_max_lifetime_s} s")
+    if iat * 1000 > now_ms + settings.token_leeway_s * 1000:
+        raise unauthorized("invalid-token", "the token is issued in the future")
+    if not isinstance(jti, str) or not 8 <= len(jti) <= 64:
+        raise unauthorized("invalid-token", "jti must be a string of 8 to 64 characters")
+    if not active:
+        raise forbidden("suspended", f"{owner} is suspended and may not use the broker")
+
+    expires_ms = int((exp + settings.token_leeway_s) * 1000)
+    try:
+        with transaction(factory) as session:
+            session.add(UsedToken(jti=f"{kid}:{jti}", key_id=kid, expires_ms=expires_ms))
+    except IntegrityError as exc:
+        raise unauthorized(
+            "replayed-token", "this token was already used; mint a new one per request"
+        ) from exc
+    return Caller(owner, kid)

@@ -1,0 +1,193 @@
+"""Submit: verify an envelope, check every recipient, and commit it in one transaction."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from msmt.core import SigningPublicKey, canonical, check_freshness, errors, parse, verify
+from msmt.core.envelope import Envelope
+from msmt.core.policy import evaluate
+
+from ..problems import Problem, conflict, forbidden, invalid
+from ..settings import Settings
+from ..store import queries
+from ..store.db import transaction
+from ..store.models import Delivery, Item
+from .auth import Caller
+
+
+@dataclass(frozen=True)
+class Receipt:
+    item_id: str
+    log_index: int
+    received_ms: int
+    recipients: tuple[str, ...]
+    created: bool  # False when this answers an identical re-submission
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "item_id": self.item_id,
+            "log_index": self.log_index,
+            "received_ms": self.received_ms,
+            "recipients": list(self.recipients),
+        }
+
+
+def envelope_problem(exc: errors.EnvelopeError) -> Problem:
+    status = 413 if isinstance(exc, errors.OversizedField) else 422
+    return Problem(status, exc.code, "Envelope rejected", exc.detail)
+
+
+def leaf_data(item_id: str, envelope_sha256: str) -> bytes:
+    """What the transparency log commits to for an accepted item (RFC 9162 leaf input)."""
+    return canonical.encode({"kind": "item", "item_id": item_id, "envelope_sha256": envelope_sha256})
+
+
+def _existing(session: Session, item_id: str, digest: str) -> Receipt | None:
+    item = session.get(Item, item_id)
+    if item is None:
+        return None
+    if item.envelope_sha256 != digest:
+        raise conflict("item-id-conflict", f"item {item_id} was already submitted with different bytes")
+    recipients = tuple(d.recipient for d in queries.deliveries_of_item(session, item_id))
+    return Receipt(item_id, item.log_index, item.received_ms, recipients, created=False)
+
+
+def _verify_signature(factory: sessionmaker[Session], envelope: Envelope, now_ms: int) -> None:
+    header = envelope.header
+    with factory() as session:
+        key = queries.usable_key(session, header.originator_key_id, now_ms)
+        if key is None or key.kind != "signing" or key.owner != header.originator:
+            raise forbidden(
+                "unknown-signing-key",
+                f"{header.originator_key_id} is not a current signing key of {header.originator}",
+            )
+        public = SigningPublicKey.from_bytes(key.public_key)
+    try:
+        verify(envelope, public)
+    except errors.EnvelopeError as exc:
+        raise envelope_problem(exc) from exc
+
+
+def _recipient_refusals(session: Session, envelope: Envelope, now_ms: int) -> dict[str, list[dict[str, str]]]:
+    header = envelope.header
+    policy = queries.policy_snapshot(session, header.originator)
+    encryption_keys = queries.current_keys(session, "encryption", now_ms)
+    refusals: dict[str, list[dict[str, str]]] = {}
+    for entry in header.recipients:
+        reasons = [
+            {"rule": d.rule, "reason": d.reason}
+            for d in evaluate(policy, header.originator, entry.country, header.markings).denials
+        ]
+        current = encryption_keys.get(entry.country)
+        if current is None:
+            reasons.append(
+                {"rule": "no-encryption-key", "reason": f"{entry.country} has no current encryption key"}
+            )
+        elif current.key_id != entry.key_id:
+            reasons.append(
+                {
+                    "rule": "stale-encryption-key",
+                    "reason": f"sealed to key {entry.key_id}; {entry.country}'s current key is {current.key_id}",
+                }
+            )
+        if reasons:
+            refusals[entry.country] = reasons
+    return refusals
+
+
+def submit(
+    factory: sessionmaker[Session], settings: Settings, caller: Caller, data: bytes, now_ms: int
+) -> Receipt:
+    """Accept the envelope or raise a Problem; nothing is written unless every check passes."""
+    try:
+        envelope = parse(data)
+    except errors.EnvelopeError as exc:
+        raise envelope_problem(exc) from exc
+    header = envelope.header
+    if header.originator != caller.owner:
+        raise forbidden(
+            "originator-mismatch",
+            f"{caller.owner} may not submit an item whose originator is {header.originator}",
+        )
+    digest = hashlib.sha256(data).hexdigest()
+
+    with factory() as session:
+        existing = _existing(session, header.item_id, digest)
+    if existing is not None:
+        return existing
+
+    try:
+        check_freshness(
+            header,
+            now_ms,
+            max_age_ms=settings.max_envelope_age_s * 1000,
+            max_skew_ms=settings.max_clock_skew_s * 1000,
+        )
+    except errors.StaleEnvelope as exc:
+        raise invalid(exc.code, exc.detail) from exc
+    _verify_signature(factory, envelope, now_ms)
+
+    try:
+        with transaction(factory) as session:
+            # Re-check inside the write transaction: a key or a country may have changed.
+            if queries.usable_key(session, header.originator_key_id, now_ms) is None:
+                raise forbidden("unknown-signing-key", "the originator's signing key was revoked")
+            refusals = _recipient_refusals(session, envelope, now_ms)
+            if refusals:
+                raise forbidden(
+                    "recipients-refused",
+                    f"{len(refusals)} of {len(header.recipients)} recipients may not receive this item; nothing was stored",
+                    recipients=refusals,
+                )
+            log_index = queries.append_log(
+                session,
+                "item",
+                header.item_id,
+                hashlib.sha256(b"\x00" + leaf_data(header.item_id, digest)).digest(),
+                now_ms,
+            )
+            session.add(_item_row(envelope, data, digest, log_index, now_ms, caller.key_id))
+            session.flush()
+            for country in header.recipient_countries:  # sorted: locks taken in one order
+                seq = queries.next_inbox_seq(session, country)
+                session.add(
+                    Delivery(
+                        item_id=header.item_id, recipient=country, seq=seq, state="pending", created_ms=now_ms
+                    )
+                )
+    except IntegrityError:
+        # A concurrent submission of the same item won the race: answer as a re-submission.
+        with factory() as session:
+            existing = _existing(session, header.item_id, digest)
+        if existing is None:
+            raise
+        return existing
+    return Receipt(header.item_id, log_index, now_ms, header.recipient_countries, created=True)
+
+
+def _item_row(envelope: Envelope, data: bytes, digest: str, log_index: int, now_ms: int, key_id: str) -> Item:
+    header = envelope.header
+    return Item(
+        item_id=header.item_id,
+        originator=header.originator,
+        originator_key_id=header.originator_key_id,
+        created_ms=header.created_ms,
+        received_ms=now_ms,
+        classification=header.markings.classification,
+        tlp=header.markings.tlp,
+        content_type=header.content_type,
+        supersedes=header.supersedes,
+        in_reply_to=header.in_reply_to,
+        expires_ms=header.expires_ms,
+        size=len(data),
+        envelope_sha256=digest,
+        envelope=data,
+        log_index=log_index,
+        submitted_with_key=key_id,
+    )

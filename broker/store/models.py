@@ -1,0 +1,169 @@
+"""The broker's tables. The schema itself is created only by the Alembic migrations in
+`migrations/`; these classes describe it for queries, and a test checks the two agree.
+
+Times are integer Unix milliseconds so SQLite and PostgreSQL behave identically.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Country(Base):
+    __tablename__ = "countries"
+
+    code: Mapped[str] = mapped_column(String(3), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))  # active | suspended
+    accreditation: Mapped[str] = mapped_column(String(32))
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class GroupMember(Base):
+    __tablename__ = "group_members"
+
+    group_name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    country: Mapped[str] = mapped_column(ForeignKey("countries.code"), primary_key=True)
+
+
+class Admin(Base):
+    __tablename__ = "admins"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class Key(Base):
+    """Public keys of countries (signing, encryption, api) and of admins (admin)."""
+
+    __tablename__ = "keys"
+
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(80), index=True)  # country code or "admin:<name>"
+    kind: Mapped[str] = mapped_column(String(16))
+    public_key: Mapped[bytes] = mapped_column(LargeBinary)
+    valid_from_ms: Mapped[int] = mapped_column(BigInteger)
+    valid_until_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    revoked_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class Agreement(Base):
+    """originator -> recipient sharing rule; ("*", "*") is the default agreement."""
+
+    __tablename__ = "agreements"
+
+    originator: Mapped[str] = mapped_column(String(3), primary_key=True)
+    recipient: Mapped[str] = mapped_column(String(3), primary_key=True)
+    ceiling: Mapped[str] = mapped_column(String(32))
+    topics: Mapped[str] = mapped_column(Text)  # JSON list, or "*" for every topic
+    updated_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class Item(Base):
+    __tablename__ = "items"
+
+    item_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    originator: Mapped[str] = mapped_column(String(3), index=True)
+    originator_key_id: Mapped[str] = mapped_column(String(32))
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    received_ms: Mapped[int] = mapped_column(BigInteger)
+    classification: Mapped[str] = mapped_column(String(32))
+    tlp: Mapped[str] = mapped_column(String(16))
+    content_type: Mapped[str] = mapped_column(String(127))
+    supersedes: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    in_reply_to: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    expires_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    envelope_sha256: Mapped[str] = mapped_column(String(64))
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)  # exactly as received
+    log_index: Mapped[int] = mapped_column(BigInteger, unique=True)
+    submitted_with_key: Mapped[str] = mapped_column(String(32))
+
+
+class InboxCounter(Base):
+    """Per-recipient sequence; its row lock orders concurrent commits to one inbox."""
+
+    __tablename__ = "inbox_counters"
+
+    recipient: Mapped[str] = mapped_column(ForeignKey("countries.code"), primary_key=True)
+    last_seq: Mapped[int] = mapped_column(BigInteger)
+
+
+class Delivery(Base):
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("recipient", "seq", name="uq_deliveries_recipient_seq"),
+        UniqueConstraint("item_id", "recipient", name="uq_deliveries_item_recipient"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    item_id: Mapped[str] = mapped_column(ForeignKey("items.item_id"))
+    recipient: Mapped[str] = mapped_column(String(3))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(16))  # pending | acknowledged
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    acked_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class LogState(Base):
+    """Single row: the size of the log; its row lock serialises log appends."""
+
+    __tablename__ = "log_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+
+
+class LogEntry(Base):
+    __tablename__ = "log_entries"
+
+    log_index: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(16))  # item (key and policy changes come later)
+    ref: Mapped[str] = mapped_column(String(64))
+    leaf_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class UsedToken(Base):
+    __tablename__ = "used_tokens"
+
+    jti: Mapped[str] = mapped_column(String(128), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(32))
+    expires_ms: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
+class AdminAction(Base):
+    __tablename__ = "admin_actions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at_ms: Mapped[int] = mapped_column(BigInteger)
+    actor: Mapped[str] = mapped_column(String(80))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(128))
+    details: Mapped[str] = mapped_column(Text)  # canonical JSON
+
+
+class BrokerSetting(Base):
+    __tablename__ = "broker_settings"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+Index("ix_deliveries_item", Delivery.item_id)

@@ -1,0 +1,202 @@
+"""Integration fixtures: every test here runs on SQLite and on PostgreSQL.
+
+With CI=true an unreachable PostgreSQL fails the run instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+
+from broker.app import create_app
+from broker.services import admin as admin_service
+from broker.settings import Settings
+from broker.store.db import make_engine, make_sessionmaker, migrate, transaction
+from msmt.auth import mint_token
+from msmt.core import ApiPrivateKey, EncryptionPrivateKey, Markings, SigningPrivateKey, seal
+
+PG_BASE = os.environ.get("MSMT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+MEMBERS = ("KOR", "USA", "JPN", "FRA", "GBR", "DEU", "ITA", "NLD", "CAN", "AUS", "NZL")
+G7 = {"USA", "JPN", "FRA", "GBR", "DEU", "ITA", "CAN"}
+AUDIENCE = "msmt-broker-test"
+
+
+def _pg_available() -> str | None:
+    try:
+        engine = create_engine(PG_BASE)
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+        engine.dispose()
+        return None
+    except Exception as exc:
+        return str(exc).splitlines()[0]
+
+
+_PG_ERROR = _pg_available()
+
+
+def require_postgresql() -> None:
+    if _PG_ERROR is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL is required in CI but unreachable: {_PG_ERROR}")
+        pytest.skip(f"PostgreSQL unreachable: {_PG_ERROR}")
+
+
+@contextmanager
+def postgresql_schema() -> Iterator[str]:
+    """A fresh schema in the test database, dropped afterwards."""
+    require_postgresql()
+    schema = f"msmt_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_BASE, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{PG_BASE}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'broker.db'}"
+    else:
+        with postgresql_schema() as url:
+            yield url
+
+
+def _seed(name: str, size: int) -> bytes:
+    return hashlib.shake_256(f"msmt integration {name}".encode()).digest(size)
+
+
+@dataclass
+class Member:
+    code: str
+    signing: SigningPrivateKey
+    encryption: EncryptionPrivateKey
+    api: ApiPrivateKey
+
+
+_KEYS = {
+    code: Member(
+        code,
+        SigningPrivateKey.from_seed(_seed(f"{code} signing", 64)),
+        EncryptionPrivateKey.from_seed(_seed(f"{code} encryption", 32)),
+        ApiPrivateKey.from_seed(_seed(f"{code} api", 32)),
+    )
+    for code in MEMBERS
+}
+ADMIN_KEY = ApiPrivateKey.from_seed(_seed("admin alice", 32))
+
+
+class Clock:
+    def __init__(self) -> None:
+        import time
+
+        self.ms = int(time.time() * 1000)
+
+    def __call__(self) -> int:
+        return self.ms
+
+
+@dataclass
+class World:
+    """A broker with the 11 members enrolled, an admin, and helpers to act as any of them."""
+
+    url: str
+    client: TestClient
+    clock: Clock
+    members: dict[str, Member] = field(default_factory=lambda: dict(_KEYS))
+    admin_key: ApiPrivateKey = ADMIN_KEY
+
+    def token(self, who: str, **kwargs: Any) -> str:
+        if who.startswith("admin:"):
+            return mint_token(self.admin_key, who, AUDIENCE, now=self.clock.ms / 1000, **kwargs)
+        return mint_token(self.members[who].api, who, AUDIENCE, now=self.clock.ms / 1000, **kwargs)
+
+    def auth(self, who: str, **kwargs: Any) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(who, **kwargs)}"}
+
+    def seal(self, origin: str, recipients: list[str], payload: bytes = b"report", **kwargs: Any) -> bytes:
+        markings = kwargs.pop(
+            "markings", Markings.create("RESTRICTED", "AMBER", ["ALL"], topics=["maritime"])
+        )
+        return seal(
+            payload,
+            content_type=kwargs.pop("content_type", "text/markdown"),
+            markings=markings,
+            recipients=[(r, self.members[r].encryption.public_key) for r in recipients],
+            originator=origin,
+            signing_key=self.members[origin].signing,
+            created_ms=kwargs.pop("created_ms", self.clock.ms),
+            **kwargs,
+        )
+
+    def count(self, table: str) -> int:
+        engine = make_engine(self.url)
+        try:
+            with engine.connect() as conn:
+                return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
+        finally:
+            engine.dispose()
+
+    def submit(self, origin: str, data: bytes, who: str | None = None) -> Any:
+        return self.client.post(
+            "/v1/items",
+            content=data,
+            headers={**self.auth(who or origin), "Content-Type": "application/vnd.msmt.envelope"},
+        )
+
+
+def bootstrap(url: str, now_ms: int) -> None:
+    """Enrol the members with their keys, an admin, and a few agreements, as the admin CLI does."""
+    migrate(url)
+    engine = make_engine(url)
+    factory = make_sessionmaker(engine)
+    with transaction(factory) as s:
+        admin_service.create_admin(s, "test", "alice", now_ms)
+        admin_service.add_key(s, "test", "admin:alice", "admin", ADMIN_KEY.public_key.raw, now_ms - 1000)
+        for code, member in _KEYS.items():
+            admin_service.enrol_country(
+                s,
+                "test",
+                code,
+                code,
+                "CONFIDENTIAL" if code != "NZL" else "RESTRICTED",
+                ["G7"] if code in G7 else [],
+                now_ms - 1000,
+            )
+            for kind, key in (
+                ("signing", member.signing),
+                ("encryption", member.encryption),
+                ("api", member.api),
+            ):
+                admin_service.add_key(s, "test", code, kind, key.public_key.raw, now_ms - 1000)
+        admin_service.set_agreement(s, "test", "*", "*", "RESTRICTED", None, now_ms)
+        admin_service.set_agreement(s, "test", "KOR", "USA", "CONFIDENTIAL", None, now_ms)
+        admin_service.set_agreement(s, "test", "KOR", "JPN", "CONFIDENTIAL", ["maritime", "arms"], now_ms)
+    engine.dispose()
+
+
+@pytest.fixture
+def world(database_url: str) -> Iterator[World]:
+    clock = Clock()
+    bootstrap(database_url, clock.ms)
+    app = create_app(
+        Settings(database_url=database_url, audience=AUDIENCE, inbox_poll_interval_s=0.05), clock=clock
+    )
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield World(database_url, client, clock)
+    app.state.engine.dispose()
