@@ -145,6 +145,16 @@ def mutate(valid: bytes, change: Any) -> bytes:
         (lambda h: h.update(key_commitment="AB"), errors.NonCanonicalEncoding),  # non-zero padding bits
         (lambda h: h.update(expires_ms=h["created_ms"]), errors.InvalidHeader),
         (lambda h: h.update(supersedes="x"), errors.InvalidHeader),
+        (lambda h: h.update(supersedes=h["item_id"]), errors.InvalidHeader),
+        (lambda h: h.update(content_type=5), errors.InvalidHeader),
+        # a trailing newline must not slip past a pattern check ("$" matches before "\n")
+        (lambda h: h["originator"].update(country="KOR\n"), errors.InvalidHeader),
+        (lambda h: h["originator"].update(key_id=h["originator"]["key_id"] + "\n"), errors.InvalidHeader),
+        (lambda h: h.update(content_type="text/plain\n"), errors.InvalidHeader),
+        (lambda h: h.update(item_id=h["item_id"] + "\n"), errors.InvalidHeader),
+        (lambda h: h["markings"].update(classification="SECRET\n"), errors.InvalidHeader),
+        (lambda h: h["markings"].update(topics=["arms\n"]), errors.InvalidHeader),
+        (lambda h: h["recipients"][0].update(country="USA\n"), errors.InvalidHeader),
     ],
 )
 def test_schema(valid: bytes, change: Any, error: type[Exception]) -> None:

@@ -96,10 +96,18 @@ HEADER_MUTATIONS: dict[str, tuple[Callable[[dict[str, Any]], None], type[errors.
         lambda h: h.update(suite="MSMT-v1/X25519+HKDF-SHA256+AES-256-GCM/Ed25519"),
         errors.UnsupportedSuite,
     ),
-    "item_id": (lambda h: h.update(item_id=new_item_id()), errors.BadSignature),
+    "item_id": (lambda h: h.update(item_id=new_item_id(h["created_ms"])), errors.BadSignature),
+    "item_id with another time": (
+        lambda h: h.update(item_id=new_item_id(h["created_ms"] + 1)),
+        errors.InvalidHeader,
+    ),
     "originator.country": (lambda h: h["originator"].update(country="USA"), errors.UnknownSigningKey),
     "originator.key_id": (lambda h: h["originator"].update(key_id="0" * 32), errors.UnknownSigningKey),
-    "created_ms": (lambda h: h.update(created_ms=h["created_ms"] + 1), errors.BadSignature),
+    "created_ms": (
+        lambda h: h.update(created_ms=h["created_ms"] + 1, item_id=new_item_id(h["created_ms"] + 1)),
+        errors.BadSignature,
+    ),
+    "created_ms alone": (lambda h: h.update(created_ms=h["created_ms"] + 1), errors.InvalidHeader),
     "markings.classification": (
         lambda h: h["markings"].update(classification="UNCLASSIFIED"),
         errors.BadSignature,
@@ -187,8 +195,8 @@ def test_ciphertext_tampering_is_rejected_by_verify(
 def test_swapping_between_two_valid_envelopes(
     countries: dict[str, CountryKeys], directory: Callable[[str, str], SigningPublicKey | None]
 ) -> None:
-    kor = seal_from(countries["KOR"], countries, b"from KOR")
-    jpn = seal_from(countries["FRA"], countries, b"from FRA")
+    kor = seal_from(countries["KOR"], countries, b"from KOR", created_ms=1_800_000_000_000)
+    jpn = seal_from(countries["FRA"], countries, b"from FRA", created_ms=1_800_000_000_000)
     kh, jh = header_dict(kor), header_dict(jpn)
 
     swapped_recipients = copy.deepcopy(kh)
@@ -257,9 +265,10 @@ def test_inconsistent_content_keys_are_rejected_by_recipient(
 ) -> None:
     """A malicious originator gives USA a different content key than the committed one."""
     kor = countries["KOR"]
-    item_id = new_item_id()
-    first = seal_from(kor, countries, b"what JPN sees", item_id=item_id)
-    second = seal_from(kor, countries, b"what USA sees", item_id=item_id)
+    created = 1_800_000_000_000
+    item_id = new_item_id(created)
+    first = seal_from(kor, countries, b"what JPN sees", item_id=item_id, created_ms=created)
+    second = seal_from(kor, countries, b"what USA sees", item_id=item_id, created_ms=created)
     header = copy.deepcopy(header_dict(first))
     usa_index = [r["country"] for r in header["recipients"]].index("USA")
     header["recipients"][usa_index] = header_dict(second)["recipients"][usa_index]
@@ -282,9 +291,12 @@ def test_ciphertext_under_another_key_is_rejected_by_recipient(
     import hashlib
 
     kor = countries["KOR"]
-    item_id = new_item_id()
-    first = seal_from(kor, countries, b"one", item_id=item_id)
-    other_ciphertext = parse(seal_from(kor, countries, b"two", item_id=item_id)).ciphertext
+    created = 1_800_000_000_000
+    item_id = new_item_id(created)
+    first = seal_from(kor, countries, b"one", item_id=item_id, created_ms=created)
+    other_ciphertext = parse(
+        seal_from(kor, countries, b"two", item_id=item_id, created_ms=created)
+    ).ciphertext
     header = copy.deepcopy(header_dict(first))
     header["payload"] = {
         "size": len(other_ciphertext),

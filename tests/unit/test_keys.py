@@ -69,6 +69,9 @@ def test_wrong_passphrase() -> None:
         (lambda d: d.replace(b'"nonce"', b'"nonse"'), errors.CorruptKeyFile),
         (lambda d: b"\xff\xfe" * 10, errors.ForeignKeyFile),
         (lambda d: b"x" * 100_000, errors.CorruptKeyFile),
+        (lambda d: d.replace(b'"cipher"', b'"country": "USA", "cipher"'), errors.CorruptKeyFile),
+        (lambda d: d.replace(b'"country": "KOR"', b'"country": 7'), errors.CorruptKeyFile),
+        (lambda d: d.replace(b'"algorithm": "Ed25519"', b'"algorithm": "RSA"'), errors.CorruptKeyFile),
     ],
     ids=[
         "truncated",
@@ -80,6 +83,9 @@ def test_wrong_passphrase() -> None:
         "missing-field",
         "binary",
         "huge",
+        "repeated-field",
+        "country-not-a-string",
+        "algorithm-mismatch",
     ],
 )
 def test_damaged_private_key_files(edit: object, error: type[Exception]) -> None:
@@ -133,3 +139,18 @@ def test_private_key_seed_sizes() -> None:
         EncryptionPrivateKey.from_seed(b"\x00" * 31)
     with pytest.raises(errors.InvalidPrivateKey):
         ApiPrivateKey.from_seed(b"\x00")
+
+
+def test_passphrase_is_unicode_normalised() -> None:
+    composed, decomposed = "caf\u00e9 \uc11c\uc6b8", "cafe\u0301 \u1109\u1165\u110b\u116e\u11af"
+    data = encrypt_private_key(ApiPrivateKey.generate(), "KOR", composed, kdf=FAST_KDF)
+    assert decrypt_private_key(data, decomposed)[0] == "KOR"
+
+
+def test_public_key_document_rejects_unknown_fields() -> None:
+    import json
+
+    doc = json.loads(public_key_document("JPN", ApiPrivateKey.generate().public_key))
+    doc["note"] = "trust me"
+    with pytest.raises(errors.CorruptKeyFile):
+        parse_public_key_document(json.dumps(doc).encode())

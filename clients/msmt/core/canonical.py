@@ -103,7 +103,7 @@ def b64encode(data: bytes) -> str:
 
 def b64decode(text: str, what: str = "value") -> bytes:
     """Strict base64url without padding; non-canonical encodings are rejected."""
-    if not isinstance(text, str) or not _B64URL.match(text) or len(text) % 4 == 1:
+    if not isinstance(text, str) or not _B64URL.fullmatch(text) or len(text) % 4 == 1:
         raise InvalidHeader(f"{what} is not unpadded base64url")
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))

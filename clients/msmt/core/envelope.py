@@ -43,7 +43,7 @@ from .errors import (
     UnsupportedSuite,
     UnsupportedVersion,
 )
-from .ids import is_item_id, new_item_id
+from .ids import is_item_id, item_id_time_ms, new_item_id
 from .keys import (
     COMPOSITE_SIGNATURE_SIZE,
     EncryptionPrivateKey,
@@ -172,9 +172,11 @@ class Header:
         _key_id(originator["key_id"], "originator.key_id")
         created_ms = _timestamp(data["created_ms"], "created_ms")
         content_type = data["content_type"]
-        if not isinstance(content_type, str) or len(content_type) > MAX_CONTENT_TYPE:
-            raise OversizedField(f"content_type must be a string of at most {MAX_CONTENT_TYPE} characters")
-        if not _CONTENT_TYPE_RE.match(content_type):
+        if not isinstance(content_type, str):
+            raise InvalidHeader("content_type must be a string")
+        if len(content_type) > MAX_CONTENT_TYPE:
+            raise OversizedField(f"content_type is longer than {MAX_CONTENT_TYPE} characters")
+        if not _CONTENT_TYPE_RE.fullmatch(content_type):
             raise InvalidHeader(f"content_type {content_type!r} is not a lowercase type/subtype media type")
 
         recipients_raw = data["recipients"]
@@ -214,9 +216,11 @@ class Header:
         if len(digest) != 32 or len(commitment) != 32:
             raise InvalidHeader("payload.sha256 and key_commitment must be 32 bytes")
 
+        if item_id_time_ms(item_id) != created_ms:
+            raise InvalidHeader("item_id's UUIDv7 timestamp must equal created_ms")
         for name in ("supersedes", "in_reply_to"):
-            if name in data and not is_item_id(data[name]):
-                raise InvalidHeader(f"{name} must be a lowercase UUIDv7")
+            if name in data and (not is_item_id(data[name]) or data[name] == item_id):
+                raise InvalidHeader(f"{name} must be the UUIDv7 of another item")
         expires_ms = _timestamp(data["expires_ms"], "expires_ms") if "expires_ms" in data else None
         if expires_ms is not None and expires_ms <= created_ms:
             raise InvalidHeader("expires_ms must be later than created_ms")
@@ -247,13 +251,13 @@ def _object(value: Any, name: str, fields: set[str]) -> dict[str, Any]:
 
 
 def _country(value: Any, name: str) -> str:
-    if not isinstance(value, str) or not COUNTRY_RE.match(value):
+    if not isinstance(value, str) or not COUNTRY_RE.fullmatch(value):
         raise InvalidHeader(f"{name} must be an ISO 3166-1 alpha-3 code")
     return value
 
 
 def _key_id(value: Any, name: str) -> str:
-    if not isinstance(value, str) or not _KEY_ID_RE.match(value):
+    if not isinstance(value, str) or not _KEY_ID_RE.fullmatch(value):
         raise InvalidHeader(f"{name} must be 32 lowercase hex digits")
     return value
 

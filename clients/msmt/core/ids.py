@@ -22,7 +22,7 @@ def new_item_id(now_ms: int | None = None) -> str:
 
 
 def is_item_id(text: object) -> bool:
-    return isinstance(text, str) and _UUID7.match(text) is not None
+    return isinstance(text, str) and _UUID7.fullmatch(text) is not None
 
 
 def item_id_time_ms(item_id: str) -> int:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,8 @@ PUBLIC_FORMAT = "msmt-public-key-v1"
 DEFAULT_KDF = {"memory_kib": 65536, "iterations": 3, "lanes": 1}
 _KDF_BOUNDS = {"memory_kib": (19456, 4 * 1024 * 1024), "iterations": (2, 16), "lanes": (1, 16)}
 _MAX_FILE = 16 * 1024
+_PUBLIC_FIELDS = {"format", "kind", "algorithm", "country", "key_id", "public_key"}
+_OWNER_RE = re.compile(r"[A-Z]{3}|broker|admin:[a-z][a-z0-9._-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -73,14 +77,32 @@ def _derive(passphrase: str, salt: bytes, params: dict[str, int]) -> bytes:
         lanes=params["lanes"],
         memory_cost=params["memory_kib"],
     )
-    return kdf.derive(passphrase.encode("utf-8"))
+    # NFC so the same passphrase typed on another platform derives the same key.
+    return kdf.derive(unicodedata.normalize("NFC", passphrase).encode("utf-8"))
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    if len({k for k, _ in pairs}) != len(pairs):
+        raise CorruptKeyFile("key file repeats a field")
+    return dict(pairs)
+
+
+def _owner(value: Any) -> str:
+    """A key's owner: a country code, "broker", or "admin:<name>"."""
+    if not isinstance(value, str) or not _OWNER_RE.fullmatch(value):
+        raise CorruptKeyFile(
+            f"key file owner {str(value)[:40]!r} is not a country code, broker or admin:<name>"
+        )
+    return value
 
 
 def _parse_json(data: bytes, what: str) -> dict[str, Any]:
     if len(data) > _MAX_FILE:
         raise CorruptKeyFile(f"{what} is {len(data)} bytes, larger than any key file")
     try:
-        value = json.loads(data.decode("utf-8"))
+        value = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except CorruptKeyFile:
+        raise
     except (UnicodeDecodeError, ValueError) as exc:
         raise ForeignKeyFile(f"{what} is not an MSMT key file (not JSON)") from exc
     if not isinstance(value, dict):
@@ -130,7 +152,9 @@ def decrypt_private_key(data: bytes, passphrase: str) -> tuple[str, PrivateKey]:
         salt = canonical.b64decode(kdf["salt"], "salt")
         nonce = canonical.b64decode(doc["nonce"], "nonce")
         ciphertext = canonical.b64decode(doc["ciphertext"], "ciphertext")
-        country = doc["country"]
+        country = _owner(doc["country"])
+        if doc.get("algorithm") != ALGORITHMS[kind]:
+            raise CorruptKeyFile(f"a {kind.value} key must use {ALGORITHMS[kind]}")
         meta = {k: v for k, v in doc.items() if k != "ciphertext"}
         aad = canonical.encode(meta)
     except CorruptKeyFile:
@@ -197,10 +221,14 @@ def parse_public_key_document(data: bytes) -> PublicKeyDocument:
     doc = _parse_json(data, "public key document")
     if doc.get("format") != PUBLIC_FORMAT:
         raise ForeignKeyFile(f"not an MSMT public key document (format {doc.get('format')!r})")
+    if set(doc) != _PUBLIC_FIELDS:
+        raise CorruptKeyFile(f"public key document must have exactly the fields {sorted(_PUBLIC_FIELDS)}")
     try:
         kind = KeyKind(doc["kind"])
-        country = doc["country"]
+        country = _owner(doc["country"])
         raw = canonical.b64decode(doc["public_key"], "public_key")
+    except CorruptKeyFile:
+        raise
     except (KeyError, TypeError, ValueError, MsmtError) as exc:
         raise CorruptKeyFile(f"public key document is incomplete or damaged: {exc}") from exc
     if doc.get("algorithm") != ALGORITHMS[kind]:
@@ -208,6 +236,4 @@ def parse_public_key_document(data: bytes) -> PublicKeyDocument:
     key = PUBLIC_KEY_TYPES[kind].from_bytes(raw)
     if compute_key_id(kind, raw) != doc.get("key_id"):
         raise InvalidPublicKey("public key document's key_id does not match its key")
-    if not isinstance(country, str):
-        raise CorruptKeyFile("public key document has no country")
     return PublicKeyDocument(country, kind, key)

@@ -36,7 +36,7 @@ def check_token_list(
     if non_empty and not values:
         raise InvalidHeader(f"{field} must not be empty")
     for value in values:
-        if not isinstance(value, str) or not pattern.match(value):
+        if not isinstance(value, str) or not pattern.fullmatch(value):
             raise InvalidHeader(f"{field} entry {value!r} is not well formed")
     if list(values) != sorted(set(values)):
         raise InvalidHeader(f"{field} must be sorted and free of duplicates")
@@ -80,7 +80,7 @@ class Markings:
             missing, extra = expected - set(data), set(data) - expected
             raise InvalidHeader(f"markings fields wrong: missing {sorted(missing)}, unknown {sorted(extra)}")
         classification = data["classification"]
-        if not isinstance(classification, str) or not CLASSIFICATION_RE.match(classification):
+        if not isinstance(classification, str) or not CLASSIFICATION_RE.fullmatch(classification):
             raise InvalidHeader(f"classification {classification!r} is not well formed")
         tlp = data["tlp"]
         if tlp not in TLP_LEVELS:

@@ -1,0 +1,26 @@
+"""Errors raised by the client library."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .core.errors import MsmtError
+
+
+class ClientError(MsmtError):
+    code = "client-error"
+
+
+class BrokerError(ClientError):
+    """The broker answered with an RFC 9457 problem."""
+
+    def __init__(self, status: int, problem: dict[str, Any]) -> None:
+        self.status = status
+        self.problem = problem
+        self.type = str(problem.get("type", ""))
+        self.code = self.type.rsplit(":", 1)[-1] or f"http-{status}"
+        super().__init__(f"{status} {self.code}: {problem.get('detail', '')}")
+
+
+class BrokerUnavailable(ClientError):
+    code = "broker-unavailable"
