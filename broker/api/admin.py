@@ -8,12 +8,10 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Path, Query
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..services import admin as admin_service
 from ..store.db import transaction
-from ..store.models import AdminAction
 from . import schemas
 from .deps import AdminDep, BrokerState, StateDep
 from .problem_docs import PROBLEMS
@@ -115,19 +113,4 @@ async def list_actions(
     admin: AdminDep, state: StateDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> Any:
     """The record of admin actions, newest first."""
-
-    def load(session: Session) -> list[dict[str, Any]]:
-        rows = session.scalars(select(AdminAction).order_by(AdminAction.id.desc()).limit(limit))
-        return [
-            {
-                "id": r.id,
-                "at_ms": r.at_ms,
-                "actor": r.actor,
-                "action": r.action,
-                "target": r.target,
-                "details": json.loads(r.details),
-            }
-            for r in rows
-        ]
-
-    return await _read(state, load)
+    return await _read(state, lambda s: admin_service.list_actions(s, limit))

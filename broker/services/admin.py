@@ -16,7 +16,7 @@ from msmt.core.policy import DEFAULT_LADDER, DEFAULT_PAIR
 
 from ..problems import conflict, invalid, not_found
 from ..store import queries
-from ..store.models import Admin, Agreement, Country, GroupMember, InboxCounter, Key
+from ..store.models import Admin, AdminAction, Agreement, Country, GroupMember, InboxCounter, Key
 
 ADMIN_NAME_RE = re.compile(r"^[a-z][a-z0-9._-]{0,63}$")
 
@@ -35,7 +35,7 @@ def _check_level(level: str, what: str) -> None:
 
 def _check_groups(groups: list[str]) -> list[str]:
     for group in groups:
-        if not RELEASABLE_RE.match(group) or COUNTRY_RE.match(group) or group == "ALL":
+        if not RELEASABLE_RE.fullmatch(group) or COUNTRY_RE.fullmatch(group) or group == "ALL":
             raise invalid(
                 "invalid-group", f"group name {group!r} must be 2-32 of A-Z0-9_ and not a country code"
             )
@@ -69,7 +69,7 @@ def key_view(key: Key) -> dict[str, Any]:
 def enrol_country(
     session: Session, actor: str, code: str, name: str, accreditation: str, groups: list[str], now_ms: int
 ) -> dict[str, Any]:
-    if not COUNTRY_RE.match(code):
+    if not COUNTRY_RE.fullmatch(code):
         raise invalid("invalid-country", f"{code!r} is not an ISO 3166-1 alpha-3 code")
     _check_level(accreditation, "accreditation")
     groups = _check_groups(groups)
@@ -207,7 +207,7 @@ def set_agreement(
     _check_level(ceiling, "ceiling")
     if topics is not None:
         for topic in topics:
-            if not TOPIC_RE.match(topic):
+            if not TOPIC_RE.fullmatch(topic):
                 raise invalid("invalid-topic", f"topic {topic!r} is not well formed")
     stored = "*" if topics is None else json.dumps(sorted(set(topics)))
     row = session.get(Agreement, (originator, recipient))
@@ -240,7 +240,7 @@ def agreement_view(row: Agreement) -> dict[str, Any]:
 
 
 def create_admin(session: Session, actor: str, name: str, now_ms: int) -> None:
-    if not ADMIN_NAME_RE.match(name):
+    if not ADMIN_NAME_RE.fullmatch(name):
         raise invalid("invalid-admin", "admin names are lowercase letters, digits, '.', '_' or '-'")
     if session.get(Admin, name) is not None:
         raise conflict("admin-exists", f"admin {name} exists")
@@ -266,3 +266,18 @@ def list_agreements(session: Session) -> list[dict[str, Any]]:
 
 def list_keys(session: Session) -> list[dict[str, Any]]:
     return [key_view(k) for k in session.scalars(select(Key).order_by(Key.owner, Key.created_ms))]
+
+
+def list_actions(session: Session, limit: int = 1000) -> list[dict[str, Any]]:
+    rows = session.scalars(select(AdminAction).order_by(AdminAction.id.desc()).limit(limit))
+    return [
+        {
+            "id": r.id,
+            "at_ms": r.at_ms,
+            "actor": r.actor,
+            "action": r.action,
+            "target": r.target,
+            "details": json.loads(r.details),
+        }
+        for r in rows
+    ]

@@ -1,0 +1,299 @@
+"""msmt-broker: run the broker and administer it from the broker host.
+
+The admin subcommands work directly on the broker's database (for the operator on the
+host); remote admins use the same operations through /v1/admin with an admin key. Every
+change is recorded in the admin action log with the actor `local:<user>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from msmt.core import (
+    ApiPrivateKey,
+    SigningPrivateKey,
+    public_key_document,
+    short_fingerprint,
+    write_private_key,
+)
+from msmt.core.errors import MsmtError
+from msmt.core.policy import DEFAULT_LADDER
+
+from .problems import Problem
+from .services import admin as admin_service
+from .settings import Settings
+from .store.db import make_engine, make_sessionmaker, migrate, transaction
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
+
+
+def _actor() -> str:
+    return f"local:{getpass.getuser()}"
+
+
+def _passphrase(env: str | None, prompt: str) -> str:
+    if env:
+        value = os.environ.get(env)
+        if not value:
+            raise SystemExit(f"error: environment variable {env} is empty or unset")
+        return value
+    first = getpass.getpass(f"{prompt}: ")
+    if first != getpass.getpass(f"{prompt} (again): "):
+        raise SystemExit("error: passphrases differ")
+    return first
+
+
+def _sessions(args: argparse.Namespace) -> Any:
+    return make_sessionmaker(make_engine(args.database_url))
+
+
+def _write(args: argparse.Namespace, work: Callable[[Any], Any]) -> Any:
+    with transaction(_sessions(args)) as session:
+        return work(session)
+
+
+def _read(args: argparse.Namespace, work: Callable[[Any], Any]) -> Any:
+    with _sessions(args)() as session:
+        return work(session)
+
+
+def _print(args: argparse.Namespace, value: Any) -> None:
+    if args.json or not isinstance(value, list):
+        print(json.dumps(value, indent=2, sort_keys=True))
+        return
+    if not value:
+        print("(none)")
+        return
+    columns = list(value[0])
+    rows = [[_cell(row.get(c)) for c in columns] for row in value]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value) or "-"
+    text = str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# --- commands ----------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Create the schema, the broker's signing key and the first admin with its key."""
+    data = Path(args.data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    migrate(args.database_url)
+    passphrase = _passphrase(args.passphrase_env, "passphrase for the new private keys")
+    broker_key = SigningPrivateKey.generate()
+    write_private_key(data / "broker-signing.key", broker_key, "broker", passphrase)
+    (data / "broker-signing.pub").write_bytes(public_key_document("broker", broker_key.public_key))
+    admin_key = ApiPrivateKey.generate()
+    write_private_key(data / f"admin-{args.admin}.key", admin_key, f"admin:{args.admin}", passphrase)
+    now = _now()
+
+    def setup(session: Any) -> None:
+        admin_service.create_admin(session, _actor(), args.admin, now)
+        admin_service.add_key(
+            session, _actor(), f"admin:{args.admin}", "admin", admin_key.public_key.raw, now
+        )
+        admin_service.set_agreement(session, _actor(), "*", "*", args.default_ceiling, None, now)
+
+    _write(args, setup)
+    print(f"broker initialised: database {args.database_url}")
+    print(f"  broker signing key {broker_key.key_id} ({short_fingerprint(broker_key.key_id)})")
+    print(f"  admin {args.admin}: key {admin_key.key_id} in {data / f'admin-{args.admin}.key'}")
+    return EXIT_OK
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    migrate(args.database_url)
+    print(f"schema at head: {args.database_url}")
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    os.environ["MSMT_DATABASE_URL"] = args.database_url
+    uvicorn.run(
+        "broker.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+    )
+    return EXIT_OK
+
+
+def cmd_country_add(args: argparse.Namespace) -> int:
+    result = _write(
+        args,
+        lambda s: admin_service.enrol_country(
+            s, _actor(), args.code, args.name or args.code, args.accreditation, args.group, _now()
+        ),
+    )
+    _print(args, result)
+    return EXIT_OK
+
+
+def _country_update(**changes: Any) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        values = dict(changes)
+        if getattr(args, "accreditation", None):
+            values["accreditation"] = args.accreditation
+        if getattr(args, "group", None) is not None:
+            values["groups"] = args.group
+        _print(
+            args,
+            _write(args, lambda s: admin_service.update_country(s, _actor(), args.code, _now(), **values)),
+        )
+        return EXIT_OK
+
+    return run
+
+
+def cmd_key_add(args: argparse.Namespace) -> int:
+    document = Path(args.public_key_file).read_bytes()
+    _print(args, _write(args, lambda s: admin_service.add_key_document(s, _actor(), document, _now())))
+    return EXIT_OK
+
+
+def cmd_key_revoke(args: argparse.Namespace) -> int:
+    _print(args, _write(args, lambda s: admin_service.revoke_key(s, _actor(), args.key_id, _now())))
+    return EXIT_OK
+
+
+def cmd_agreement_set(args: argparse.Namespace) -> int:
+    topics = None if args.topics in (None, "*") else [t for t in args.topics.split(",") if t]
+    result = _write(
+        args,
+        lambda s: admin_service.set_agreement(
+            s, _actor(), args.originator, args.recipient, args.ceiling, topics, _now()
+        ),
+    )
+    _print(args, result)
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    listing = {
+        "countries": admin_service.list_countries,
+        "keys": admin_service.list_keys,
+        "agreements": admin_service.list_agreements,
+        "actions": admin_service.list_actions,
+    }[args.what]
+    _print(args, _read(args, listing))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    settings = Settings()
+    parser = argparse.ArgumentParser(prog="msmt-broker", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--database-url",
+        default=settings.database_url,
+        help="SQLAlchemy URL (env MSMT_DATABASE_URL; default %(default)s)",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("init", help="create the schema, the broker key and the first admin")
+    p.add_argument("--data-dir", default="var/broker", help="where private keys are written (mode 0600)")
+    p.add_argument("--admin", required=True, help="name of the first admin, e.g. alice")
+    p.add_argument(
+        "--default-ceiling",
+        default="UNCLASSIFIED",
+        choices=DEFAULT_LADDER,
+        help="ceiling of the default agreement for pairs without one",
+    )
+    p.add_argument("--passphrase-env", help="read the key passphrase from this environment variable")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("migrate", help="bring the database schema to the latest version")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("serve", help="run the HTTP API")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8443)
+    p.add_argument("--workers", type=int, default=1, help="worker processes (PostgreSQL for more than one)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=cmd_serve)
+
+    country = sub.add_parser("country", help="enrol, suspend, reactivate or change a member country")
+    csub = country.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = csub.add_parser("add", help="enrol a country")
+    p.add_argument("code", help="ISO 3166-1 alpha-3 code, e.g. KOR")
+    p.add_argument("--name", help="display name")
+    p.add_argument("--accreditation", required=True, choices=DEFAULT_LADDER)
+    p.add_argument("--group", action="append", default=[], help="group membership (repeatable), e.g. G7")
+    p.set_defaults(func=cmd_country_add)
+    p = csub.add_parser("suspend", help="suspend: its tokens and deliveries to it are refused")
+    p.add_argument("code")
+    p.set_defaults(func=_country_update(status="suspended"))
+    p = csub.add_parser("activate", help="reactivate a suspended country")
+    p.add_argument("code")
+    p.set_defaults(func=_country_update(status="active"))
+    p = csub.add_parser("set", help="change accreditation or groups")
+    p.add_argument("code")
+    p.add_argument("--accreditation", choices=DEFAULT_LADDER)
+    p.add_argument("--group", action="append", help="replace the groups (repeatable)")
+    p.set_defaults(func=_country_update())
+
+    key = sub.add_parser("key", help="register or revoke public keys")
+    ksub = key.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = ksub.add_parser("add", help="register a key from its public key document (msmt keys export)")
+    p.add_argument("public_key_file")
+    p.set_defaults(func=cmd_key_add)
+    p = ksub.add_parser("revoke", help="revoke a key from the next request on")
+    p.add_argument("key_id")
+    p.set_defaults(func=cmd_key_revoke)
+
+    agreement = sub.add_parser("agreement", help="set sharing agreements")
+    asub = agreement.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = asub.add_parser("set", help="set what may flow ORIGINATOR -> RECIPIENT ('*' '*' is the default)")
+    p.add_argument("originator")
+    p.add_argument("recipient")
+    p.add_argument("--ceiling", required=True, choices=DEFAULT_LADDER)
+    p.add_argument("--topics", help="comma-separated topics, or '*' for all (default)")
+    p.set_defaults(func=cmd_agreement_set)
+
+    p = sub.add_parser("list", help="list countries, keys, agreements or admin actions")
+    p.add_argument("what", choices=["countries", "keys", "agreements", "actions"])
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except Problem as exc:
+        print(f"error: {exc.detail} ({exc.code})", file=sys.stderr)
+        return EXIT_ERROR
+    except MsmtError as exc:
+        print(f"error: {exc.detail} ({exc.code})", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,65 @@
+"""Real broker server processes for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def broker_process(database_url: str, audience: str, log_path: Path) -> Iterator[str]:
+    """Start `msmt-broker serve` in its own process; yield its base URL; stop it."""
+    port = free_port()
+    env = {**os.environ, "MSMT_DATABASE_URL": database_url, "MSMT_AUDIENCE": audience}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "broker.cli", "serve", "--port", str(port), "--log-level", "warning"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"broker exited early: {log_path.read_text()[-2000:]}")
+                try:
+                    if httpx.get(f"{base}/v1/health", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("broker did not start within 30 s")
+                time.sleep(0.1)
+            yield base
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextmanager
+def broker_processes(count: int, database_url: str, audience: str, log_dir: Path) -> Iterator[list[str]]:
+    with ExitStack() as stack:
+        yield [
+            stack.enter_context(broker_process(database_url, audience, log_dir / f"broker-{i}.log"))
+            for i in range(count)
+        ]
