@@ -8,6 +8,7 @@ revoked or past its validity is refused from the next request on; a `jti` is acc
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 
 import jwt
@@ -96,6 +97,8 @@ def authenticate(factory: sessionmaker[Session], settings: Settings, token: str,
     try:
         with transaction(factory) as session:
             session.add(UsedToken(jti=f"{kid}:{jti}", key_id=kid, expires_ms=expires_ms))
+            if secrets.randbelow(100) == 0:  # expired ids can never be replayed: prune now and then
+                queries.purge_used_tokens(session, now_ms)
     except IntegrityError as exc:
         raise unauthorized(
             "replayed-token", "this token was already used; mint a new one per request"

@@ -1,0 +1,438 @@
+"""The 11-country demo: a real broker process on SQLite, real keys, real envelopes.
+
+    make demo        (or: python -m broker.demo [--keep DIR])
+
+1. initialise a broker (schema, broker key, admin) in a fresh folder;
+2. enrol the 11 MSMT members with fresh keys and set a few agreements;
+3. start `msmt-broker serve` as a separate process;
+4. KOR, JPN and USA submit realistic items; the broker refuses what policy forbids;
+5. every partner polls, verifies, decrypts and acknowledges;
+6. print the delivery matrix, then stop the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from msmt.client import Client
+from msmt.core import (
+    ApiPrivateKey,
+    EncryptionPrivateKey,
+    Markings,
+    SigningPrivateKey,
+    canonical,
+    open_envelope,
+    public_key_document,
+    seal,
+)
+from msmt.core.keys import SigningPublicKey
+from msmt.errors import BrokerError
+
+from . import cli
+
+MEMBERS = {
+    "KOR": ("Republic of Korea", []),
+    "USA": ("United States", ["G7", "FIVE_EYES"]),
+    "JPN": ("Japan", ["G7"]),
+    "FRA": ("France", ["G7", "EU"]),
+    "GBR": ("United Kingdom", ["G7", "FIVE_EYES"]),
+    "DEU": ("Germany", ["G7", "EU"]),
+    "ITA": ("Italy", ["G7", "EU"]),
+    "NLD": ("Netherlands", ["EU"]),
+    "CAN": ("Canada", ["G7", "FIVE_EYES"]),
+    "AUS": ("Australia", ["FIVE_EYES"]),
+    "NZL": ("New Zealand", ["FIVE_EYES"]),
+}
+ACCREDITATION = {"KOR": "SECRET", "USA": "SECRET", "JPN": "SECRET", "GBR": "SECRET", "NZL": "RESTRICTED"}
+AGREEMENTS = [  # originator, recipient, ceiling, topics (None = all)
+    ("*", "*", "RESTRICTED", None),
+    ("KOR", "USA", "SECRET", None),
+    ("KOR", "JPN", "SECRET", None),
+    ("JPN", "USA", "CONFIDENTIAL", None),
+    ("JPN", "GBR", "CONFIDENTIAL", ["arms", "maritime"]),
+    ("USA", "KOR", "SECRET", None),
+    ("USA", "JPN", "SECRET", ["cyber", "finance"]),
+    ("USA", "GBR", "SECRET", None),
+]
+AUDIENCE = "msmt-demo-broker"
+COLLATERAL = "not delivered: the whole submission was refused (nothing is stored on refusal)"
+PASSPHRASE_ENV = "MSMT_DEMO_PASSPHRASE"  # noqa: S105 - the name of a variable, not a secret
+
+
+@dataclass
+class Agency:
+    code: str
+    signing: SigningPrivateKey = field(default_factory=SigningPrivateKey.generate)
+    encryption: EncryptionPrivateKey = field(default_factory=EncryptionPrivateKey.generate)
+    api: ApiPrivateKey = field(default_factory=ApiPrivateKey.generate)
+
+
+@dataclass
+class Outcome:
+    title: str
+    originator: str
+    item_id: str | None = None
+    delivered: dict[str, str] = field(default_factory=dict)  # country -> state
+    refused: dict[str, str] = field(default_factory=dict)  # country -> reason
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def stix_bundle() -> bytes:
+    sighting = {
+        "type": "bundle",
+        "id": "bundle--5d0092c5-5f74-4287-9642-33f4c354e56d",
+        "objects": [
+            {
+                "type": "indicator",
+                "spec_version": "2.1",
+                "id": "indicator--8e2e2d2b-17d4-4cbf-938f-98ee46b3cd3f",
+                "created": "2026-11-02T03:14:00.000Z",
+                "modified": "2026-11-02T03:14:00.000Z",
+                "name": "Ship-to-ship transfer, East China Sea",
+                "description": "Tanker A (AIS dark 31 h) alongside tanker B at 29.9N 123.4E; hoses rigged.",
+                "pattern": "[x-vessel:imo = '9000001'] AND [x-vessel:imo = '9000002']",
+                "pattern_type": "stix",
+                "valid_from": "2026-11-02T03:14:00Z",
+            },
+            {
+                "type": "sighting",
+                "spec_version": "2.1",
+                "id": "sighting--ee20065d-2555-424f-ad9e-0f8428623c75",
+                "created": "2026-11-02T03:20:00.000Z",
+                "modified": "2026-11-02T03:20:00.000Z",
+                "sighting_of_ref": "indicator--8e2e2d2b-17d4-4cbf-938f-98ee46b3cd3f",
+                "count": 1,
+            },
+        ],
+    }
+    return json.dumps(sighting, indent=1).encode()
+
+
+ARMS_REPORT = b"""# Arms transfer report 2026-117
+
+**Summary.** Artillery shells observed loaded at Rajin port onto a general cargo vessel;
+satellite imagery of 2026-10-28 and 2026-10-30 attached separately.
+
+| date | place | observation |
+|---|---|---|
+| 2026-10-28 | Rajin, berth 3 | ~200 containers staged |
+| 2026-10-30 | Rajin, berth 3 | vessel departed, draught +1.8 m |
+"""
+
+CYBER_REPORT = b"""# Cyber theft: exchange intrusion attributed to a DPRK-linked group
+
+Wallet drain of USD 41 M on 2026-11-12; laundering through three bridges; indicators and
+wallet clusters in annex A. Originator control: no onward sharing (ORCON).
+"""
+
+
+def run_demo(workdir: Path) -> int:
+    db_url = f"sqlite:///{workdir / 'broker.db'}"
+    os.environ[PASSPHRASE_ENV] = "demo passphrase, not for production"
+    agencies = {code: Agency(code) for code in MEMBERS}
+
+    say("== 1. Initialise the broker ==")
+    base_args = ["--database-url", db_url]
+    _cli(
+        [
+            *base_args,
+            "init",
+            "--admin",
+            "operator",
+            "--data-dir",
+            str(workdir / "broker-keys"),
+            "--passphrase-env",
+            PASSPHRASE_ENV,
+        ]
+    )
+
+    say("\n== 2. Enrol the 11 members, register their public keys, set agreements ==")
+    for code, (name, groups) in MEMBERS.items():
+        group_args = [arg for g in groups for arg in ("--group", g)]
+        _cli(
+            [
+                *base_args,
+                "--json",
+                "country",
+                "add",
+                code,
+                "--name",
+                name,
+                "--accreditation",
+                ACCREDITATION.get(code, "CONFIDENTIAL"),
+                *group_args,
+            ],
+            quiet=True,
+        )
+        agency = agencies[code]
+        for kind, key in (
+            ("signing", agency.signing),
+            ("encryption", agency.encryption),
+            ("api", agency.api),
+        ):
+            doc = workdir / "public" / f"{code}.{kind}.pub"
+            doc.parent.mkdir(exist_ok=True)
+            doc.write_bytes(public_key_document(code, key.public_key))
+            _cli([*base_args, "--json", "key", "add", str(doc)], quiet=True)
+    for originator, recipient, ceiling, topics in AGREEMENTS:
+        _cli(
+            [
+                *base_args,
+                "--json",
+                "agreement",
+                "set",
+                originator,
+                recipient,
+                "--ceiling",
+                ceiling,
+                "--topics",
+                ",".join(topics) if topics else "*",
+            ],
+            quiet=True,
+        )
+    _cli([*base_args, "list", "countries"])
+    say("")
+    _cli([*base_args, "list", "agreements"])
+
+    say("\n== 3. Start the broker server (a separate process) ==")
+    with _server(db_url, workdir) as base_url:
+        say(f"broker listening on {base_url}")
+        clients = {code: Client(base_url, code, a.api, audience=AUDIENCE) for code, a in agencies.items()}
+        try:
+            outcomes = _exchange(agencies, clients)
+            _receive(agencies, clients, outcomes)
+            for outcome in outcomes:
+                if outcome.item_id:
+                    status = clients[outcome.originator].status(outcome.item_id)
+                    outcome.delivered = {d["recipient"]: d["state"] for d in status["deliveries"]}
+        finally:
+            for client in clients.values():
+                client.close()
+    say("\nbroker stopped")
+    _matrix(outcomes)
+    return 0
+
+
+def _exchange(agencies: dict[str, Agency], clients: dict[str, Client]) -> list[Outcome]:
+    say("\n== 4. Members submit items ==")
+    now = int(time.time() * 1000)
+    plans = [
+        (
+            "Ship-to-ship transfer sighting (STIX 2.1)",
+            "KOR",
+            stix_bundle(),
+            "application/stix+json",
+            Markings.create("RESTRICTED", "GREEN", ["ALL"], topics=["maritime"]),
+            [c for c in MEMBERS if c != "KOR"],
+        ),
+        (
+            "Arms-transfer report (Markdown), first attempt",
+            "JPN",
+            ARMS_REPORT,
+            "text/markdown",
+            Markings.create("CONFIDENTIAL", "AMBER", ["G7"], topics=["arms"]),
+            ["USA", "GBR", "FRA", "DEU"],
+        ),
+        (
+            "Arms-transfer report (Markdown), to allowed partners",
+            "JPN",
+            ARMS_REPORT,
+            "text/markdown",
+            Markings.create("CONFIDENTIAL", "AMBER", ["G7"], topics=["arms"]),
+            ["USA", "GBR"],
+        ),
+        (
+            "Cyber-theft report, restricted (TLP:RED, ORCON), first attempt",
+            "USA",
+            CYBER_REPORT,
+            "text/markdown",
+            Markings.create("SECRET", "RED", ["KOR", "JPN", "GBR"], caveats=["ORCON"], topics=["cyber"]),
+            ["KOR", "JPN", "GBR", "NZL"],
+        ),
+        (
+            "Cyber-theft report, restricted (TLP:RED, ORCON)",
+            "USA",
+            CYBER_REPORT,
+            "text/markdown",
+            Markings.create("SECRET", "RED", ["KOR", "JPN", "GBR"], caveats=["ORCON"], topics=["cyber"]),
+            ["KOR", "JPN", "GBR"],
+        ),
+    ]
+    outcomes = []
+    for title, origin, payload, content_type, markings, recipients in plans:
+        envelope = seal(
+            payload,
+            content_type=content_type,
+            markings=markings,
+            recipients=[(r, agencies[r].encryption.public_key) for r in recipients],
+            originator=origin,
+            signing_key=agencies[origin].signing,
+            created_ms=now,
+        )
+        outcome = Outcome(title, origin)
+        try:
+            receipt = clients[origin].submit(envelope)
+        except BrokerError as exc:
+            say(f"  REFUSED  {origin}: {title} -> {', '.join(recipients)}")
+            say(f"           {exc.problem.get('detail')}")
+            for country, reasons in exc.problem.get("recipients", {}).items():
+                text = "; ".join(r["reason"] for r in reasons)
+                outcome.refused[country] = text
+                say(f"           {country}: {text}")
+            for country in recipients:
+                outcome.refused.setdefault(country, COLLATERAL)
+        else:
+            outcome.item_id = receipt["item_id"]
+            say(
+                f"  accepted {origin}: {title} -> {', '.join(receipt['recipients'])}  "
+                f"(log index {receipt['log_index']}, {len(envelope):,} bytes)"
+            )
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _receive(agencies: dict[str, Agency], clients: dict[str, Client], outcomes: list[Outcome]) -> None:
+    say("\n== 5. Every partner polls, verifies, decrypts and acknowledges ==")
+    signing_keys: dict[tuple[str, str], SigningPublicKey] = {}
+    for entry in clients["KOR"].directory()["countries"]:
+        for key in entry["signing_keys"]:
+            public = SigningPublicKey.from_bytes(canonical.b64decode(key["public_key"]))
+            signing_keys[(entry["code"], public.key_id)] = public
+    for code, client in clients.items():
+        page = client.inbox(after=0, limit=100)
+        if not page["deliveries"]:
+            say(f"  {code}: inbox empty")
+            continue
+        for delivery in page["deliveries"]:
+            data = client.fetch(delivery["item_id"])
+            opened = open_envelope(
+                data,
+                recipient=code,
+                private_key=agencies[code].encryption,
+                originator_key=lambda c, k: signing_keys.get((c, k)),
+            )
+            first_line = _summary(opened.header.content_type, opened.payload)
+            say(
+                f"  {code}: #{delivery['seq']} from {opened.header.originator} "
+                f"[{opened.header.markings.classification}/TLP:{opened.header.markings.tlp}] "
+                f'{opened.header.content_type}: verified, decrypted "{first_line}"'
+            )
+        client.acknowledge([d["seq"] for d in page["deliveries"]])
+
+
+def _summary(content_type: str, payload: bytes) -> str:
+    if content_type == "application/stix+json":
+        objects = json.loads(payload).get("objects", [])
+        names = [o["name"] for o in objects if "name" in o]
+        return f"STIX bundle, {len(objects)} objects: {names[0] if names else '-'}"[:70]
+    return payload.decode("utf-8", "replace").strip().splitlines()[0][:60]
+
+
+def _matrix(outcomes: list[Outcome]) -> None:
+    say("\n== 6. Delivery matrix ==")
+    say("  D = delivered, verified, decrypted, acknowledged   x = refused by policy")
+    say("  - = not delivered: the submission was refused for another recipient   . = not addressed")
+    codes = list(MEMBERS)
+    say("  " + " ".join(f"{c:>3}" for c in codes) + "   item (originator)")
+    for outcome in outcomes:
+        cells = []
+        for code in codes:
+            if outcome.delivered.get(code) == "acknowledged":
+                cells.append("  D")
+            elif code in outcome.refused:
+                cells.append("  -" if outcome.refused[code].startswith(COLLATERAL) else "  x")
+            else:
+                cells.append("  .")
+        say("  " + " ".join(cells) + f"   {outcome.title} ({outcome.originator})")
+    refusals = [(o, c, r) for o in outcomes for c, r in o.refused.items() if r != COLLATERAL]
+    if refusals:
+        say("\n  Refusals and reasons:")
+        for outcome, country, reason in refusals:
+            say(f"    {outcome.originator} -> {country}: {reason}")
+
+
+def _cli(args: list[str], quiet: bool = False) -> None:
+    if quiet:
+        with open(os.devnull, "w") as sink:
+            saved, sys.stdout = sys.stdout, sink
+            try:
+                code = cli.main(args)
+            finally:
+                sys.stdout = saved
+    else:
+        code = cli.main(args)
+    if code != 0:
+        raise SystemExit(f"demo step failed: msmt-broker {' '.join(args)}")
+
+
+class _server:
+    def __init__(self, db_url: str, workdir: Path) -> None:
+        self.db_url, self.workdir = db_url, workdir
+
+    def __enter__(self) -> str:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        env = {**os.environ, "MSMT_DATABASE_URL": self.db_url, "MSMT_AUDIENCE": AUDIENCE}
+        self.log = open(self.workdir / "broker.log", "wb")
+        self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "broker.cli", "serve", "--port", str(port), "--log-level", "warning"],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"broker failed to start; see {self.workdir / 'broker.log'}")
+            try:
+                if httpx.get(f"{base}/v1/health", timeout=1).status_code == 200:
+                    return base
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise SystemExit("broker did not start within 30 s")
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m broker.demo", description="Run the 11-country MSMT demo."
+    )
+    parser.add_argument("--keep", metavar="DIR", help="keep the broker database, keys and log in DIR")
+    args = parser.parse_args(argv)
+    if args.keep:
+        workdir = Path(args.keep)
+        if workdir.exists():
+            shutil.rmtree(workdir)
+        workdir.mkdir(parents=True)
+        return run_demo(workdir)
+    with tempfile.TemporaryDirectory(prefix="msmt-demo-") as tmp:
+        return run_demo(Path(tmp))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
