@@ -22,8 +22,18 @@ def _dump(url: str) -> bytes:
     assert pg_dump, "pg_dump is needed for this test"
     schema = str(parsed.query["options"]).split("=", 1)[1]
     return subprocess.run(
-        [pg_dump, "-h", str(parsed.host), "-p", str(parsed.port), "-U", str(parsed.username), "-n", schema,
-         str(parsed.database)],
+        [
+            pg_dump,
+            "-h",
+            str(parsed.host),
+            "-p",
+            str(parsed.port),
+            "-U",
+            str(parsed.username),
+            "-n",
+            schema,
+            str(parsed.database),
+        ],
         check=True,
         capture_output=True,
     ).stdout
