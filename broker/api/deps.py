@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ..problems import Problem, forbidden, unauthorized
 from ..services.auth import Caller, authenticate
+from ..services.registry import RegistryCache
 from ..settings import Settings
 
 
@@ -25,6 +26,7 @@ class BrokerState:
     settings: Settings
     sessions: sessionmaker[Session]
     clock: Callable[[], int] = field(default=wall_clock_ms)
+    registry: RegistryCache = field(default_factory=RegistryCache)
 
 
 def get_state(request: Request) -> BrokerState:
@@ -40,7 +42,9 @@ async def current_caller(request: Request, state: StateDep) -> Caller:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise unauthorized("missing-token", "send 'Authorization: Bearer <JWT>' signed with your API key")
-    return await run_in_threadpool(authenticate, state.sessions, state.settings, token.strip(), state.clock())
+    return await run_in_threadpool(
+        authenticate, state.sessions, state.registry, state.settings, token.strip(), state.clock()
+    )
 
 
 CallerDep = Annotated[Caller, Depends(current_caller)]

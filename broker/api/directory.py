@@ -9,8 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from msmt.core import canonical
 
-from ..services import admin as admin_service
-from ..store import queries
+from ..services.registry import KeyRecord
 from . import schemas
 from .deps import CallerDep, StateDep
 from .problem_docs import PROBLEMS
@@ -25,27 +24,26 @@ async def directory(caller: CallerDep, state: StateDep) -> Any:
 
     def load() -> dict[str, Any]:
         with state.sessions() as session:
-            encryption = queries.current_keys(session, "encryption", now)
-            countries = []
-            for country in admin_service.list_countries(session):
-                signing = [
-                    k
-                    for k in queries.keys_of(session, country["code"])
-                    if k.kind == "signing" and queries.usable_key(session, k.key_id, now) is not None
-                ]
-                enc = encryption.get(country["code"])
-                countries.append(
-                    {
-                        **country,
-                        "signing_keys": [
-                            {"key_id": k.key_id, "public_key": canonical.b64encode(k.public_key)}
-                            for k in signing
-                        ],
-                        "encryption_key": None
-                        if enc is None
-                        else {"key_id": enc.key_id, "public_key": canonical.b64encode(enc.public_key)},
-                    }
-                )
-            return {"countries": countries, "generated_ms": now}
+            registry = state.registry.get(session)
+
+        def view(key: KeyRecord) -> dict[str, str]:
+            return {"key_id": key.key_id, "public_key": canonical.b64encode(key.raw)}
+
+        countries = []
+        for code in sorted(registry.countries):
+            country, member = registry.countries[code], registry.policy.members[code]
+            encryption = registry.current_key(code, "encryption", now)
+            countries.append(
+                {
+                    "code": code,
+                    "name": country.name,
+                    "status": country.status,
+                    "accreditation": member.accreditation,
+                    "groups": sorted(member.groups),
+                    "signing_keys": [view(k) for k in registry.usable_keys(code, "signing", now)],
+                    "encryption_key": None if encryption is None else view(encryption),
+                }
+            )
+        return {"countries": countries, "generated_ms": now}
 
     return await run_in_threadpool(load)

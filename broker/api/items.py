@@ -38,7 +38,7 @@ async def submit_item(
     """Submit a sealed envelope (docs/protocol.md). 201 when stored, 200 for an identical re-submission."""
     data = await read_body(request, state.settings.max_envelope_bytes)
     receipt = await run_in_threadpool(
-        submit_service.submit, state.sessions, state.settings, caller, data, state.clock()
+        submit_service.submit, state.sessions, state.registry, state.settings, caller, data, state.clock()
     )
     if not receipt.created:
         response.status_code = 200

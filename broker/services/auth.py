@@ -21,9 +21,8 @@ from ..problems import forbidden, unauthorized
 from ..settings import Settings
 from ..store import queries
 from ..store.db import transaction
-from ..store.models import Admin, Country, UsedToken
-
-ADMIN_PREFIX = "admin:"
+from ..store.models import UsedToken
+from .registry import ADMIN_PREFIX, RegistryCache
 
 
 @dataclass(frozen=True)
@@ -36,7 +35,9 @@ class Caller:
         return self.owner.startswith(ADMIN_PREFIX)
 
 
-def authenticate(factory: sessionmaker[Session], settings: Settings, token: str, now_ms: int) -> Caller:
+def authenticate(
+    factory: sessionmaker[Session], registry_cache: RegistryCache, settings: Settings, token: str, now_ms: int
+) -> Caller:
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError as exc:
@@ -48,17 +49,13 @@ def authenticate(factory: sessionmaker[Session], settings: Settings, token: str,
         raise unauthorized("unknown-key", "the token has no key id (kid)")
 
     with factory() as session:
-        key = queries.usable_key(session, kid, now_ms)
-        if key is None or key.kind not in ("api", "admin"):
-            raise unauthorized("unknown-key", "the token's key is unknown, revoked or expired")
-        owner = key.owner
-        if key.kind == "admin":
-            admin = session.get(Admin, owner.removeprefix(ADMIN_PREFIX))
-            active = admin is not None and admin.status == "active"
-        else:
-            country = session.get(Country, owner)
-            active = country is not None and country.status == "active"
-        public = ApiPublicKey.from_bytes(key.public_key)
+        registry = registry_cache.get(session)
+    record = registry.keys.get(kid)
+    if record is None or record.kind not in ("api", "admin") or not record.usable(now_ms):
+        raise unauthorized("unknown-key", "the token's key is unknown, revoked or expired")
+    owner = record.owner
+    active = registry.owner_active(owner)
+    public = ApiPublicKey.from_bytes(record.raw)
 
     try:
         claims = jwt.decode(

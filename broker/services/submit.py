@@ -6,10 +6,11 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from msmt.core import SigningPublicKey, canonical, check_freshness, errors, parse, verify
+from msmt.core import canonical, check_freshness, errors, parse, verify
 from msmt.core.envelope import Envelope
 from msmt.core.policy import evaluate
 
@@ -19,6 +20,7 @@ from ..store import queries
 from ..store.db import transaction
 from ..store.models import Delivery, Item
 from .auth import Caller
+from .registry import Registry, RegistryCache, signing_public_key
 
 
 @dataclass(frozen=True)
@@ -58,33 +60,29 @@ def _existing(session: Session, item_id: str, digest: str) -> Receipt | None:
     return Receipt(item_id, item.log_index, item.received_ms, recipients, created=False)
 
 
-def _verify_signature(factory: sessionmaker[Session], envelope: Envelope, now_ms: int) -> None:
+def _verify_signature(registry: Registry, envelope: Envelope, now_ms: int) -> None:
     header = envelope.header
-    with factory() as session:
-        key = queries.usable_key(session, header.originator_key_id, now_ms)
-        if key is None or key.kind != "signing" or key.owner != header.originator:
-            raise forbidden(
-                "unknown-signing-key",
-                f"{header.originator_key_id} is not a current signing key of {header.originator}",
-            )
-        public = SigningPublicKey.from_bytes(key.public_key)
+    key = registry.usable_key(header.originator_key_id, now_ms, "signing", owner=header.originator)
+    if key is None:
+        raise forbidden(
+            "unknown-signing-key",
+            f"{header.originator_key_id} is not a current signing key of {header.originator}",
+        )
     try:
-        verify(envelope, public)
+        verify(envelope, signing_public_key(key.raw))
     except errors.EnvelopeError as exc:
         raise envelope_problem(exc) from exc
 
 
-def _recipient_refusals(session: Session, envelope: Envelope, now_ms: int) -> dict[str, list[dict[str, str]]]:
+def _recipient_refusals(
+    registry: Registry, envelope: Envelope, now_ms: int
+) -> dict[str, list[dict[str, str]]]:
     header = envelope.header
-    policy = queries.policy_snapshot(session, header.originator)
-    encryption_keys = queries.current_keys(session, "encryption", now_ms)
     refusals: dict[str, list[dict[str, str]]] = {}
     for entry in header.recipients:
-        reasons = [
-            {"rule": d.rule, "reason": d.reason}
-            for d in evaluate(policy, header.originator, entry.country, header.markings).denials
-        ]
-        current = encryption_keys.get(entry.country)
+        decision = evaluate(registry.policy, header.originator, entry.country, header.markings)
+        reasons = [{"rule": d.rule, "reason": d.reason} for d in decision.denials]
+        current = registry.current_key(entry.country, "encryption", now_ms)
         if current is None:
             reasons.append(
                 {"rule": "no-encryption-key", "reason": f"{entry.country} has no current encryption key"}
@@ -102,7 +100,12 @@ def _recipient_refusals(session: Session, envelope: Envelope, now_ms: int) -> di
 
 
 def submit(
-    factory: sessionmaker[Session], settings: Settings, caller: Caller, data: bytes, now_ms: int
+    factory: sessionmaker[Session],
+    registry_cache: RegistryCache,
+    settings: Settings,
+    caller: Caller,
+    data: bytes,
+    now_ms: int,
 ) -> Receipt:
     """Accept the envelope or raise a Problem; nothing is written unless every check passes."""
     try:
@@ -119,6 +122,7 @@ def submit(
 
     with factory() as session:
         existing = _existing(session, header.item_id, digest)
+        registry = registry_cache.get(session)
     if existing is not None:
         return existing
 
@@ -131,14 +135,19 @@ def submit(
         )
     except errors.StaleEnvelope as exc:
         raise invalid(exc.code, exc.detail) from exc
-    _verify_signature(factory, envelope, now_ms)
+    _verify_signature(registry, envelope, now_ms)
 
     try:
         with transaction(factory) as session:
-            # Re-check inside the write transaction: a key or a country may have changed.
-            if queries.usable_key(session, header.originator_key_id, now_ms) is None:
+            # Checked again under a share lock on the registry version: no admin change can
+            # commit between these checks and this transaction's commit.
+            registry = registry_cache.get(session, share_lock=True)
+            if (
+                registry.usable_key(header.originator_key_id, now_ms, "signing", owner=header.originator)
+                is None
+            ):
                 raise forbidden("unknown-signing-key", "the originator's signing key was revoked")
-            refusals = _recipient_refusals(session, envelope, now_ms)
+            refusals = _recipient_refusals(registry, envelope, now_ms)
             if refusals:
                 raise forbidden(
                     "recipients-refused",
@@ -154,13 +163,20 @@ def submit(
             )
             session.add(_item_row(envelope, data, digest, log_index, now_ms, caller.key_id))
             session.flush()
-            for country in header.recipient_countries:  # sorted: locks taken in one order
-                seq = queries.next_inbox_seq(session, country)
-                session.add(
-                    Delivery(
-                        item_id=header.item_id, recipient=country, seq=seq, state="pending", created_ms=now_ms
-                    )
-                )
+            seqs = queries.reserve_inbox_seqs(session, header.recipient_countries)
+            session.execute(
+                insert(Delivery),
+                [
+                    {
+                        "item_id": header.item_id,
+                        "recipient": c,
+                        "seq": seqs[c],
+                        "state": "pending",
+                        "created_ms": now_ms,
+                    }
+                    for c in header.recipient_countries
+                ],
+            )
     except IntegrityError:
         # A concurrent submission of the same item won the race: answer as a re-submission.
         with factory() as session:

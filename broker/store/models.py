@@ -130,6 +130,15 @@ class LogState(Base):
     size: Mapped[int] = mapped_column(BigInteger)
 
 
+class RegistryState(Base):
+    """Single row: incremented by every admin action, so brokers know when to reload the registry."""
+
+    __tablename__ = "registry_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
+
+
 class LogEntry(Base):
     __tablename__ = "log_entries"
 

@@ -5,56 +5,20 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
-
-from msmt.core.policy import DEFAULT_PAIR, Agreement, Member, PolicySnapshot
 
 from .models import (
     AdminAction,
-    Country,
     Delivery,
     GroupMember,
     InboxCounter,
     Item,
-    Key,
     LogEntry,
     LogState,
+    RegistryState,
     UsedToken,
 )
-from .models import (
-    Agreement as AgreementRow,
-)
-
-
-def usable_key(session: Session, key_id: str, now_ms: int) -> Key | None:
-    """The key if it exists, is inside its validity period and is not revoked."""
-    key = session.get(Key, key_id)
-    if key is None or (key.revoked_ms is not None and key.revoked_ms <= now_ms):
-        return None
-    if key.valid_from_ms > now_ms or (key.valid_until_ms is not None and key.valid_until_ms <= now_ms):
-        return None
-    return key
-
-
-def _usable(now_ms: int):  # type: ignore[no-untyped-def]
-    return and_(
-        or_(Key.revoked_ms.is_(None), Key.revoked_ms > now_ms),
-        Key.valid_from_ms <= now_ms,
-        or_(Key.valid_until_ms.is_(None), Key.valid_until_ms > now_ms),
-    )
-
-
-def current_keys(session: Session, kind: str, now_ms: int) -> dict[str, Key]:
-    """Each owner's newest usable key of `kind` (the one senders must use)."""
-    rows = session.scalars(
-        select(Key).where(Key.kind == kind, _usable(now_ms)).order_by(Key.valid_from_ms, Key.created_ms)
-    )
-    return {row.owner: row for row in rows}
-
-
-def keys_of(session: Session, owner: str) -> Sequence[Key]:
-    return session.scalars(select(Key).where(Key.owner == owner).order_by(Key.created_ms)).all()
 
 
 def groups_by_country(session: Session) -> dict[str, set[str]]:
@@ -64,55 +28,44 @@ def groups_by_country(session: Session) -> dict[str, set[str]]:
     return result
 
 
-def policy_snapshot(session: Session, originator: str | None = None) -> PolicySnapshot:
-    """Members, groups and agreements as the pure evaluator sees them.
-
-    With `originator`, only that originator's agreements are loaded (what a submission needs).
-    """
-    groups = groups_by_country(session)
-    members = {
-        c.code: Member(c.code, c.status == "active", c.accreditation, frozenset(groups.get(c.code, ())))
-        for c in session.scalars(select(Country))
-    }
-    query = select(AgreementRow)
-    if originator is not None:
-        query = query.where(AgreementRow.originator.in_([originator, DEFAULT_PAIR[0]]))
-    agreements: dict[tuple[str, str], Agreement] = {}
-    default = Agreement(ceiling="UNCLASSIFIED")
-    for row in session.scalars(query):
-        topics = None if row.topics == "*" else frozenset(json.loads(row.topics))
-        agreement = Agreement(row.ceiling, topics)
-        if (row.originator, row.recipient) == DEFAULT_PAIR:
-            default = agreement
-        else:
-            agreements[(row.originator, row.recipient)] = agreement
-    return PolicySnapshot(members, agreements, default)
-
-
 def append_log(session: Session, kind: str, ref: str, leaf_hash: bytes, now_ms: int) -> int:
     """Reserve the next log index; the row lock orders concurrent appends."""
     size = session.execute(
-        update(LogState).where(LogState.id == 1).values(size=LogState.size + 1).returning(LogState.size)
+        update(LogState)
+        .where(LogState.id == 1)
+        .values(size=LogState.size + 1)
+        .returning(LogState.size)
+        .execution_options(synchronize_session=False)
     ).scalar_one()
     index = int(size) - 1
     session.add(LogEntry(log_index=index, kind=kind, ref=ref, leaf_hash=leaf_hash, created_ms=now_ms))
     return index
 
 
-def next_inbox_seq(session: Session, recipient: str) -> int:
-    """Next sequence number of `recipient`'s inbox, locked until this transaction ends.
+def reserve_inbox_seqs(session: Session, recipients: Sequence[str]) -> dict[str, int]:
+    """Next sequence number of each recipient's inbox, locked until this transaction ends.
 
-    A later transaction for the same recipient waits on the row lock, so sequence order is
-    commit order and a consumer reading `seq > cursor` never skips a row committed later.
+    The counter rows are locked in sorted order first (no deadlock between submissions with
+    overlapping recipients), then incremented in one statement. A later transaction for the
+    same recipient waits on the row lock, so sequence order is commit order and a consumer
+    reading `seq > cursor` never skips a row that commits late. SQLite has no row locks; its
+    single writer (BEGIN IMMEDIATE) gives the same guarantee.
     """
-    return int(
-        session.execute(
-            update(InboxCounter)
-            .where(InboxCounter.recipient == recipient)
-            .values(last_seq=InboxCounter.last_seq + 1)
-            .returning(InboxCounter.last_seq)
-        ).scalar_one()
+    ordered = sorted(recipients)
+    session.execute(
+        select(InboxCounter.recipient)
+        .where(InboxCounter.recipient.in_(ordered))
+        .order_by(InboxCounter.recipient)
+        .with_for_update()
     )
+    rows = session.execute(
+        update(InboxCounter)
+        .where(InboxCounter.recipient.in_(ordered))
+        .values(last_seq=InboxCounter.last_seq + 1)
+        .returning(InboxCounter.recipient, InboxCounter.last_seq)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return {recipient: int(seq) for recipient, seq in rows}
 
 
 def inbox_page(session: Session, recipient: str, after: int, limit: int) -> Sequence[tuple[Delivery, Item]]:
@@ -156,6 +109,12 @@ def acknowledge(session: Session, recipient: str, seqs: Sequence[int], now_ms: i
 def record_admin_action(
     session: Session, actor: str, action: str, target: str, details: dict[str, object], now_ms: int
 ) -> None:
+    session.execute(
+        update(RegistryState)
+        .where(RegistryState.id == 1)
+        .values(version=RegistryState.version + 1)
+        .execution_options(synchronize_session=False)
+    )
     session.add(
         AdminAction(
             at_ms=now_ms,
