@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .api import admin, directory, inbox, items
+from .api import admin, directory, inbox, items, preflight
 from .api.deps import BrokerState, wall_clock_ms
 from .problems import PROBLEM_MEDIA_TYPE, Problem
 from .settings import Settings
@@ -74,7 +74,7 @@ def create_app(settings: Settings | None = None, clock: Callable[[], int] | None
     app.state.broker = BrokerState(settings, make_sessionmaker(engine), clock or wall_clock_ms)
     app.state.engine = engine
     _install_error_handlers(app)
-    for module in (items, inbox, directory, admin):
+    for module in (items, inbox, directory, preflight, admin):
         app.include_router(module.router)
 
     @app.get("/v1/health", tags=["health"])

@@ -25,19 +25,14 @@ from pathlib import Path
 
 import httpx
 
+from msmt.agency import AgencyKeys
 from msmt.client import Client
 from msmt.core import (
-    ApiPrivateKey,
-    EncryptionPrivateKey,
     Markings,
-    SigningPrivateKey,
-    canonical,
-    open_envelope,
     public_key_document,
     seal,
 )
-from msmt.core.keys import SigningPublicKey
-from msmt.errors import BrokerError
+from msmt.errors import PolicyRefused
 
 from . import cli
 
@@ -68,14 +63,6 @@ AGREEMENTS = [  # originator, recipient, ceiling, topics (None = all)
 AUDIENCE = "msmt-demo-broker"
 COLLATERAL = "not delivered: the whole submission was refused (nothing is stored on refusal)"
 PASSPHRASE_ENV = "MSMT_DEMO_PASSPHRASE"  # noqa: S105 - the name of a variable, not a secret
-
-
-@dataclass
-class Agency:
-    code: str
-    signing: SigningPrivateKey = field(default_factory=SigningPrivateKey.generate)
-    encryption: EncryptionPrivateKey = field(default_factory=EncryptionPrivateKey.generate)
-    api: ApiPrivateKey = field(default_factory=ApiPrivateKey.generate)
 
 
 @dataclass
@@ -143,7 +130,7 @@ wallet clusters in annex A. Originator control: no onward sharing (ORCON).
 def run_demo(workdir: Path) -> int:
     db_url = f"sqlite:///{workdir / 'broker.db'}"
     os.environ[PASSPHRASE_ENV] = "demo passphrase, not for production"
-    agencies = {code: Agency(code) for code in MEMBERS}
+    agencies = {code: AgencyKeys.generate(code) for code in MEMBERS}
 
     say("== 1. Initialise the broker ==")
     base_args = ["--database-url", db_url]
@@ -211,10 +198,10 @@ def run_demo(workdir: Path) -> int:
     say("\n== 3. Start the broker server (a separate process) ==")
     with _server(db_url, workdir) as base_url:
         say(f"broker listening on {base_url}")
-        clients = {code: Client(base_url, code, a.api, audience=AUDIENCE) for code, a in agencies.items()}
+        clients = {code: Client(base_url, keys, audience=AUDIENCE) for code, keys in agencies.items()}
         try:
             outcomes = _exchange(agencies, clients)
-            _receive(agencies, clients, outcomes)
+            _receive(clients)
             for outcome in outcomes:
                 if outcome.item_id:
                     status = clients[outcome.originator].status(outcome.item_id)
@@ -227,111 +214,106 @@ def run_demo(workdir: Path) -> int:
     return 0
 
 
-def _exchange(agencies: dict[str, Agency], clients: dict[str, Client]) -> list[Outcome]:
-    say("\n== 4. Members submit items ==")
-    now = int(time.time() * 1000)
-    plans = [
+def _exchange(agencies: dict[str, AgencyKeys], clients: dict[str, Client]) -> list[Outcome]:
+    say("\n== 4. Members send items (the client asks the broker's preflight, then seals and submits) ==")
+    arms = Markings.create("CONFIDENTIAL", "AMBER", ["G7"], topics=["arms"])
+    cyber = Markings.create("SECRET", "RED", ["KOR", "JPN", "GBR"], caveats=["ORCON"], topics=["cyber"])
+    plans: list[tuple[str, str, bytes, str, Markings, list[str] | None]] = [
         (
             "Ship-to-ship transfer sighting (STIX 2.1)",
             "KOR",
             stix_bundle(),
             "application/stix+json",
             Markings.create("RESTRICTED", "GREEN", ["ALL"], topics=["maritime"]),
-            [c for c in MEMBERS if c != "KOR"],
+            None,
         ),
         (
-            "Arms-transfer report (Markdown), first attempt",
+            "Arms-transfer report (Markdown), asked for USA GBR FRA DEU",
             "JPN",
             ARMS_REPORT,
             "text/markdown",
-            Markings.create("CONFIDENTIAL", "AMBER", ["G7"], topics=["arms"]),
+            arms,
             ["USA", "GBR", "FRA", "DEU"],
         ),
         (
-            "Arms-transfer report (Markdown), to allowed partners",
+            "Arms-transfer report (Markdown), to every allowed partner",
             "JPN",
             ARMS_REPORT,
             "text/markdown",
-            Markings.create("CONFIDENTIAL", "AMBER", ["G7"], topics=["arms"]),
-            ["USA", "GBR"],
+            arms,
+            None,
         ),
         (
-            "Cyber-theft report, restricted (TLP:RED, ORCON), first attempt",
+            "Cyber-theft report (TLP:RED, ORCON), to every allowed partner",
             "USA",
             CYBER_REPORT,
             "text/markdown",
-            Markings.create("SECRET", "RED", ["KOR", "JPN", "GBR"], caveats=["ORCON"], topics=["cyber"]),
-            ["KOR", "JPN", "GBR", "NZL"],
-        ),
-        (
-            "Cyber-theft report, restricted (TLP:RED, ORCON)",
-            "USA",
-            CYBER_REPORT,
-            "text/markdown",
-            Markings.create("SECRET", "RED", ["KOR", "JPN", "GBR"], caveats=["ORCON"], topics=["cyber"]),
-            ["KOR", "JPN", "GBR"],
+            cyber,
+            None,
         ),
     ]
     outcomes = []
     for title, origin, payload, content_type, markings, recipients in plans:
-        envelope = seal(
-            payload,
-            content_type=content_type,
-            markings=markings,
-            recipients=[(r, agencies[r].encryption.public_key) for r in recipients],
-            originator=origin,
-            signing_key=agencies[origin].signing,
-            created_ms=now,
-        )
         outcome = Outcome(title, origin)
         try:
-            receipt = clients[origin].submit(envelope)
-        except BrokerError as exc:
-            say(f"  REFUSED  {origin}: {title} -> {', '.join(recipients)}")
-            say(f"           {exc.problem.get('detail')}")
-            for country, reasons in exc.problem.get("recipients", {}).items():
-                text = "; ".join(r["reason"] for r in reasons)
-                outcome.refused[country] = text
-                say(f"           {country}: {text}")
-            for country in recipients:
+            receipt = clients[origin].send(
+                payload, content_type=content_type, markings=markings, recipients=recipients
+            )
+        except PolicyRefused as exc:
+            say(f"  REFUSED  {origin}: {title}: nothing was sealed or sent")
+            for country, reasons in exc.refusals.items():
+                outcome.refused[country] = "; ".join(r["reason"] for r in reasons)
+                say(f"           {country}: {outcome.refused[country]}")
+            for country in recipients or []:
                 outcome.refused.setdefault(country, COLLATERAL)
         else:
-            outcome.item_id = receipt["item_id"]
+            outcome.item_id = receipt.item_id
             say(
-                f"  accepted {origin}: {title} -> {', '.join(receipt['recipients'])}  "
-                f"(log index {receipt['log_index']}, {len(envelope):,} bytes)"
+                f"  accepted {origin}: {title} -> {', '.join(receipt.recipients)} (log index {receipt.log_index})"
             )
+            if recipients is None:
+                for country, reasons in clients[origin].preflight(markings).denied.items():
+                    outcome.refused[country] = "; ".join(r["reason"] for r in reasons)
         outcomes.append(outcome)
+
+    say("\n   A client that skips preflight cannot get past the broker either:")
+    rogue = seal(
+        CYBER_REPORT,
+        content_type="text/markdown",
+        markings=cyber,
+        recipients=[(c, agencies[c].encryption.public_key) for c in ("KOR", "NZL")],
+        originator="USA",
+        signing_key=agencies["USA"].signing,
+    )
+    outcome = Outcome("Cyber-theft report sealed for KOR and NZL without preflight", "USA")
+    try:
+        clients["USA"].submit(rogue)
+    except PolicyRefused as exc:
+        say(f"  REFUSED  by the broker ({exc.code}): {exc.problem.get('detail')}")
+        for country, reasons in exc.refusals.items():
+            outcome.refused[country] = "; ".join(r["reason"] for r in reasons)
+            say(f"           {country}: {outcome.refused[country]}")
+        outcome.refused.setdefault("KOR", COLLATERAL)
+    outcomes.append(outcome)
     return outcomes
 
 
-def _receive(agencies: dict[str, Agency], clients: dict[str, Client], outcomes: list[Outcome]) -> None:
-    say("\n== 5. Every partner polls, verifies, decrypts and acknowledges ==")
-    signing_keys: dict[tuple[str, str], SigningPublicKey] = {}
-    for entry in clients["KOR"].directory()["countries"]:
-        for key in entry["signing_keys"]:
-            public = SigningPublicKey.from_bytes(canonical.b64decode(key["public_key"]))
-            signing_keys[(entry["code"], public.key_id)] = public
+def _receive(clients: dict[str, Client]) -> None:
+    say("\n== 5. Every partner polls, verifies (signature against the directory), decrypts, acknowledges ==")
     for code, client in clients.items():
         page = client.inbox(after=0, limit=100)
-        if not page["deliveries"]:
+        if not page.deliveries:
             say(f"  {code}: inbox empty")
             continue
-        for delivery in page["deliveries"]:
-            data = client.fetch(delivery["item_id"])
-            opened = open_envelope(
-                data,
-                recipient=code,
-                private_key=agencies[code].encryption,
-                originator_key=lambda c, k: signing_keys.get((c, k)),
-            )
-            first_line = _summary(opened.header.content_type, opened.payload)
+        for delivery in page.deliveries:
+            received = client.open(delivery)
+            header = received.opened.header
             say(
-                f"  {code}: #{delivery['seq']} from {opened.header.originator} "
-                f"[{opened.header.markings.classification}/TLP:{opened.header.markings.tlp}] "
-                f'{opened.header.content_type}: verified, decrypted "{first_line}"'
+                f"  {code}: #{delivery.seq} from {header.originator} "
+                f"[{header.markings.classification}/TLP:{header.markings.tlp}] {header.content_type}: "
+                f'"{_summary(header.content_type, received.payload)}"'
             )
-        client.acknowledge([d["seq"] for d in page["deliveries"]])
+        client.acknowledge(d.seq for d in page.deliveries)
 
 
 def _summary(content_type: str, payload: bytes) -> str:

@@ -19,15 +19,22 @@ router = APIRouter(prefix="/v1", tags=["directory"])
 
 @router.get("/directory", response_model=schemas.Directory, responses=PROBLEMS)
 async def directory(caller: CallerDep, state: StateDep) -> Any:
-    """Every member, its status, groups, accreditation, usable signing keys and current encryption key."""
+    """Every member: status, groups, accreditation, all its signing keys with their validity and
+    revocation (so old items stay verifiable), and the current encryption key to seal to."""
     now = state.clock()
 
     def load() -> dict[str, Any]:
         with state.sessions() as session:
             registry = state.registry.get(session)
 
-        def view(key: KeyRecord) -> dict[str, str]:
-            return {"key_id": key.key_id, "public_key": canonical.b64encode(key.raw)}
+        def view(key: KeyRecord) -> dict[str, Any]:
+            return {
+                "key_id": key.key_id,
+                "public_key": canonical.b64encode(key.raw),
+                "valid_from_ms": key.valid_from_ms,
+                "valid_until_ms": key.valid_until_ms,
+                "revoked_ms": key.revoked_ms,
+            }
 
         countries = []
         for code in sorted(registry.countries):
@@ -40,7 +47,7 @@ async def directory(caller: CallerDep, state: StateDep) -> Any:
                     "status": country.status,
                     "accreditation": member.accreditation,
                     "groups": sorted(member.groups),
-                    "signing_keys": [view(k) for k in registry.usable_keys(code, "signing", now)],
+                    "signing_keys": [view(k) for k in registry.keys_of(code, "signing")],
                     "encryption_key": None if encryption is None else view(encryption),
                 }
             )

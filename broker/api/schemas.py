@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -121,6 +123,9 @@ class AgreementOut(BaseModel):
 class DirectoryKey(BaseModel):
     key_id: str
     public_key: str
+    valid_from_ms: int
+    valid_until_ms: int | None
+    revoked_ms: int | None
 
 
 class DirectoryEntry(BaseModel):
@@ -129,7 +134,7 @@ class DirectoryEntry(BaseModel):
     status: str
     accreditation: str
     groups: list[str]
-    signing_keys: list[DirectoryKey]
+    signing_keys: list[DirectoryKey]  # every signing key ever registered: old items stay verifiable
     encryption_key: DirectoryKey | None
 
 
@@ -145,3 +150,29 @@ class AdminActionOut(BaseModel):
     action: str
     target: str
     details: dict[str, object]
+
+
+class PreflightIn(Strict):
+    markings: dict[str, Any]
+
+
+class Denial(BaseModel):
+    rule: str
+    reason: str
+
+
+class PreflightOut(BaseModel):
+    allowed: list[str]
+    denied: dict[str, list[Denial]]
+
+
+class ExplainIn(Strict):
+    recipient: str = Field(pattern=r"^[A-Z]{3}$")
+    markings: dict[str, Any]
+
+
+class ExplainOut(BaseModel):
+    originator: str
+    recipient: str
+    allowed: bool
+    denials: list[Denial]

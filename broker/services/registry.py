@@ -79,8 +79,9 @@ class Registry:
         ]
         return max(candidates, key=lambda k: (k.valid_from_ms, k.created_ms), default=None)
 
-    def usable_keys(self, owner: str, kind: str, now_ms: int) -> list[KeyRecord]:
-        return [k for k in self.keys.values() if k.owner == owner and k.kind == kind and k.usable(now_ms)]
+    def keys_of(self, owner: str, kind: str) -> list[KeyRecord]:
+        found = [k for k in self.keys.values() if k.owner == owner and k.kind == kind]
+        return sorted(found, key=lambda k: (k.valid_from_ms, k.created_ms))
 
 
 def read_version(session: Session, *, share_lock: bool = False) -> int:

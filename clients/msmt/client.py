@@ -1,39 +1,199 @@
-"""A client for one agency: authenticate, submit envelopes, read and acknowledge the inbox.
+"""Clients for one agency, sync (`Client`) and async (`AsyncClient`), on httpx.
 
-Every request carries a fresh single-use token. Transport errors are retried with
-backoff; a submission is safe to retry because the broker de-duplicates by item id.
+Both share `_ClientCore`, which holds everything that is not I/O: tokens, sealing, opening,
+response parsing, retry policy. Every request carries a fresh single-use token. Transport
+errors and 5xx answers are retried with exponential backoff; a submission is safe to retry
+because it re-sends the same envelope bytes and the broker de-duplicates by item id.
+Pass `transport=` (e.g. `httpx.ASGITransport(app)` or `httpx.MockTransport`) to test
+without sockets.
 """
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
+from .agency import AgencyKeys
 from .auth import mint_token
-from .core import ApiPrivateKey
-from .errors import BrokerError, BrokerUnavailable
+from .core import Markings, Opened, open_envelope, parse, seal
+from .core.errors import EnvelopeError
+from .directory import Directory
+from .errors import BrokerError, BrokerUnavailable, ClientError, PolicyRefused
 
 ENVELOPE_MEDIA_TYPE = "application/vnd.msmt.envelope"
+RETRYABLE_STATUS = {500, 502, 503, 504}
 
 
-class Client:
+@dataclass(frozen=True)
+class Receipt:
+    item_id: str
+    log_index: int
+    received_ms: int
+    recipients: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    seq: int
+    item_id: str
+    originator: str
+    created_ms: int
+    received_ms: int
+    classification: str
+    tlp: str
+    content_type: str
+    size: int
+    log_index: int
+    state: str
+
+
+@dataclass(frozen=True)
+class InboxPage:
+    deliveries: tuple[Delivery, ...]
+    cursor: int
+
+
+@dataclass(frozen=True)
+class Received:
+    """A delivery whose envelope was fetched, verified and decrypted."""
+
+    delivery: Delivery
+    opened: Opened
+
+    @property
+    def payload(self) -> bytes:
+        return self.opened.payload
+
+
+@dataclass(frozen=True)
+class Preflight:
+    allowed: tuple[str, ...]
+    denied: dict[str, list[dict[str, str]]]
+
+
+class _ClientCore:
     def __init__(
         self,
         base_url: str,
-        identity: str,
-        api_key: ApiPrivateKey,
+        keys: AgencyKeys,
         *,
         audience: str = "msmt-broker",
-        transport: httpx.BaseTransport | None = None,
         retries: int = 4,
-        timeout: float = 60.0,
+        backoff_s: float = 0.25,
+        directory_ttl_s: float = 60.0,
     ) -> None:
-        self.identity = identity
-        self._key = api_key
-        self._audience = audience
-        self._retries = retries
+        self.base_url = base_url
+        self.keys = keys
+        self.audience = audience
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.directory_ttl_s = directory_ttl_s
+        self._directory: Directory | None = None
+        self._directory_at = 0.0
+
+    @property
+    def country(self) -> str:
+        return self.keys.country
+
+    def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        token = mint_token(self.keys.api, self.keys.country, self.audience)
+        return {"Authorization": f"Bearer {token}", **(extra or {})}
+
+    def _delay(self, attempt: int) -> float:
+        delay: float = min(self.backoff_s * 2**attempt, 8.0)
+        return delay * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not a secret
+
+    @staticmethod
+    def _retryable(response: httpx.Response | None) -> bool:
+        return response is None or response.status_code in RETRYABLE_STATUS
+
+    @staticmethod
+    def _raise_for_problem(response: httpx.Response) -> httpx.Response:
+        if response.status_code < 400:
+            return response
+        try:
+            problem = response.json()
+        except ValueError:
+            problem = {"detail": response.text[:300]}
+        if not isinstance(problem, dict):
+            problem = {"detail": str(problem)[:300]}
+        if problem.get("type") == "urn:msmt:problem:recipients-refused":
+            raise PolicyRefused(response.status_code, problem)
+        raise BrokerError(response.status_code, problem)
+
+    def _cached_directory(self) -> Directory | None:
+        if self._directory is not None and time.monotonic() - self._directory_at < self.directory_ttl_s:
+            return self._directory
+        return None
+
+    def _store_directory(self, data: Any) -> Directory:
+        self._directory = Directory.from_json(data)
+        self._directory_at = time.monotonic()
+        return self._directory
+
+    def _seal(
+        self,
+        directory: Directory,
+        payload: bytes,
+        content_type: str,
+        markings: Markings,
+        recipients: Iterable[str],
+        options: dict[str, Any],
+    ) -> bytes:
+        targets = sorted(set(recipients))
+        if not targets:
+            raise ClientError("no recipient: policy allows none of the partners for these markings")
+        return seal(
+            payload,
+            content_type=content_type,
+            markings=markings,
+            recipients=[(country, directory.encryption_key(country)) for country in targets],
+            originator=self.keys.country,
+            signing_key=self.keys.signing,
+            **options,
+        )
+
+    def _open(self, directory: Directory, delivery: Delivery, data: bytes) -> Received:
+        header = parse(data).header
+        if header.item_id != delivery.item_id:
+            raise ClientError(f"the broker returned item {header.item_id} for {delivery.item_id}")
+        entry = header.recipient(self.keys.country)
+        key = self.keys.encryption_key(entry.key_id) if entry else self.keys.encryption
+        if key is None:
+            raise ClientError(f"item {delivery.item_id} was sealed to key {entry and entry.key_id}, which is not in this key folder")
+        opened = open_envelope(
+            data,
+            recipient=self.keys.country,
+            private_key=key,
+            originator_key=directory.signing_lookup(delivery.received_ms),
+        )
+        return Received(delivery, opened)
+
+    @staticmethod
+    def _receipt(data: dict[str, Any]) -> Receipt:
+        return Receipt(data["item_id"], data["log_index"], data["received_ms"], tuple(data["recipients"]))
+
+    @staticmethod
+    def _page(data: dict[str, Any]) -> InboxPage:
+        return InboxPage(tuple(Delivery(**d) for d in data["deliveries"]), int(data["cursor"]))
+
+    @staticmethod
+    def _preflight(data: dict[str, Any]) -> Preflight:
+        return Preflight(tuple(data["allowed"]), dict(data["denied"]))
+
+
+class Client(_ClientCore):
+    """Synchronous client. Use as a context manager or call `close()`."""
+
+    def __init__(self, base_url: str, keys: AgencyKeys, *, transport: httpx.BaseTransport | None = None,
+                 timeout: float = 60.0, **options: Any) -> None:
+        super().__init__(base_url, keys, **options)
         self._http = httpx.Client(base_url=base_url, transport=transport, timeout=timeout)
 
     def close(self) -> None:
@@ -45,57 +205,161 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        delay = 0.2
-        for attempt in range(self._retries + 1):
-            headers = {"Authorization": f"Bearer {mint_token(self._key, self.identity, self._audience)}"}
-            headers.update(kwargs.pop("headers", {}))
+    def _request(self, method: str, path: str, *, headers: dict[str, str] | None = None, **kwargs: Any) -> httpx.Response:
+        for attempt in range(self.retries + 1):
+            response: httpx.Response | None = None
             try:
-                response = self._http.request(method, path, headers=headers, **kwargs)
+                response = self._http.request(method, path, headers=self._headers(headers), **kwargs)
             except httpx.TransportError as exc:
-                if attempt == self._retries:
-                    raise BrokerUnavailable(f"cannot reach the broker: {exc}") from exc
-            else:
-                if response.status_code < 500 or attempt == self._retries:
-                    if response.status_code >= 400:
-                        try:
-                            problem = response.json()
-                        except ValueError:
-                            problem = {"detail": response.text[:200]}
-                        raise BrokerError(response.status_code, problem)
-                    return response
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
+                if attempt == self.retries:
+                    raise BrokerUnavailable(f"cannot reach the broker at {self.base_url}: {exc}") from exc
+            if response is not None and (not self._retryable(response) or attempt == self.retries):
+                return self._raise_for_problem(response)
+            time.sleep(self._delay(attempt))
         raise AssertionError("unreachable")
 
-    def submit(self, envelope: bytes) -> dict[str, Any]:
-        """Submit a sealed envelope; safe to call again after a network error."""
-        response = self._request(
-            "POST", "/v1/items", content=envelope, headers={"Content-Type": ENVELOPE_MEDIA_TYPE}
-        )
-        result: dict[str, Any] = response.json()
-        return result
+    def directory(self, *, refresh: bool = False) -> Directory:
+        cached = None if refresh else self._cached_directory()
+        return cached or self._store_directory(self._request("GET", "/v1/directory").json())
 
-    def inbox(self, after: int = 0, limit: int = 100, wait: float = 0) -> dict[str, Any]:
-        params: dict[str, Any] = {"after": after, "limit": limit, "wait": wait}
-        result: dict[str, Any] = self._request("GET", "/v1/inbox", params=params).json()
-        return result
+    def preflight(self, markings: Markings) -> Preflight:
+        """Which partners may receive an item with these markings, and why the others may not."""
+        return self._preflight(self._request("POST", "/v1/preflight", json={"markings": markings.to_dict()}).json())
+
+    def submit(self, envelope: bytes) -> Receipt:
+        """Submit sealed envelope bytes; safe to call again with the same bytes."""
+        response = self._request("POST", "/v1/items", content=envelope, headers={"Content-Type": ENVELOPE_MEDIA_TYPE})
+        return self._receipt(response.json())
+
+    def send(self, payload: bytes, *, content_type: str, markings: Markings,
+             recipients: Iterable[str] | None = None, **options: Any) -> Receipt:
+        """Seal for `recipients` (default: every partner preflight allows) and submit.
+
+        With explicit recipients, preflight runs first so a refusal is reported before sealing.
+        """
+        check = self.preflight(markings)
+        targets = set(check.allowed) if recipients is None else set(recipients)
+        refused = {c: check.denied[c] for c in targets if c in check.denied}
+        if refused:
+            raise PolicyRefused(403, {"type": "urn:msmt:problem:recipients-refused",
+                                      "detail": "preflight: policy does not allow every recipient",
+                                      "recipients": refused})
+        envelope = self._seal(self.directory(), payload, content_type, markings, targets, options)
+        return self.submit(envelope)
+
+    def inbox(self, after: int = 0, *, limit: int = 100, wait: float = 0) -> InboxPage:
+        params: dict[str, int | float] = {"after": after, "limit": limit, "wait": wait}
+        return self._page(self._request("GET", "/v1/inbox", params=params, timeout=wait + 30).json())
 
     def fetch(self, item_id: str) -> bytes:
         return self._request("GET", f"/v1/items/{item_id}").content
 
-    def acknowledge(self, seqs: list[int]) -> dict[str, Any]:
-        result: dict[str, Any] = self._request("POST", "/v1/inbox/ack", json={"seqs": seqs}).json()
-        return result
+    def open(self, delivery: Delivery) -> Received:
+        """Fetch, verify (signature against the directory) and decrypt one delivery."""
+        data = self.fetch(delivery.item_id)
+        try:
+            return self._open(self.directory(), delivery, data)
+        except EnvelopeError:
+            return self._open(self.directory(refresh=True), delivery, data)  # a key may be newer than the cache
+
+    def acknowledge(self, seqs: Iterable[int]) -> list[int]:
+        acknowledged: list[int] = self._request("POST", "/v1/inbox/ack", json={"seqs": list(seqs)}).json()["acknowledged"]
+        return acknowledged
 
     def status(self, item_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._request("GET", f"/v1/items/{item_id}/status").json()
         return result
 
-    def directory(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._request("GET", "/v1/directory").json()
+    def explain(self, recipient: str, markings: Markings) -> dict[str, Any]:
+        result: dict[str, Any] = self._request(
+            "POST", "/v1/preflight/explain", json={"recipient": recipient, "markings": markings.to_dict()}
+        ).json()
         return result
 
-    def admin(self, method: str, path: str, body: Any = None) -> Any:
-        response = self._request(method, f"/v1/admin{path}", json=body)
-        return response.json()
+
+class AsyncClient(_ClientCore):
+    """Asynchronous client with the same methods as `Client`, as coroutines."""
+
+    def __init__(self, base_url: str, keys: AgencyKeys, *, transport: httpx.AsyncBaseTransport | None = None,
+                 timeout: float = 60.0, **options: Any) -> None:
+        super().__init__(base_url, keys, **options)
+        self._http = httpx.AsyncClient(base_url=base_url, transport=transport, timeout=timeout)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _request(self, method: str, path: str, *, headers: dict[str, str] | None = None,
+                       **kwargs: Any) -> httpx.Response:
+        for attempt in range(self.retries + 1):
+            response: httpx.Response | None = None
+            try:
+                response = await self._http.request(method, path, headers=self._headers(headers), **kwargs)
+            except httpx.TransportError as exc:
+                if attempt == self.retries:
+                    raise BrokerUnavailable(f"cannot reach the broker at {self.base_url}: {exc}") from exc
+            if response is not None and (not self._retryable(response) or attempt == self.retries):
+                return self._raise_for_problem(response)
+            await asyncio.sleep(self._delay(attempt))
+        raise AssertionError("unreachable")
+
+    async def directory(self, *, refresh: bool = False) -> Directory:
+        cached = None if refresh else self._cached_directory()
+        return cached or self._store_directory((await self._request("GET", "/v1/directory")).json())
+
+    async def preflight(self, markings: Markings) -> Preflight:
+        response = await self._request("POST", "/v1/preflight", json={"markings": markings.to_dict()})
+        return self._preflight(response.json())
+
+    async def submit(self, envelope: bytes) -> Receipt:
+        response = await self._request("POST", "/v1/items", content=envelope,
+                                       headers={"Content-Type": ENVELOPE_MEDIA_TYPE})
+        return self._receipt(response.json())
+
+    async def send(self, payload: bytes, *, content_type: str, markings: Markings,
+                   recipients: Iterable[str] | None = None, **options: Any) -> Receipt:
+        check = await self.preflight(markings)
+        targets = set(check.allowed) if recipients is None else set(recipients)
+        refused = {c: check.denied[c] for c in targets if c in check.denied}
+        if refused:
+            raise PolicyRefused(403, {"type": "urn:msmt:problem:recipients-refused",
+                                      "detail": "preflight: policy does not allow every recipient",
+                                      "recipients": refused})
+        envelope = self._seal(await self.directory(), payload, content_type, markings, targets, options)
+        return await self.submit(envelope)
+
+    async def inbox(self, after: int = 0, *, limit: int = 100, wait: float = 0) -> InboxPage:
+        params: dict[str, int | float] = {"after": after, "limit": limit, "wait": wait}
+        response = await self._request("GET", "/v1/inbox", params=params, timeout=wait + 30)
+        return self._page(response.json())
+
+    async def fetch(self, item_id: str) -> bytes:
+        return (await self._request("GET", f"/v1/items/{item_id}")).content
+
+    async def open(self, delivery: Delivery) -> Received:
+        data = await self.fetch(delivery.item_id)
+        try:
+            return self._open(await self.directory(), delivery, data)
+        except EnvelopeError:
+            return self._open(await self.directory(refresh=True), delivery, data)
+
+    async def acknowledge(self, seqs: Iterable[int]) -> list[int]:
+        response = await self._request("POST", "/v1/inbox/ack", json={"seqs": list(seqs)})
+        acknowledged: list[int] = response.json()["acknowledged"]
+        return acknowledged
+
+    async def status(self, item_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = (await self._request("GET", f"/v1/items/{item_id}/status")).json()
+        return result
+
+    async def explain(self, recipient: str, markings: Markings) -> dict[str, Any]:
+        response = await self._request(
+            "POST", "/v1/preflight/explain", json={"recipient": recipient, "markings": markings.to_dict()}
+        )
+        result: dict[str, Any] = response.json()
+        return result

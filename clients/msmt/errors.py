@@ -24,3 +24,12 @@ class BrokerError(ClientError):
 
 class BrokerUnavailable(ClientError):
     code = "broker-unavailable"
+
+
+class PolicyRefused(BrokerError):
+    """Policy does not allow one or more recipients; `refusals` names every failed rule."""
+
+    @property
+    def refusals(self) -> dict[str, list[dict[str, str]]]:
+        recipients: dict[str, list[dict[str, str]]] = self.problem.get("recipients", {})
+        return recipients

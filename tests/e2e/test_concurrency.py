@@ -43,7 +43,7 @@ def run(bases: list[str]) -> None:
 
     def submitter(index: int, origin: str) -> None:
         rng = random.Random(index)
-        clients = [Client(base, origin, _KEYS[origin].api, audience=AUDIENCE) for base in bases]
+        clients = [Client(base, _KEYS[origin], audience=AUDIENCE) for base in bases]
         others = [c for c in MEMBERS if c != origin]
         try:
             for n in range(per_submitter):
@@ -58,8 +58,8 @@ def run(bases: list[str]) -> None:
                 )
                 receipt = clients[n % len(clients)].submit(envelope)
                 with expected_lock:
-                    for r in receipt["recipients"]:
-                        expected[r].add(receipt["item_id"])
+                    for r in receipt.recipients:
+                        expected[r].add(receipt.item_id)
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -69,17 +69,17 @@ def run(bases: list[str]) -> None:
     seen: dict[str, list[tuple[int, str]]] = {code: [] for code in MEMBERS}
 
     def consumer(index: int, country: str) -> None:
-        clients = [Client(base, country, _KEYS[country].api, audience=AUDIENCE) for base in bases]
+        clients = [Client(base, _KEYS[country], audience=AUDIENCE) for base in bases]
         cursor, turn = 0, index
         try:
             while True:
                 finished = done_submitting.is_set()
                 page = clients[turn % len(clients)].inbox(after=cursor, limit=200, wait=0 if finished else 1)
                 turn += 1
-                for delivery in page["deliveries"]:
-                    seen[country].append((delivery["seq"], delivery["item_id"]))
-                cursor = page["cursor"]
-                if finished and not page["deliveries"]:
+                for delivery in page.deliveries:
+                    seen[country].append((delivery.seq, delivery.item_id))
+                cursor = page.cursor
+                if finished and not page.deliveries:
                     return
         except BaseException as exc:
             errors.append(exc)

@@ -22,6 +22,7 @@ from broker.app import create_app
 from broker.services import admin as admin_service
 from broker.settings import Settings
 from broker.store.db import make_engine, make_sessionmaker, migrate, transaction
+from msmt.agency import AgencyKeys
 from msmt.auth import mint_token
 from msmt.core import ApiPrivateKey, EncryptionPrivateKey, Markings, SigningPrivateKey, seal
 
@@ -81,16 +82,8 @@ def _seed(name: str, size: int) -> bytes:
     return hashlib.shake_256(f"msmt integration {name}".encode()).digest(size)
 
 
-@dataclass
-class Member:
-    code: str
-    signing: SigningPrivateKey
-    encryption: EncryptionPrivateKey
-    api: ApiPrivateKey
-
-
 _KEYS = {
-    code: Member(
+    code: AgencyKeys(
         code,
         SigningPrivateKey.from_seed(_seed(f"{code} signing", 64)),
         EncryptionPrivateKey.from_seed(_seed(f"{code} encryption", 32)),
@@ -118,7 +111,7 @@ class World:
     url: str
     client: TestClient
     clock: Clock
-    members: dict[str, Member] = field(default_factory=lambda: dict(_KEYS))
+    members: dict[str, AgencyKeys] = field(default_factory=lambda: dict(_KEYS))
     admin_key: ApiPrivateKey = ADMIN_KEY
 
     def token(self, who: str, **kwargs: Any) -> str:
