@@ -113,8 +113,10 @@ def main() -> int:
     parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} cores, {platform.machine()}, {platform.system()} {platform.release()}")
-    print(f"python {platform.python_version()}; {args.items} items of 1 KiB, 10 recipients + originator's "
-          f"key set (11 members), {args.threads} client threads, 1 broker worker process")
+    print(
+        f"python {platform.python_version()}; {args.items} items of 1 KiB, 10 recipients + originator's "
+        f"key set (11 members), {args.threads} client threads, 1 broker worker process"
+    )
     items = seal_items(args.items)
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
     with tempfile.TemporaryDirectory() as tmp:

@@ -232,10 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("serve", help="run the HTTP API")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8443)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    p.add_argument("--port", type=int, default=8443, help="port to listen on (default %(default)s)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (PostgreSQL for more than one)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="server log level",
+    )
     p.set_defaults(func=cmd_serve)
 
     country = sub.add_parser("country", help="enrol, suspend, reactivate or change a member country")
@@ -243,41 +248,45 @@ def build_parser() -> argparse.ArgumentParser:
     p = csub.add_parser("add", help="enrol a country")
     p.add_argument("code", help="ISO 3166-1 alpha-3 code, e.g. KOR")
     p.add_argument("--name", help="display name")
-    p.add_argument("--accreditation", required=True, choices=DEFAULT_LADDER)
+    p.add_argument(
+        "--accreditation", required=True, choices=DEFAULT_LADDER, help="highest classification it may hold"
+    )
     p.add_argument("--group", action="append", default=[], help="group membership (repeatable), e.g. G7")
     p.set_defaults(func=cmd_country_add)
     p = csub.add_parser("suspend", help="suspend: its tokens and deliveries to it are refused")
-    p.add_argument("code")
+    p.add_argument("code", help="the country to suspend")
     p.set_defaults(func=_country_update(status="suspended"))
     p = csub.add_parser("activate", help="reactivate a suspended country")
-    p.add_argument("code")
+    p.add_argument("code", help="the country to reactivate")
     p.set_defaults(func=_country_update(status="active"))
     p = csub.add_parser("set", help="change accreditation or groups")
-    p.add_argument("code")
-    p.add_argument("--accreditation", choices=DEFAULT_LADDER)
+    p.add_argument("code", help="the country to change")
+    p.add_argument("--accreditation", choices=DEFAULT_LADDER, help="new accreditation")
     p.add_argument("--group", action="append", help="replace the groups (repeatable)")
     p.set_defaults(func=_country_update())
 
     key = sub.add_parser("key", help="register or revoke public keys")
     ksub = key.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = ksub.add_parser("add", help="register a key from its public key document (msmt keys export)")
-    p.add_argument("public_key_file")
+    p.add_argument("public_key_file", help="a public key document, as `msmt keys export` writes it")
     p.set_defaults(func=cmd_key_add)
     p = ksub.add_parser("revoke", help="revoke a key from the next request on")
-    p.add_argument("key_id")
+    p.add_argument("key_id", help="the key id (32 hex digits) to revoke")
     p.set_defaults(func=cmd_key_revoke)
 
     agreement = sub.add_parser("agreement", help="set sharing agreements")
     asub = agreement.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = asub.add_parser("set", help="set what may flow ORIGINATOR -> RECIPIENT ('*' '*' is the default)")
-    p.add_argument("originator")
-    p.add_argument("recipient")
-    p.add_argument("--ceiling", required=True, choices=DEFAULT_LADDER)
+    p.add_argument("originator", help="country code of the sender, or * for the default")
+    p.add_argument("recipient", help="country code of the receiver, or * for the default")
+    p.add_argument(
+        "--ceiling", required=True, choices=DEFAULT_LADDER, help="highest classification that may flow"
+    )
     p.add_argument("--topics", help="comma-separated topics, or '*' for all (default)")
     p.set_defaults(func=cmd_agreement_set)
 
     p = sub.add_parser("list", help="list countries, keys, agreements or admin actions")
-    p.add_argument("what", choices=["countries", "keys", "agreements", "actions"])
+    p.add_argument("what", choices=["countries", "keys", "agreements", "actions"], help="what to list")
     p.set_defaults(func=cmd_list)
     return parser
 

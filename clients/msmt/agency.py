@@ -36,7 +36,9 @@ class AgencyKeys:
     def generate(cls, country: str) -> AgencyKeys:
         if not COUNTRY_RE.fullmatch(country):
             raise ValueError(f"{country!r} is not an ISO 3166-1 alpha-3 code")
-        return cls(country, SigningPrivateKey.generate(), EncryptionPrivateKey.generate(), ApiPrivateKey.generate())
+        return cls(
+            country, SigningPrivateKey.generate(), EncryptionPrivateKey.generate(), ApiPrivateKey.generate()
+        )
 
     def encryption_key(self, key_id: str) -> EncryptionPrivateKey | None:
         """The current or an earlier encryption key with this id."""

@@ -160,20 +160,22 @@ class _ClientCore:
         )
 
     def _open(self, directory: Directory, delivery: Delivery, data: bytes) -> Received:
+        if parse(data).header.item_id != delivery.item_id:
+            raise ClientError(f"the broker returned another item for {delivery.item_id}")
+        return Received(delivery, self._open_with(directory, data, delivery.received_ms))
+
+    def _open_with(self, directory: Directory, data: bytes, accepted_ms: int) -> Opened:
         header = parse(data).header
-        if header.item_id != delivery.item_id:
-            raise ClientError(f"the broker returned item {header.item_id} for {delivery.item_id}")
         entry = header.recipient(self.keys.country)
         key = self.keys.encryption_key(entry.key_id) if entry else self.keys.encryption
         if key is None:
-            raise ClientError(f"item {delivery.item_id} was sealed to key {entry and entry.key_id}, which is not in this key folder")
-        opened = open_envelope(
+            raise ClientError(f"item {header.item_id} was sealed to a key that is not in this key folder")
+        return open_envelope(
             data,
             recipient=self.keys.country,
             private_key=key,
-            originator_key=directory.signing_lookup(delivery.received_ms),
+            originator_key=directory.signing_lookup(accepted_ms),
         )
-        return Received(delivery, opened)
 
     @staticmethod
     def _receipt(data: dict[str, Any]) -> Receipt:
@@ -191,8 +193,15 @@ class _ClientCore:
 class Client(_ClientCore):
     """Synchronous client. Use as a context manager or call `close()`."""
 
-    def __init__(self, base_url: str, keys: AgencyKeys, *, transport: httpx.BaseTransport | None = None,
-                 timeout: float = 60.0, **options: Any) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        keys: AgencyKeys,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        timeout: float = 60.0,
+        **options: Any,
+    ) -> None:
         super().__init__(base_url, keys, **options)
         self._http = httpx.Client(base_url=base_url, transport=transport, timeout=timeout)
 
@@ -205,7 +214,9 @@ class Client(_ClientCore):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _request(self, method: str, path: str, *, headers: dict[str, str] | None = None, **kwargs: Any) -> httpx.Response:
+    def _request(
+        self, method: str, path: str, *, headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> httpx.Response:
         for attempt in range(self.retries + 1):
             response: httpx.Response | None = None
             try:
@@ -224,15 +235,26 @@ class Client(_ClientCore):
 
     def preflight(self, markings: Markings) -> Preflight:
         """Which partners may receive an item with these markings, and why the others may not."""
-        return self._preflight(self._request("POST", "/v1/preflight", json={"markings": markings.to_dict()}).json())
+        return self._preflight(
+            self._request("POST", "/v1/preflight", json={"markings": markings.to_dict()}).json()
+        )
 
     def submit(self, envelope: bytes) -> Receipt:
         """Submit sealed envelope bytes; safe to call again with the same bytes."""
-        response = self._request("POST", "/v1/items", content=envelope, headers={"Content-Type": ENVELOPE_MEDIA_TYPE})
+        response = self._request(
+            "POST", "/v1/items", content=envelope, headers={"Content-Type": ENVELOPE_MEDIA_TYPE}
+        )
         return self._receipt(response.json())
 
-    def send(self, payload: bytes, *, content_type: str, markings: Markings,
-             recipients: Iterable[str] | None = None, **options: Any) -> Receipt:
+    def send(
+        self,
+        payload: bytes,
+        *,
+        content_type: str,
+        markings: Markings,
+        recipients: Iterable[str] | None = None,
+        **options: Any,
+    ) -> Receipt:
         """Seal for `recipients` (default: every partner preflight allows) and submit.
 
         With explicit recipients, preflight runs first so a refusal is reported before sealing.
@@ -241,9 +263,14 @@ class Client(_ClientCore):
         targets = set(check.allowed) if recipients is None else set(recipients)
         refused = {c: check.denied[c] for c in targets if c in check.denied}
         if refused:
-            raise PolicyRefused(403, {"type": "urn:msmt:problem:recipients-refused",
-                                      "detail": "preflight: policy does not allow every recipient",
-                                      "recipients": refused})
+            raise PolicyRefused(
+                403,
+                {
+                    "type": "urn:msmt:problem:recipients-refused",
+                    "detail": "preflight: policy does not allow every recipient",
+                    "recipients": refused,
+                },
+            )
         envelope = self._seal(self.directory(), payload, content_type, markings, targets, options)
         return self.submit(envelope)
 
@@ -260,10 +287,18 @@ class Client(_ClientCore):
         try:
             return self._open(self.directory(), delivery, data)
         except EnvelopeError:
-            return self._open(self.directory(refresh=True), delivery, data)  # a key may be newer than the cache
+            return self._open(
+                self.directory(refresh=True), delivery, data
+            )  # a key may be newer than the cache
+
+    def open_bytes(self, data: bytes, *, accepted_ms: int) -> Opened:
+        """Verify and decrypt envelope bytes, with signing keys as they stood at `accepted_ms`."""
+        return self._open_with(self.directory(), data, accepted_ms)
 
     def acknowledge(self, seqs: Iterable[int]) -> list[int]:
-        acknowledged: list[int] = self._request("POST", "/v1/inbox/ack", json={"seqs": list(seqs)}).json()["acknowledged"]
+        acknowledged: list[int] = self._request("POST", "/v1/inbox/ack", json={"seqs": list(seqs)}).json()[
+            "acknowledged"
+        ]
         return acknowledged
 
     def status(self, item_id: str) -> dict[str, Any]:
@@ -280,8 +315,15 @@ class Client(_ClientCore):
 class AsyncClient(_ClientCore):
     """Asynchronous client with the same methods as `Client`, as coroutines."""
 
-    def __init__(self, base_url: str, keys: AgencyKeys, *, transport: httpx.AsyncBaseTransport | None = None,
-                 timeout: float = 60.0, **options: Any) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        keys: AgencyKeys,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float = 60.0,
+        **options: Any,
+    ) -> None:
         super().__init__(base_url, keys, **options)
         self._http = httpx.AsyncClient(base_url=base_url, transport=transport, timeout=timeout)
 
@@ -294,8 +336,9 @@ class AsyncClient(_ClientCore):
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def _request(self, method: str, path: str, *, headers: dict[str, str] | None = None,
-                       **kwargs: Any) -> httpx.Response:
+    async def _request(
+        self, method: str, path: str, *, headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> httpx.Response:
         for attempt in range(self.retries + 1):
             response: httpx.Response | None = None
             try:
@@ -317,19 +360,32 @@ class AsyncClient(_ClientCore):
         return self._preflight(response.json())
 
     async def submit(self, envelope: bytes) -> Receipt:
-        response = await self._request("POST", "/v1/items", content=envelope,
-                                       headers={"Content-Type": ENVELOPE_MEDIA_TYPE})
+        response = await self._request(
+            "POST", "/v1/items", content=envelope, headers={"Content-Type": ENVELOPE_MEDIA_TYPE}
+        )
         return self._receipt(response.json())
 
-    async def send(self, payload: bytes, *, content_type: str, markings: Markings,
-                   recipients: Iterable[str] | None = None, **options: Any) -> Receipt:
+    async def send(
+        self,
+        payload: bytes,
+        *,
+        content_type: str,
+        markings: Markings,
+        recipients: Iterable[str] | None = None,
+        **options: Any,
+    ) -> Receipt:
         check = await self.preflight(markings)
         targets = set(check.allowed) if recipients is None else set(recipients)
         refused = {c: check.denied[c] for c in targets if c in check.denied}
         if refused:
-            raise PolicyRefused(403, {"type": "urn:msmt:problem:recipients-refused",
-                                      "detail": "preflight: policy does not allow every recipient",
-                                      "recipients": refused})
+            raise PolicyRefused(
+                403,
+                {
+                    "type": "urn:msmt:problem:recipients-refused",
+                    "detail": "preflight: policy does not allow every recipient",
+                    "recipients": refused,
+                },
+            )
         envelope = self._seal(await self.directory(), payload, content_type, markings, targets, options)
         return await self.submit(envelope)
 
@@ -347,6 +403,9 @@ class AsyncClient(_ClientCore):
             return self._open(await self.directory(), delivery, data)
         except EnvelopeError:
             return self._open(await self.directory(refresh=True), delivery, data)
+
+    async def open_bytes(self, data: bytes, *, accepted_ms: int) -> Opened:
+        return self._open_with(await self.directory(), data, accepted_ms)
 
     async def acknowledge(self, seqs: Iterable[int]) -> list[int]:
         response = await self._request("POST", "/v1/inbox/ack", json={"seqs": list(seqs)})

@@ -22,7 +22,9 @@ class SigningKeyInfo:
     def usable_at(self, when_ms: int) -> bool:
         if self.revoked_ms is not None and self.revoked_ms <= when_ms:
             return False
-        return self.valid_from_ms <= when_ms and (self.valid_until_ms is None or when_ms < self.valid_until_ms)
+        return self.valid_from_ms <= when_ms and (
+            self.valid_until_ms is None or when_ms < self.valid_until_ms
+        )
 
 
 @dataclass(frozen=True)
@@ -55,13 +57,17 @@ class Directory:
                     key = SigningPublicKey.from_bytes(canonical.b64decode(k["public_key"]))
                     if key.key_id != k["key_id"]:
                         raise ClientError(f"directory lists {entry['code']}'s key under the wrong id")
-                    signing[key.key_id] = SigningKeyInfo(key, k["valid_from_ms"], k["valid_until_ms"], k["revoked_ms"])
+                    signing[key.key_id] = SigningKeyInfo(
+                        key, k["valid_from_ms"], k["valid_until_ms"], k["revoked_ms"]
+                    )
                 enc = entry["encryption_key"]
                 encryption = None
                 if enc is not None:
                     encryption = EncryptionPublicKey.from_bytes(canonical.b64decode(enc["public_key"]))
                     if encryption.key_id != enc["key_id"]:
-                        raise ClientError(f"directory lists {entry['code']}'s encryption key under the wrong id")
+                        raise ClientError(
+                            f"directory lists {entry['code']}'s encryption key under the wrong id"
+                        )
                 members[entry["code"]] = Member(
                     entry["code"],
                     entry["name"],

@@ -22,7 +22,9 @@ def upgrade() -> None:
         sa.Column("version", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
-    registry_state = sa.table("registry_state", sa.column("id", sa.Integer), sa.column("version", sa.BigInteger))
+    registry_state = sa.table(
+        "registry_state", sa.column("id", sa.Integer), sa.column("version", sa.BigInteger)
+    )
     op.bulk_insert(registry_state, [{"id": 1, "version": 0}])
 
 

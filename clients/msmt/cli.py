@@ -1,0 +1,616 @@
+"""msmt: the agency command line for the MSMT Broker.
+
+Send signed, end-to-end encrypted reports to partner countries, receive and open what partners
+send you, and see what happened to what you sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .agency import AgencyKeys
+from .client import Client, Delivery
+from .core import Markings, errors, short_fingerprint, verify
+from .core.markings import TLP_LEVELS, TOPICS
+from .errors import BrokerError, BrokerUnavailable, ClientError, PolicyRefused
+
+EXIT_OK = 0
+EXIT_ERROR = 1  # the broker refused the request, or the input is invalid
+EXIT_USAGE = 2  # bad command line
+EXIT_REFUSED = 3  # sharing policy does not allow a recipient
+EXIT_UNAVAILABLE = 4  # the broker cannot be reached
+EXIT_INVALID_ITEM = 5  # an envelope failed verification or decryption
+EXIT_KEYS = 6  # keys missing, wrong passphrase, damaged key file
+
+EPILOG = f"""\
+environment:
+  MSMT_BROKER_URL   broker base URL (--broker)
+  MSMT_KEYS         key folder (--keys), default ./msmt-keys
+  MSMT_AUDIENCE     the broker's identity in tokens (--audience), default msmt-broker
+  MSMT_PASSPHRASE   passphrase of the key folder; asked for when unset
+
+exit codes:
+  {EXIT_OK} success   {EXIT_ERROR} refused by the broker or invalid input   {EXIT_USAGE} usage error
+  {EXIT_REFUSED} policy refused a recipient   {EXIT_UNAVAILABLE} broker unreachable
+  {EXIT_INVALID_ITEM} an item failed verification or decryption   {EXIT_KEYS} key problem
+"""
+
+CURSOR_FILE = ".msmt-cursor"
+EXTENSIONS = {
+    "application/stix+json": ".stix.json",
+    "application/json": ".json",
+    "text/markdown": ".md",
+    "text/plain": ".txt",
+    "application/pdf": ".pdf",
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+}
+
+
+class Usage(Exception):
+    """A command-line mistake found after parsing."""
+
+
+# --- output ------------------------------------------------------------------------------
+
+
+def emit(args: argparse.Namespace, value: Any, table: list[dict[str, Any]] | None = None) -> None:
+    """JSON for programs with --json; otherwise a table (or key: value lines) for people."""
+    if args.json:
+        print(json.dumps(value, indent=2, sort_keys=True, default=str))
+        return
+    rows = table if table is not None else value
+    if isinstance(rows, dict):
+        width = max((len(k) for k in rows), default=0)
+        for key, item in rows.items():
+            print(f"{key:<{width}}  {_cell(item, 200)}")
+        return
+    if not rows:
+        print("(none)")
+        return
+    columns = list(rows[0])
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _cell(value: Any, limit: int = 60) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value) or "-"
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class Progress:
+    """A one-line progress bar on stderr, shown only on a terminal."""
+
+    def __init__(self, total: int, label: str) -> None:
+        self.total, self.label, self.done = total, label, 0
+        self.enabled = sys.stderr.isatty() and total > 1
+
+    def step(self) -> None:
+        self.done += 1
+        if self.enabled:
+            filled = int(30 * self.done / self.total)
+            sys.stderr.write(f"\r{self.label} [{'#' * filled}{' ' * (30 - filled)}] {self.done}/{self.total}")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def _ms(value: int | None) -> str:
+    if value is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(value / 1000))
+
+
+# --- keys and client -----------------------------------------------------------------------
+
+
+def _passphrase(confirm: bool = False) -> str:
+    value = os.environ.get("MSMT_PASSPHRASE")
+    if value:
+        return value
+    if not sys.stdin.isatty():
+        raise Usage("set MSMT_PASSPHRASE: there is no terminal to ask for the key passphrase")
+    first = getpass.getpass("key passphrase: ")
+    if confirm and first != getpass.getpass("key passphrase (again): "):
+        raise Usage("the passphrases differ")
+    return first
+
+
+def _keys(args: argparse.Namespace) -> AgencyKeys:
+    folder = Path(args.keys)
+    if not (folder / "signing.key").exists():
+        raise errors.CorruptKeyFile(f"no keys in {folder}: run 'msmt keys generate COUNTRY --out {folder}'")
+    return AgencyKeys.load(folder, _passphrase())
+
+
+def _client(args: argparse.Namespace) -> Client:
+    if not args.broker:
+        raise Usage("give the broker URL with --broker or MSMT_BROKER_URL")
+    return Client(args.broker, _keys(args), audience=args.audience)
+
+
+def _markings(args: argparse.Namespace) -> Markings:
+    def split(values: list[str]) -> list[str]:
+        return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+    try:
+        return Markings.create(
+            args.classification.upper(),
+            args.tlp.upper(),
+            [v.upper() for v in split(args.releasable_to)],
+            caveats=[v.upper() for v in split(args.caveat)],
+            topics=[v.lower() for v in split(args.topic)],
+        )
+    except errors.EnvelopeError as exc:
+        raise Usage(f"markings: {exc.detail}") from exc
+
+
+# --- commands ----------------------------------------------------------------------------
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    folder = Path(args.out or args.keys)
+    if (folder / "signing.key").exists():
+        raise Usage(f"{folder} already holds keys; choose another --out")
+    keys = AgencyKeys.generate(args.country.upper())
+    keys.save(folder, _passphrase(confirm=True))
+    print(f"wrote the keys of {keys.country} to {folder} (private files mode 0600)", file=sys.stderr)
+    return _print_fingerprints(args, keys)
+
+
+def _print_fingerprints(args: argparse.Namespace, keys: AgencyKeys) -> int:
+    rows = [
+        {"kind": kind, "key_id": key.key_id, "fingerprint": short_fingerprint(key.key_id)}
+        for kind, key in (("signing", keys.signing), ("encryption", keys.encryption), ("api", keys.api))
+    ]
+    emit(args, {"country": keys.country, "keys": rows}, rows)
+    return EXIT_OK
+
+
+def cmd_keys_show(args: argparse.Namespace) -> int:
+    return _print_fingerprints(args, _keys(args))
+
+
+def cmd_keys_export(args: argparse.Namespace) -> int:
+    keys = _keys(args)
+    documents = keys.public_documents()
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        for kind, document in documents.items():
+            (out / f"{keys.country}.{kind}.pub").write_bytes(document)
+        print(
+            f"wrote 3 public key documents to {out}; send them to the broker admin and read the",
+            file=sys.stderr,
+        )
+        print("fingerprints below to them over a second channel:", file=sys.stderr)
+        return _print_fingerprints(args, keys)
+    print(json.dumps([json.loads(d) for d in documents.values()], indent=2))
+    return EXIT_OK
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    markings = _markings(args)
+    payload = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    content_type = args.content_type or _guess_type(args.file)
+    options: dict[str, Any] = {}
+    if args.supersedes:
+        options["supersedes"] = args.supersedes
+    if args.in_reply_to:
+        options["in_reply_to"] = args.in_reply_to
+    if args.expires_in:
+        options["expires_ms"] = int(time.time() * 1000) + args.expires_in * 1000
+    with _client(args) as client:
+        receipt = client.send(
+            payload,
+            content_type=content_type,
+            markings=markings,
+            recipients=[c.upper() for c in args.to] if args.to else None,
+            **options,
+        )
+    result = {
+        "item_id": receipt.item_id,
+        "log_index": receipt.log_index,
+        "recipients": list(receipt.recipients),
+    }
+    emit(args, result, [result])
+    return EXIT_OK
+
+
+def _guess_type(name: str) -> str:
+    lowered = name.lower()
+    for content_type, extension in EXTENSIONS.items():
+        if lowered.endswith(extension):
+            return content_type
+    if lowered.endswith(".jpeg"):
+        return "image/jpeg"
+    return "application/octet-stream"
+
+
+def cmd_preflight(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        result = client.preflight(_markings(args))
+    rows = [{"partner": c, "decision": "allowed", "reasons": ""} for c in result.allowed]
+    rows += [
+        {"partner": c, "decision": "denied", "reasons": "; ".join(d["reason"] for d in denials)}
+        for c, denials in sorted(result.denied.items())
+    ]
+    emit(args, {"allowed": list(result.allowed), "denied": result.denied}, rows)
+    return EXIT_OK
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        result = client.explain(args.recipient.upper(), _markings(args))
+    if args.json:
+        emit(args, result)
+    else:
+        verdict = "ALLOWED" if result["allowed"] else "DENIED"
+        print(f"{result['originator']} -> {result['recipient']}: {verdict}")
+        for denial in result["denials"]:
+            print(f"  [{denial['rule']}] {denial['reason']}")
+    return EXIT_OK if result["allowed"] else EXIT_REFUSED
+
+
+def _delivery_row(d: Delivery) -> dict[str, Any]:
+    return {
+        "seq": d.seq,
+        "item_id": d.item_id,
+        "from": d.originator,
+        "classification": d.classification,
+        "tlp": d.tlp,
+        "content_type": d.content_type,
+        "size": d.size,
+        "received": _ms(d.received_ms),
+        "state": d.state,
+    }
+
+
+def cmd_inbox(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        page = client.inbox(args.after, limit=args.limit, wait=args.wait)
+    rows = [_delivery_row(d) for d in page.deliveries]
+    emit(args, {"deliveries": [vars(d) for d in page.deliveries], "cursor": page.cursor}, rows)
+    return EXIT_OK
+
+
+def _pull_once(client: Client, folder: Path, args: argparse.Namespace, wait: float) -> tuple[int, int]:
+    """Pull one page after the saved cursor; return (saved, failed)."""
+    cursor_path = folder / CURSOR_FILE
+    cursor = int(cursor_path.read_text()) if cursor_path.exists() else 0
+    page = client.inbox(cursor, limit=args.limit, wait=wait)
+    progress = Progress(len(page.deliveries), "pulling")
+    saved = failed = 0
+    done: list[int] = []
+    for delivery in page.deliveries:
+        stem = f"{delivery.seq:08d}-{delivery.item_id}"
+        try:
+            received = client.open(delivery)
+        except errors.EnvelopeError as exc:
+            failed += 1
+            (folder / f"{stem}.rejected.json").write_text(
+                json.dumps({"item_id": delivery.item_id, "error": exc.code, "detail": exc.detail}, indent=2)
+            )
+            print(f"item {delivery.item_id} REJECTED: {exc.detail} ({exc.code})", file=sys.stderr)
+        else:
+            header = received.opened.header
+            (folder / (stem + EXTENSIONS.get(header.content_type, ".bin"))).write_bytes(received.payload)
+            (folder / f"{stem}.header.json").write_text(json.dumps(header_view(header.to_dict()), indent=2))
+            saved += 1
+        done.append(delivery.seq)
+        progress.step()
+    progress.close()
+    if done and not args.no_ack:
+        client.acknowledge(done)
+    cursor_path.write_text(str(page.cursor))
+    return saved, failed
+
+
+def header_view(header: dict[str, Any]) -> dict[str, Any]:
+    """The header for people: wrapped keys reduced to their recipients."""
+    view = dict(header)
+    view["recipients"] = [{"country": r["country"], "key_id": r["key_id"]} for r in header["recipients"]]
+    return view
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    folder = Path(args.folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    total_saved = total_failed = 0
+    with _client(args) as client:
+        while True:
+            saved, failed = _pull_once(client, folder, args, wait=0)
+            total_saved, total_failed = total_saved + saved, total_failed + failed
+            if saved + failed < args.limit:
+                break
+    emit(args, {"saved": total_saved, "rejected": total_failed, "folder": str(folder)})
+    return EXIT_INVALID_ITEM if total_failed else EXIT_OK
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    folder = Path(args.folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"watching the inbox; new items go to {folder} (Ctrl-C to stop)", file=sys.stderr)
+    failed_any = False
+    with _client(args) as client:
+        try:
+            while True:
+                saved, failed = _pull_once(client, folder, args, wait=30)
+                failed_any = failed_any or bool(failed)
+                if saved or failed:
+                    print(
+                        f"{_ms(int(time.time() * 1000))}: {saved} saved, {failed} rejected", file=sys.stderr
+                    )
+                if args.once and (saved or failed):
+                    break
+        except KeyboardInterrupt:
+            print("stopped", file=sys.stderr)
+    return EXIT_INVALID_ITEM if failed_any else EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        data = Path(args.item).read_bytes() if args.file else client.fetch(args.item)
+        now = int(time.time() * 1000)
+        header = verify(data, client.directory().signing_lookup(now)).header
+        view = header_view(header.to_dict())
+        view["signature"] = "verified (ML-DSA-65 + Ed25519) against the broker's directory"
+        if args.open:
+            opened = client.open_bytes(data, accepted_ms=now)
+            view["payload_bytes"] = len(opened.payload)
+            if args.output:
+                Path(args.output).write_bytes(opened.payload)
+                view["payload_written_to"] = args.output
+    emit(args, view)
+    return EXIT_OK
+
+
+def cmd_ack(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        acknowledged = client.acknowledge(args.seq)
+    emit(args, {"acknowledged": acknowledged})
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        result = client.status(args.item_id)
+    rows = [
+        {
+            "recipient": d["recipient"],
+            "state": d["state"],
+            "delivered": _ms(d["created_ms"]),
+            "acknowledged": _ms(d["acked_ms"]),
+        }
+        for d in result["deliveries"]
+    ]
+    emit(args, result, rows)
+    return EXIT_OK
+
+
+def cmd_directory(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        directory = client.directory()
+    rows = [
+        {
+            "country": m.code,
+            "name": m.name,
+            "status": m.status,
+            "accreditation": m.accreditation,
+            "groups": list(m.groups),
+            "encryption_key": short_fingerprint(m.encryption_key.key_id) if m.encryption_key else "-",
+        }
+        for m in directory.members.values()
+    ]
+    emit(args, rows)
+    return EXIT_OK
+
+
+# --- parser ------------------------------------------------------------------------------------
+
+
+def _add_markings(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("markings (signed with the item; the broker enforces policy on them)")
+    g.add_argument(
+        "--classification", "-c", required=True, help="e.g. UNCLASSIFIED, RESTRICTED, CONFIDENTIAL, SECRET"
+    )
+    g.add_argument("--tlp", required=True, type=str.upper, choices=TLP_LEVELS, help="TLP 2.0 level")
+    g.add_argument(
+        "--releasable-to",
+        "-r",
+        action="append",
+        required=True,
+        metavar="WHO",
+        help="country codes, group names (G7, EU) or ALL; repeat or separate with commas",
+    )
+    g.add_argument(
+        "--caveat",
+        action="append",
+        default=[],
+        metavar="CAVEAT",
+        help="e.g. ORCON (no onward sharing without the originator)",
+    )
+    g.add_argument(
+        "--topic",
+        "-t",
+        action="append",
+        default=[],
+        metavar="TOPIC",
+        help=f"one of {', '.join(TOPICS)}; repeatable",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="msmt",
+        description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1].strip(),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"msmt {__version__}")
+    parser.add_argument("--broker", default=os.environ.get("MSMT_BROKER_URL"), help="broker base URL")
+    parser.add_argument(
+        "--keys", default=os.environ.get("MSMT_KEYS", "msmt-keys"), help="key folder (default %(default)s)"
+    )
+    parser.add_argument(
+        "--audience",
+        default=os.environ.get("MSMT_AUDIENCE", "msmt-broker"),
+        help="the broker's identity in API tokens (default %(default)s)",
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(
+        name: str, help_text: str, func: Callable[[argparse.Namespace], int], **kw: Any
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text, **kw)
+        p.set_defaults(func=func)
+        return p
+
+    keys = sub.add_parser(
+        "keys",
+        help="generate, show and export your country's keys",
+        description="Generate, show and export your country's keys.",
+    )
+    ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    p = ksub.add_parser(
+        "generate",
+        help="create signing, encryption and API keys (passphrase-encrypted, mode 0600)",
+        description="Create a new key folder: signing (ML-DSA-65 + Ed25519), encryption (X-Wing) "
+        "and API (Ed25519) keys, each encrypted with your passphrase.",
+    )
+    p.add_argument("country", help="your ISO 3166-1 alpha-3 code, e.g. KOR")
+    p.add_argument("--out", help="folder to create (default: --keys)")
+    p.set_defaults(func=cmd_keys_generate)
+    p = ksub.add_parser(
+        "show",
+        help="print key ids and read-aloud fingerprints",
+        description="Print your key ids and the short fingerprints to read aloud at enrolment.",
+    )
+    p.set_defaults(func=cmd_keys_show)
+    p = ksub.add_parser(
+        "export",
+        help="write the public key documents to send to the broker admin",
+        description="Write your three public key documents (for enrolment) to --out, or print them as JSON.",
+    )
+    p.add_argument("--out", help="folder for COUNTRY.KIND.pub files")
+    p.set_defaults(func=cmd_keys_export)
+
+    p = command("submit", "seal a file (or stdin) for the partners policy allows, and submit it", cmd_submit)
+    p.add_argument("file", help="the report to send, or - for stdin")
+    _add_markings(p)
+    p.add_argument(
+        "--to",
+        action="append",
+        metavar="COUNTRY",
+        help="recipients (repeatable); default: every partner policy allows",
+    )
+    p.add_argument("--content-type", help="media type (default: from the file extension)")
+    p.add_argument("--supersedes", metavar="ITEM_ID", help="this item corrects ITEM_ID")
+    p.add_argument("--in-reply-to", metavar="ITEM_ID", help="this item answers ITEM_ID")
+    p.add_argument(
+        "--expires-in", type=int, metavar="SECONDS", help="the item may not be accepted after this"
+    )
+
+    p = command(
+        "preflight",
+        "show which partners may receive an item with these markings, and why not the others",
+        cmd_preflight,
+    )
+    _add_markings(p)
+    p = command("explain", "explain the policy decision for one recipient (exit 3 when denied)", cmd_explain)
+    p.add_argument("recipient", help="the partner's country code")
+    _add_markings(p)
+
+    p = command("inbox", "list deliveries in your inbox", cmd_inbox)
+    p.add_argument("--after", type=int, default=0, help="cursor: list deliveries with seq greater than this")
+    p.add_argument("--limit", type=int, default=100, help="at most this many (1-1000)")
+    p.add_argument("--wait", type=float, default=0, help="long-poll up to this many seconds (max 30)")
+
+    p = command(
+        "pull", "fetch, verify and decrypt new deliveries into a folder, then acknowledge them", cmd_pull
+    )
+    p.add_argument("folder", help="where payloads and headers are written; the cursor is kept in it")
+    p.add_argument("--limit", type=int, default=100, help="deliveries per request")
+    p.add_argument("--no-ack", action="store_true", help="do not acknowledge what was pulled")
+
+    p = command("watch", "like pull, forever: long-polls and saves items as they arrive", cmd_watch)
+    p.add_argument("folder", help="where payloads and headers are written; the cursor is kept in it")
+    p.add_argument("--limit", type=int, default=100, help="deliveries per request")
+    p.add_argument("--no-ack", action="store_true", help="do not acknowledge what was pulled")
+    p.add_argument("--once", action="store_true", help="stop after the first batch")
+
+    p = command("show", "verify an item and show its signed header (optionally decrypt it)", cmd_show)
+    p.add_argument("item", help="an item id, or with --file an envelope file")
+    p.add_argument("--file", action="store_true", help="ITEM is a local envelope file")
+    p.add_argument("--open", action="store_true", help="also decrypt (you must be a recipient)")
+    p.add_argument("--output", "-o", help="with --open: write the payload here")
+
+    p = command("ack", "acknowledge deliveries by sequence number", cmd_ack)
+    p.add_argument("seq", type=int, nargs="+", help="sequence numbers from your inbox")
+
+    p = command("status", "delivery state per recipient of an item you sent", cmd_status)
+    p.add_argument("item_id", help="the id of an item you sent")
+
+    command("directory", "list member countries and their encryption key fingerprints", cmd_directory)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except Usage as exc:
+        parser.error(str(exc))
+    except PolicyRefused as exc:
+        print(f"refused by policy: {exc.problem.get('detail', '')}", file=sys.stderr)
+        for country, reasons in exc.refusals.items():
+            for reason in reasons:
+                print(f"  {country}: {reason['reason']}", file=sys.stderr)
+        return EXIT_REFUSED
+    except BrokerUnavailable as exc:
+        print(f"error: {exc.detail}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except BrokerError as exc:
+        print(
+            f"error: the broker said {exc.status} {exc.code}: {exc.problem.get('detail', '')}",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    except errors.KeyMaterialError as exc:
+        print(f"error: {exc.detail}", file=sys.stderr)
+        return EXIT_KEYS
+    except errors.EnvelopeError as exc:
+        print(f"error: {exc.detail} ({exc.code})", file=sys.stderr)
+        return EXIT_INVALID_ITEM
+    except ClientError as exc:
+        print(f"error: {exc.detail}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:
+        print(f"error: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,138 @@
+"""The agency CLI `msmt` and the admin CLI `msmt-broker` against a real broker process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .servers import broker_process
+
+AUDIENCE = "msmt-cli-test"
+
+
+def run(
+    *args: str, env: dict[str, str], expect: int = 0, module: str = "msmt.cli"
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == expect, f"{args}: exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    tmp = tmp_path_factory.mktemp("cli")
+    db = f"sqlite:///{tmp / 'broker.db'}"
+    env = {**os.environ, "MSMT_PASSPHRASE": "correct horse battery staple", "MSMT_AUDIENCE": AUDIENCE}
+    admin = [*("--database-url", db)]
+    run(
+        *admin,
+        "init",
+        "--admin",
+        "ops",
+        "--data-dir",
+        str(tmp / "broker"),
+        "--passphrase-env",
+        "MSMT_PASSPHRASE",
+        "--default-ceiling",
+        "RESTRICTED",
+        env=env,
+        module="broker.cli",
+    )
+    for code, accreditation in (("KOR", "SECRET"), ("USA", "SECRET"), ("NZL", "RESTRICTED")):
+        run("keys", "generate", code, "--out", str(tmp / code), env=env)
+        run("--keys", str(tmp / code), "keys", "export", "--out", str(tmp / "pub"), env=env)
+        run(*admin, "country", "add", code, "--accreditation", accreditation, env=env, module="broker.cli")
+        for kind in ("signing", "encryption", "api"):
+            run(*admin, "key", "add", str(tmp / "pub" / f"{code}.{kind}.pub"), env=env, module="broker.cli")
+    return {"tmp": tmp, "db": db, "env": env}
+
+
+def test_send_refuse_pull_and_status(setup: dict[str, object]) -> None:
+    tmp, db, env = Path(str(setup["tmp"])), str(setup["db"]), dict(setup["env"])  # type: ignore[call-overload]
+    report = tmp / "sighting.md"
+    report.write_text("# Ship-to-ship transfer\n\nTwo tankers alongside at night, AIS off.\n")
+    with broker_process(db, AUDIENCE, tmp / "broker.log") as base:
+        kor = {**env, "MSMT_BROKER_URL": base, "MSMT_KEYS": str(tmp / "KOR")}
+        usa = {**env, "MSMT_BROKER_URL": base, "MSMT_KEYS": str(tmp / "USA")}
+
+        preflight = json.loads(
+            run("--json", "preflight", "-c", "SECRET", "--tlp", "AMBER", "-r", "ALL", env=kor).stdout
+        )
+        assert preflight["allowed"] == []
+        assert "NZL" in preflight["denied"] and "USA" in preflight["denied"]
+
+        refused = run(
+            "submit",
+            str(report),
+            "-c",
+            "SECRET",
+            "--tlp",
+            "AMBER",
+            "-r",
+            "ALL",
+            "--to",
+            "NZL",
+            env=kor,
+            expect=3,
+        )
+        assert "NZL: SECRET is above NZL's accreditation (RESTRICTED)" in refused.stderr
+
+        explained = run("explain", "NZL", "-c", "SECRET", "--tlp", "AMBER", "-r", "ALL", env=kor, expect=3)
+        assert "DENIED" in explained.stdout and "above-accreditation" in explained.stdout
+
+        sent = json.loads(
+            run(
+                "--json",
+                "submit",
+                str(report),
+                "-c",
+                "RESTRICTED",
+                "--tlp",
+                "AMBER",
+                "-r",
+                "USA",
+                "-t",
+                "maritime",
+                env=kor,
+            ).stdout
+        )
+        assert sent["recipients"] == ["USA"]  # preflight picked the only allowed partner
+
+        inbox = json.loads(run("--json", "inbox", env=usa).stdout)
+        assert [d["item_id"] for d in inbox["deliveries"]] == [sent["item_id"]]
+
+        shown = json.loads(run("--json", "show", sent["item_id"], "--open", env=usa).stdout)
+        assert shown["originator"]["country"] == "KOR"
+        assert shown["signature"].startswith("verified")
+
+        out = tmp / "usa-inbox"
+        pulled = json.loads(run("--json", "pull", str(out), env=usa).stdout)
+        assert pulled == {"saved": 1, "rejected": 0, "folder": str(out)}
+        (payload,) = out.glob("*.md")
+        assert payload.read_bytes() == report.read_bytes()
+        assert (
+            json.loads(next(out.glob("*.header.json")).read_text())["markings"]["classification"]
+            == "RESTRICTED"
+        )
+        assert json.loads(run("--json", "pull", str(out), env=usa).stdout)["saved"] == 0  # cursor kept
+
+        status = json.loads(run("--json", "status", sent["item_id"], env=kor).stdout)
+        assert [(d["recipient"], d["state"]) for d in status["deliveries"]] == [("USA", "acknowledged")]
+
+        # USA cannot see KOR's delivery status, and NZL cannot read the item: 404s, exit 1
+        run("status", sent["item_id"], env=usa, expect=1)
+        nzl = {**env, "MSMT_BROKER_URL": base, "MSMT_KEYS": str(tmp / "NZL")}
+        run("show", sent["item_id"], env=nzl, expect=1)
+
+        wrong = {**kor, "MSMT_PASSPHRASE": "wrong"}
+        assert "wrong passphrase" in run("inbox", env=wrong, expect=6).stderr
+
+    unreachable = {**env, "MSMT_BROKER_URL": "http://127.0.0.1:9", "MSMT_KEYS": str(tmp / "KOR")}
+    run("inbox", env=unreachable, expect=4)
