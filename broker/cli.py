@@ -25,10 +25,12 @@ from msmt.core import (
     write_private_key,
 )
 from msmt.core.errors import MsmtError
-from msmt.core.policy import DEFAULT_LADDER
+from msmt.core.policy import DEFAULT_LADDER, sharing_matrix
 
+from . import policydoc
 from .problems import Problem
 from .services import admin as admin_service
+from .services import policy as policy_service
 from .settings import Settings
 from .store.db import make_engine, make_sessionmaker, migrate, transaction
 
@@ -205,6 +207,117 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_policy_export(args: argparse.Namespace) -> int:
+    document = _read(args, policy_service.export_document)
+    text = policydoc.render(
+        document, header=f"MSMT sharing policy, exported {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
+    )
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        print(text, end="")
+    return EXIT_OK
+
+
+def _load_document(path: str) -> policydoc.PolicyDocument:
+    try:
+        return policydoc.parse(Path(path).read_text())
+    except policydoc.PolicyDocumentError as exc:
+        raise Problem(
+            422, "invalid-policy", "Invalid policy", f"{path} is not a valid policy: " + "; ".join(exc.errors)
+        ) from exc
+
+
+def cmd_policy_plan(args: argparse.Namespace) -> int:
+    proposed = _load_document(args.file)
+    plan = _read(args, lambda s: policy_service.plan_document(s, proposed))
+    print(plan.text())
+    return EXIT_ERROR if plan.errors else EXIT_OK
+
+
+def cmd_policy_apply(args: argparse.Namespace) -> int:
+    proposed = _load_document(args.file)
+    plan = _read(args, lambda s: policy_service.plan_document(s, proposed))
+    print(plan.text())
+    if plan.errors:
+        return EXIT_ERROR
+    if plan.empty:
+        print("nothing to apply")
+        return EXIT_OK
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print("error: pass --yes to apply without a terminal to confirm on", file=sys.stderr)
+            return EXIT_USAGE
+        if input("apply this plan? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("not applied")
+            return EXIT_ERROR
+    _, version = _write(args, lambda s: policy_service.apply_document(s, _actor(), proposed, _now()))
+    print(f"applied: policy version {version}")
+    return EXIT_OK
+
+
+def cmd_policy_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(policydoc.json_schema(), indent=2))
+    return EXIT_OK
+
+
+def cmd_policy_versions(args: argparse.Namespace) -> int:
+    _print(args, _read(args, policy_service.list_versions))
+    return EXIT_OK
+
+
+def cmd_policy_explain_item(args: argparse.Namespace) -> int:
+    result = _read(args, lambda s: policy_service.explain_item(s, args.item_id))
+    if args.json:
+        _print(args, result)
+        return EXIT_OK
+    print(f"item {result['item_id']} from {result['originator']}, markings {json.dumps(result['markings'])}")
+    print(
+        f"allowed under policy version {result['policy_version']} (registry version {result['registry_version']}):"
+    )
+    for decision in result["decisions"]:
+        verdict = (
+            "allowed"
+            if decision["allowed"]
+            else "DENIED: " + "; ".join(d["reason"] for d in decision["denials"])
+        )
+        print(f"  -> {decision['recipient']}: {verdict}")
+    return EXIT_OK
+
+
+def cmd_policy_matrix(args: argparse.Namespace) -> int:
+    from msmt.core import Markings
+
+    markings = Markings.create(
+        args.classification, args.tlp, args.releasable_to or ["ALL"], caveats=args.caveat, topics=args.topic
+    )
+    snapshot = policydoc.to_snapshot(_read(args, policy_service.export_document))
+    matrix = sharing_matrix(snapshot, markings)
+    codes = sorted(snapshot.members)
+    if args.json:
+        _print(
+            args,
+            {o: {r: [d.rule for d in dec.denials] for r, dec in row.items()} for o, row in matrix.items()},
+        )
+        return EXIT_OK
+    print(
+        f"markings: {markings.classification} TLP:{markings.tlp} releasable-to {', '.join(markings.releasable_to)}"
+        f"{' topics ' + ', '.join(markings.topics) if markings.topics else ''}"
+    )
+    print("rows: originator, columns: recipient.  Y allowed  . denied  - self")
+    print("     " + " ".join(f"{c:>3}" for c in codes))
+    for originator in codes:
+        cells = []
+        for recipient in codes:
+            if recipient == originator:
+                cells.append("  -")
+            else:
+                cells.append("  Y" if matrix[originator][recipient].allowed else "  .")
+        print(f"{originator:>4} " + " ".join(cells))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     settings = Settings()
     parser = argparse.ArgumentParser(prog="msmt-broker", description=__doc__.split("\n\n")[0])
@@ -285,6 +398,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topics", help="comma-separated topics, or '*' for all (default)")
     p.set_defaults(func=cmd_agreement_set)
 
+    policy = sub.add_parser("policy", help="the sharing policy as one reviewable TOML document")
+    psub = policy.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = psub.add_parser("export", help="write the current policy document")
+    p.add_argument("--output", "-o", help="file to write (default: stdout)")
+    p.set_defaults(func=cmd_policy_export)
+    p = psub.add_parser(
+        "plan", help="show what applying a document would change and which pairs gain or lose access"
+    )
+    p.add_argument("file", help="a policy document (TOML)")
+    p.set_defaults(func=cmd_policy_plan)
+    p = psub.add_parser("apply", help="print the plan, then apply the document atomically as a new version")
+    p.add_argument("file", help="a policy document (TOML)")
+    p.add_argument("--yes", action="store_true", help="apply without asking for confirmation")
+    p.set_defaults(func=cmd_policy_apply)
+    p = psub.add_parser("schema", help="print the JSON Schema of the policy document")
+    p.set_defaults(func=cmd_policy_schema)
+    p = psub.add_parser("versions", help="list the kept policy versions: who applied what, when")
+    p.set_defaults(func=cmd_policy_versions)
+    p = psub.add_parser(
+        "explain-item", help="replay each recipient's decision under the policy that allowed an item"
+    )
+    p.add_argument("item_id", help="the item's id")
+    p.set_defaults(func=cmd_policy_explain_item)
+    p = psub.add_parser("matrix", help="originator x recipient matrix of allowed/denied for given markings")
+    p.add_argument("--classification", "-c", required=True, help="classification of the hypothetical item")
+    p.add_argument("--tlp", required=True, type=str.upper, help="TLP 2.0 level")
+    p.add_argument(
+        "--releasable-to", "-r", action="append", help="country codes, groups or ALL (default ALL)"
+    )
+    p.add_argument("--caveat", action="append", default=[], help="caveats, e.g. ORCON")
+    p.add_argument("--topic", "-t", action="append", default=[], help="topics (repeatable)")
+    p.set_defaults(func=cmd_policy_matrix)
+
     p = sub.add_parser("list", help="list countries, keys, agreements or admin actions")
     p.add_argument("what", choices=["countries", "keys", "agreements", "actions"], help="what to list")
     p.set_defaults(func=cmd_list)
@@ -296,6 +442,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         return code
+    except BrokenPipeError:  # output piped into head(1) and the like
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except Problem as exc:
         print(f"error: {exc.detail} ({exc.code})", file=sys.stderr)
         return EXIT_ERROR

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
 from msmt.core import Markings, errors
-from msmt.core.policy import evaluate
+from msmt.core.policy import allowed_recipients, evaluate
 
 from ..problems import invalid
 from . import schemas
@@ -33,16 +33,11 @@ async def preflight(body: schemas.PreflightIn, caller: CountryDep, state: StateD
     def run() -> dict[str, Any]:
         with state.sessions() as session:
             registry = state.registry.get(session)
-        allowed, denied = [], {}
-        for code in sorted(registry.policy.members):
-            if code == caller.owner:
-                continue
-            decision = evaluate(registry.policy, caller.owner, code, markings)
-            if decision.allowed:
-                allowed.append(code)
-            else:
-                denied[code] = [{"rule": d.rule, "reason": d.reason} for d in decision.denials]
-        return {"allowed": allowed, "denied": denied}
+        allowed, denied = allowed_recipients(registry.policy, caller.owner, markings)
+        return {
+            "allowed": allowed,
+            "denied": {c: [{"rule": d.rule, "reason": d.reason} for d in ds] for c, ds in denied.items()},
+        }
 
     return await run_in_threadpool(run)
 

@@ -12,13 +12,26 @@ from sqlalchemy.orm import Session
 from msmt.core import KeyKind, canonical, errors, parse_public_key_document
 from msmt.core.keys import PUBLIC_KEY_TYPES
 from msmt.core.markings import COUNTRY_RE, RELEASABLE_RE, TOPIC_RE
-from msmt.core.policy import DEFAULT_LADDER, DEFAULT_PAIR
+from msmt.core.policy import DEFAULT_PAIR
 
 from ..problems import conflict, invalid, not_found
 from ..store import queries
 from ..store.models import Admin, AdminAction, Agreement, Country, GroupMember, InboxCounter, Key
+from . import policy as policy_service
 
 ADMIN_NAME_RE = re.compile(r"^[a-z][a-z0-9._-]{0,63}$")
+
+
+POLICY_ACTIONS = {"enrol-country", "update-country", "set-agreement"}
+
+
+def _record(
+    session: Session, actor: str, action: str, target: str, details: dict[str, object], now_ms: int
+) -> None:
+    """Audit the action; when it changes policy, keep the new policy version too."""
+    version = queries.record_admin_action(session, actor, action, target, details, now_ms)
+    if action in POLICY_ACTIONS:
+        policy_service.snapshot_version(session, version, actor, action, now_ms)
 
 
 def _country(session: Session, code: str) -> Country:
@@ -28,9 +41,10 @@ def _country(session: Session, code: str) -> Country:
     return country
 
 
-def _check_level(level: str, what: str) -> None:
-    if level not in DEFAULT_LADDER:
-        raise invalid("unknown-classification", f"{what} {level!r} is not one of {', '.join(DEFAULT_LADDER)}")
+def _check_level(session: Session, level: str, what: str) -> None:
+    ladder = policy_service.ladder(session)
+    if level not in ladder:
+        raise invalid("unknown-classification", f"{what} {level!r} is not one of {', '.join(ladder)}")
 
 
 def _check_groups(groups: list[str]) -> list[str]:
@@ -71,7 +85,7 @@ def enrol_country(
 ) -> dict[str, Any]:
     if not COUNTRY_RE.fullmatch(code):
         raise invalid("invalid-country", f"{code!r} is not an ISO 3166-1 alpha-3 code")
-    _check_level(accreditation, "accreditation")
+    _check_level(session, accreditation, "accreditation")
     groups = _check_groups(groups)
     if session.get(Country, code) is not None:
         raise conflict("country-exists", f"{code} is already enrolled")
@@ -83,7 +97,7 @@ def enrol_country(
     session.add(InboxCounter(recipient=code, last_seq=0))
     for group in groups:
         session.add(GroupMember(group_name=group, country=code))
-    queries.record_admin_action(
+    _record(
         session,
         actor,
         "enrol-country",
@@ -111,7 +125,7 @@ def update_country(
             raise invalid("invalid-status", "status must be active or suspended")
         country.status = changes["status"] = status
     if accreditation is not None:
-        _check_level(accreditation, "accreditation")
+        _check_level(session, accreditation, "accreditation")
         country.accreditation = changes["accreditation"] = accreditation
     if groups is not None:
         groups = _check_groups(groups)
@@ -121,7 +135,7 @@ def update_country(
         for group in groups:
             session.add(GroupMember(group_name=group, country=code))
         changes["groups"] = groups
-    queries.record_admin_action(session, actor, "update-country", code, changes, now_ms)
+    _record(session, actor, "update-country", code, changes, now_ms)
     session.flush()
     return country_view(session, country)
 
@@ -166,7 +180,7 @@ def add_key(
         created_ms=now_ms,
     )
     session.add(key)
-    queries.record_admin_action(session, actor, "add-key", key_id, {"owner": owner, "kind": kind}, now_ms)
+    _record(session, actor, "add-key", key_id, {"owner": owner, "kind": kind}, now_ms)
     session.flush()
     return key_view(key)
 
@@ -185,7 +199,7 @@ def revoke_key(session: Session, actor: str, key_id: str, now_ms: int) -> dict[s
         raise not_found("unknown-key", f"key {key_id} is not registered")
     if key.revoked_ms is None:
         key.revoked_ms = now_ms
-        queries.record_admin_action(session, actor, "revoke-key", key_id, {"owner": key.owner}, now_ms)
+        _record(session, actor, "revoke-key", key_id, {"owner": key.owner}, now_ms)
     session.flush()
     return key_view(key)
 
@@ -204,7 +218,7 @@ def set_agreement(
         _country(session, recipient)
         if originator == recipient:
             raise invalid("invalid-agreement", "an agreement joins two different countries")
-    _check_level(ceiling, "ceiling")
+    _check_level(session, ceiling, "ceiling")
     if topics is not None:
         for topic in topics:
             if not TOPIC_RE.fullmatch(topic):
@@ -218,7 +232,7 @@ def set_agreement(
         session.add(row)
     else:
         row.ceiling, row.topics, row.updated_ms = ceiling, stored, now_ms
-    queries.record_admin_action(
+    _record(
         session,
         actor,
         "set-agreement",
@@ -245,7 +259,7 @@ def create_admin(session: Session, actor: str, name: str, now_ms: int) -> None:
     if session.get(Admin, name) is not None:
         raise conflict("admin-exists", f"admin {name} exists")
     session.add(Admin(name=name, status="active", created_ms=now_ms))
-    queries.record_admin_action(session, actor, "create-admin", name, {}, now_ms)
+    _record(session, actor, "create-admin", name, {}, now_ms)
     session.flush()
 
 

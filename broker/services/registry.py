@@ -9,7 +9,6 @@ version row, so an admin change cannot commit between its checks and its writes.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,10 +18,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from msmt.core import SigningPublicKey
-from msmt.core.policy import DEFAULT_PAIR, Agreement, Member, PolicySnapshot
+from msmt.core.policy import PolicySnapshot
 
-from ..store.models import Admin, Country, GroupMember, Key, RegistryState
-from ..store.models import Agreement as AgreementRow
+from .. import policydoc
+from ..store.models import Admin, Country, Key, RegistryState
+from . import policy as policy_service
 
 ADMIN_PREFIX = "admin:"
 
@@ -92,24 +92,12 @@ def read_version(session: Session, *, share_lock: bool = False) -> int:
 
 
 def load(session: Session, version: int) -> Registry:
-    groups: dict[str, set[str]] = {}
-    for membership in session.scalars(select(GroupMember)):
-        groups.setdefault(membership.country, set()).add(membership.group_name)
+    # The policy part comes from the same export that `msmt-broker policy export` writes, so
+    # what is enforced is exactly what admins review.
+    policy = policydoc.to_snapshot(policy_service.export_document(session))
     countries = {c.code: c for c in session.scalars(select(Country))}
     for country in countries.values():
         session.expunge(country)
-    members = {
-        code: Member(code, c.status == "active", c.accreditation, frozenset(groups.get(code, ())))
-        for code, c in countries.items()
-    }
-    agreements: dict[tuple[str, str], Agreement] = {}
-    default = Agreement(ceiling="UNCLASSIFIED")
-    for row in session.scalars(select(AgreementRow)):
-        agreement = Agreement(row.ceiling, None if row.topics == "*" else frozenset(json.loads(row.topics)))
-        if (row.originator, row.recipient) == DEFAULT_PAIR:
-            default = agreement
-        else:
-            agreements[(row.originator, row.recipient)] = agreement
     keys = {
         k.key_id: KeyRecord(
             k.key_id,
@@ -124,7 +112,7 @@ def load(session: Session, version: int) -> Registry:
         for k in session.scalars(select(Key))
     }
     admins = frozenset(a.name for a in session.scalars(select(Admin)) if a.status == "active")
-    return Registry(version, keys, PolicySnapshot(members, agreements, default), countries, admins)
+    return Registry(version, keys, policy, countries, admins)
 
 
 class RegistryCache:

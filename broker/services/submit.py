@@ -161,7 +161,7 @@ def submit(
                 hashlib.sha256(b"\x00" + leaf_data(header.item_id, digest)).digest(),
                 now_ms,
             )
-            session.add(_item_row(envelope, data, digest, log_index, now_ms, caller.key_id))
+            session.add(_item_row(envelope, data, digest, log_index, now_ms, caller.key_id, registry.version))
             session.flush()
             seqs = queries.reserve_inbox_seqs(session, header.recipient_countries)
             session.execute(
@@ -187,7 +187,15 @@ def submit(
     return Receipt(header.item_id, log_index, now_ms, header.recipient_countries, created=True)
 
 
-def _item_row(envelope: Envelope, data: bytes, digest: str, log_index: int, now_ms: int, key_id: str) -> Item:
+def _item_row(
+    envelope: Envelope,
+    data: bytes,
+    digest: str,
+    log_index: int,
+    now_ms: int,
+    key_id: str,
+    policy_version: int,
+) -> Item:
     header = envelope.header
     return Item(
         item_id=header.item_id,
@@ -206,4 +214,5 @@ def _item_row(envelope: Envelope, data: bytes, digest: str, log_index: int, now_
         envelope=data,
         log_index=log_index,
         submitted_with_key=key_id,
+        policy_version=policy_version,
     )

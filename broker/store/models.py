@@ -75,6 +75,33 @@ class Agreement(Base):
     updated_ms: Mapped[int] = mapped_column(BigInteger)
 
 
+class DenyRule(Base):
+    """An admin's explicit refusal; NULL / empty conditions match anything."""
+
+    __tablename__ = "deny_rules"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    reason: Mapped[str] = mapped_column(Text)
+    originator: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    recipient: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    classification_at_least: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    topics: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON list
+    tlp: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON list
+
+
+class PolicyVersion(Base):
+    """The whole policy as it stood after a change, so every past decision can be replayed."""
+
+    __tablename__ = "policy_versions"
+
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    applied_ms: Mapped[int] = mapped_column(BigInteger)
+    actor: Mapped[str] = mapped_column(String(80))
+    change: Mapped[str] = mapped_column(String(64))
+    document: Mapped[str] = mapped_column(Text)  # TOML, as `msmt-broker policy export` writes it
+    sha256: Mapped[str] = mapped_column(String(64))
+
+
 class Item(Base):
     __tablename__ = "items"
 
@@ -94,6 +121,9 @@ class Item(Base):
     envelope: Mapped[bytes] = mapped_column(LargeBinary)  # exactly as received
     log_index: Mapped[int] = mapped_column(BigInteger, unique=True)
     submitted_with_key: Mapped[str] = mapped_column(String(32))
+    policy_version: Mapped[int | None] = mapped_column(
+        BigInteger, nullable=True
+    )  # the policy that allowed it
 
 
 class InboxCounter(Base):

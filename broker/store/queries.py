@@ -108,13 +108,19 @@ def acknowledge(session: Session, recipient: str, seqs: Sequence[int], now_ms: i
 
 def record_admin_action(
     session: Session, actor: str, action: str, target: str, details: dict[str, object], now_ms: int
-) -> None:
-    session.execute(
+) -> int:
+    """Record an admin action and bump the registry version; returns the new version.
+
+    The bump takes the version row's write lock, so it waits for submissions in flight
+    (which hold a share lock on it) and every broker process reloads its registry after.
+    """
+    version = session.execute(
         update(RegistryState)
         .where(RegistryState.id == 1)
         .values(version=RegistryState.version + 1)
+        .returning(RegistryState.version)
         .execution_options(synchronize_session=False)
-    )
+    ).scalar_one()
     session.add(
         AdminAction(
             at_ms=now_ms,
@@ -124,6 +130,7 @@ def record_admin_action(
             details=json.dumps(details, sort_keys=True, separators=(",", ":")),
         )
     )
+    return int(version)
 
 
 def purge_used_tokens(session: Session, now_ms: int) -> None:

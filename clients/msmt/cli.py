@@ -580,6 +580,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         return code
+    except BrokenPipeError:  # output piped into head(1) and the like
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except Usage as exc:
         parser.error(str(exc))
     except PolicyRefused as exc:

@@ -1,0 +1,377 @@
+"""Sharing policy as one human-reviewable TOML document, and the plan of a change.
+
+Pure: parse, validate, render, turn into the evaluator's `PolicySnapshot`, and compare two
+documents. The store reads and writes documents in `services/policy.py`.
+
+    format = "msmt-policy-v1"
+    ladder = ["UNCLASSIFIED", "RESTRICTED", "CONFIDENTIAL", "SECRET"]
+    default_agreement = { ceiling = "RESTRICTED", topics = "*" }
+    agreements = [
+        { originator = "KOR", recipient = "USA", ceiling = "SECRET", topics = "*" },
+    ]
+    deny_rules = [
+        { id = "no-cyber-to-nzl", recipient = "NZL", topics = ["cyber"], reason = "..." },
+    ]
+
+    [countries.KOR]
+    name = "Republic of Korea"
+    status = "active"
+    accreditation = "SECRET"
+    groups = []
+"""
+
+from __future__ import annotations
+
+import itertools
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from msmt.core import Markings
+from msmt.core.markings import COUNTRY_RE, RELEASABLE_RE, TLP_LEVELS, TOPIC_RE, TOPICS
+from msmt.core.policy import Agreement, DenyRule, Member, PolicySnapshot, evaluate
+
+FORMAT = "msmt-policy-v1"
+LEVEL = r"^[A-Z][A-Z0-9_]{0,31}$"
+
+
+class PolicyDocumentError(ValueError):
+    """The document is not valid; `errors` lists every problem found."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("; ".join(errors))
+        self.errors = errors
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Topics = list[str] | Literal["*"]
+
+
+class CountryDoc(_Strict):
+    name: str = Field(min_length=1, max_length=200)
+    status: Literal["active", "suspended"] = "active"
+    accreditation: str = Field(pattern=LEVEL)
+    groups: list[str] = Field(default_factory=list, max_length=64)
+
+
+class DefaultAgreementDoc(_Strict):
+    ceiling: str = Field(pattern=LEVEL)
+    topics: Topics = "*"
+
+
+class AgreementDoc(_Strict):
+    originator: str = Field(pattern=r"^[A-Z]{3}$")
+    recipient: str = Field(pattern=r"^[A-Z]{3}$")
+    ceiling: str = Field(pattern=LEVEL)
+    topics: Topics = "*"
+
+
+class DenyRuleDoc(_Strict):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
+    reason: str = Field(min_length=1, max_length=500)
+    originator: str | None = None
+    recipient: str | None = None
+    classification_at_least: str | None = Field(default=None, pattern=LEVEL)
+    topics: list[str] | None = None
+    tlp: list[str] | None = None
+
+
+class PolicyDocument(_Strict):
+    format: Literal["msmt-policy-v1"] = "msmt-policy-v1"
+    ladder: list[str] = Field(min_length=1, max_length=16)
+    default_agreement: DefaultAgreementDoc
+    countries: dict[str, CountryDoc] = Field(default_factory=dict)
+    agreements: list[AgreementDoc] = Field(default_factory=list)
+    deny_rules: list[DenyRuleDoc] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PolicyDocument:
+        problems = _problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def normalized(self) -> PolicyDocument:
+        """The canonical order: what export writes, so export -> apply -> export is the identity."""
+
+        def topics(value: Topics) -> Topics:
+            return value if value == "*" else sorted(set(value))
+
+        return PolicyDocument(
+            ladder=list(self.ladder),
+            default_agreement=DefaultAgreementDoc(
+                ceiling=self.default_agreement.ceiling, topics=topics(self.default_agreement.topics)
+            ),
+            countries={
+                code: CountryDoc(
+                    name=c.name, status=c.status, accreditation=c.accreditation, groups=sorted(set(c.groups))
+                )
+                for code, c in sorted(self.countries.items())
+            },
+            agreements=sorted(
+                (a.model_copy(update={"topics": topics(a.topics)}) for a in self.agreements),
+                key=lambda a: (a.originator, a.recipient),
+            ),
+            deny_rules=sorted(
+                (
+                    r.model_copy(
+                        update={
+                            "topics": None if r.topics is None else sorted(set(r.topics)),
+                            "tlp": None if r.tlp is None else sorted(set(r.tlp)),
+                        }
+                    )
+                    for r in self.deny_rules
+                ),
+                key=lambda r: r.id,
+            ),
+        )
+
+
+def _problems(doc: PolicyDocument) -> list[str]:
+    problems = []
+    ladder = set(doc.ladder)
+    if len(ladder) != len(doc.ladder):
+        problems.append("ladder repeats a level")
+    for rung in doc.ladder:
+        if not RELEASABLE_RE.fullmatch(rung):
+            problems.append(f"ladder level {rung!r} is not well formed")
+
+    def level(value: str | None, where: str) -> None:
+        if value is not None and value not in ladder:
+            problems.append(f"{where}: {value} is not on the ladder")
+
+    def topic_list(value: Topics | None, where: str) -> None:
+        if value in (None, "*"):
+            return
+        for topic in value or []:
+            if not TOPIC_RE.fullmatch(topic):
+                problems.append(f"{where}: topic {topic!r} is not well formed")
+
+    level(doc.default_agreement.ceiling, "default_agreement")
+    topic_list(doc.default_agreement.topics, "default_agreement")
+    for code, country in doc.countries.items():
+        if not COUNTRY_RE.fullmatch(code):
+            problems.append(f"countries.{code}: not an ISO 3166-1 alpha-3 code")
+        level(country.accreditation, f"countries.{code}")
+        for group in country.groups:
+            if COUNTRY_RE.fullmatch(group) or group == "ALL" or not RELEASABLE_RE.fullmatch(group):
+                problems.append(
+                    f"countries.{code}: group {group!r} must be 2-32 of A-Z0-9_ and not a country code"
+                )
+    seen = set()
+    for agreement in doc.agreements:
+        pair = (agreement.originator, agreement.recipient)
+        where = f"agreement {pair[0]}->{pair[1]}"
+        if pair in seen:
+            problems.append(f"{where} appears twice")
+        seen.add(pair)
+        if pair[0] == pair[1]:
+            problems.append(f"{where} joins a country to itself")
+        for code in pair:
+            if code not in doc.countries:
+                problems.append(f"{where}: {code} is not in countries")
+        level(agreement.ceiling, where)
+        topic_list(agreement.topics, where)
+    names = set(doc.countries) | {g for c in doc.countries.values() for g in c.groups}
+    ids = set()
+    for rule in doc.deny_rules:
+        where = f"deny rule {rule.id}"
+        if rule.id in ids:
+            problems.append(f"{where} appears twice")
+        ids.add(rule.id)
+        for who in (rule.originator, rule.recipient):
+            if who is not None and who not in names:
+                problems.append(f"{where}: {who} is neither a country nor a group")
+        level(rule.classification_at_least, where)
+        topic_list(rule.topics, where)
+        for tlp in rule.tlp or []:
+            if tlp not in TLP_LEVELS:
+                problems.append(f"{where}: {tlp} is not a TLP 2.0 level")
+    return problems
+
+
+def parse(text: str) -> PolicyDocument:
+    """Parse and validate a TOML policy document; every problem is reported at once."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyDocumentError([f"not valid TOML: {exc}"]) from exc
+    return from_dict(data)
+
+
+def from_dict(data: Any) -> PolicyDocument:
+    try:
+        return PolicyDocument.model_validate(data)
+    except ValidationError as exc:
+        errors: list[str] = []
+        for err in exc.errors():
+            location = ".".join(str(p) for p in err.get("loc", ()))
+            message = str(err.get("msg", "")).removeprefix("Value error, ")
+            errors.extend(f"{location}: {m}" if location else m for m in message.split("; "))
+        raise PolicyDocumentError(errors) from exc
+
+
+def render(doc: PolicyDocument, header: str = "") -> str:
+    data = doc.normalized().model_dump(exclude_none=True)
+    comment = "".join(f"# {line}\n" for line in header.splitlines())
+    return comment + tomli_w.dumps(data)
+
+
+def json_schema() -> dict[str, Any]:
+    return PolicyDocument.model_json_schema()
+
+
+def to_snapshot(doc: PolicyDocument) -> PolicySnapshot:
+    def topics(value: Topics) -> frozenset[str] | None:
+        return None if value == "*" else frozenset(value)
+
+    members = {
+        code: Member(code, c.status == "active", c.accreditation, frozenset(c.groups))
+        for code, c in doc.countries.items()
+    }
+    agreements = {(a.originator, a.recipient): Agreement(a.ceiling, topics(a.topics)) for a in doc.agreements}
+    default = Agreement(doc.default_agreement.ceiling, topics(doc.default_agreement.topics))
+    deny = tuple(
+        DenyRule(
+            id=r.id,
+            reason=r.reason,
+            originator=r.originator,
+            recipient=r.recipient,
+            classification_at_least=r.classification_at_least,
+            topics=None if r.topics is None else frozenset(r.topics),
+            tlp=None if r.tlp is None else frozenset(r.tlp),
+        )
+        for r in doc.deny_rules
+    )
+    return PolicySnapshot(members, agreements, default, ladder=tuple(doc.ladder), deny_rules=deny)
+
+
+# --- plan ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    changes: list[str] = field(default_factory=list)
+    access: list[str] = field(default_factory=list)  # "KOR -> NZL gains ..." / "loses ..."
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.changes
+
+    def text(self) -> str:
+        lines = ["Changes:"] + [f"  {c}" for c in self.changes or ["(none)"]]
+        lines += ["Access (originator -> recipient):"] + [
+            f"  {a}" for a in self.access or ["(no pair gains or loses access)"]
+        ]
+        if self.errors:
+            lines += ["Refused:"] + [f"  {e}" for e in self.errors]
+        return "\n".join(lines)
+
+
+def _capabilities(snapshot: PolicySnapshot, originator: str, recipient: str) -> set[tuple[str, str, str]]:
+    """Every (classification, topic, TLP) the pair allows, for an item naming the recipient."""
+    allowed = set()
+    for level, topic, tlp in itertools.product(snapshot.ladder, TOPICS, TLP_LEVELS):
+        markings = Markings(level, tlp, (recipient,), (), (topic,))
+        if evaluate(snapshot, originator, recipient, markings).allowed:
+            allowed.add((level, topic, tlp))
+    return allowed
+
+
+def _describe(caps: set[tuple[str, str, str]], ladder: list[str]) -> str:
+    by_level: dict[str, set[str]] = {}
+    for level, topic, _tlp in caps:
+        by_level.setdefault(level, set()).add(topic)
+    parts = []
+    for level in sorted(by_level, key=lambda lv: ladder.index(lv) if lv in ladder else len(ladder)):
+        topics = by_level[level]
+        parts.append(f"{level} ({'all topics' if topics >= set(TOPICS) else ', '.join(sorted(topics))})")
+    return "; ".join(parts)
+
+
+def plan(current: PolicyDocument, proposed: PolicyDocument) -> Plan:
+    """What applying `proposed` over `current` changes, and which pairs gain or lose access."""
+    result = Plan()
+    cur, new = current.normalized(), proposed.normalized()
+    if cur.ladder != new.ladder:
+        result.changes.append(f"ladder: {' < '.join(cur.ladder)} -> {' < '.join(new.ladder)}")
+    if cur.default_agreement != new.default_agreement:
+        result.changes.append(
+            f"default agreement: {_agreement_text(cur.default_agreement)} -> "
+            f"{_agreement_text(new.default_agreement)}"
+        )
+    for code in sorted(set(cur.countries) | set(new.countries)):
+        before, after = cur.countries.get(code), new.countries.get(code)
+        if after is None:
+            result.errors.append(
+                f"country {code} cannot be removed (its items and keys refer to it); suspend it"
+            )
+        elif before is None:
+            result.changes.append(
+                f"country {code}: enrolled ({after.status}, {after.accreditation}, groups "
+                f"{', '.join(after.groups) or '-'})"
+            )
+        elif before != after:
+            for name in ("name", "status", "accreditation", "groups"):
+                old, value = getattr(before, name), getattr(after, name)
+                if old != value:
+                    result.changes.append(f"country {code}: {name} {_fmt(old)} -> {_fmt(value)}")
+    old_agreements = {(a.originator, a.recipient): a for a in cur.agreements}
+    new_agreements = {(a.originator, a.recipient): a for a in new.agreements}
+    for pair in sorted(set(old_agreements) | set(new_agreements)):
+        before_a, after_a = old_agreements.get(pair), new_agreements.get(pair)
+        name = f"agreement {pair[0]}->{pair[1]}"
+        if after_a is None:
+            result.changes.append(f"{name}: removed (the default agreement applies)")
+        elif before_a is None:
+            result.changes.append(f"{name}: added, {_agreement_text(after_a)}")
+        elif before_a != after_a:
+            result.changes.append(f"{name}: {_agreement_text(before_a)} -> {_agreement_text(after_a)}")
+    old_rules = {r.id: r for r in cur.deny_rules}
+    new_rules = {r.id: r for r in new.deny_rules}
+    for rule_id in sorted(set(old_rules) | set(new_rules)):
+        if rule_id not in new_rules:
+            result.changes.append(f"deny rule {rule_id}: removed")
+        elif rule_id not in old_rules:
+            result.changes.append(f"deny rule {rule_id}: added ({new_rules[rule_id].reason})")
+        elif old_rules[rule_id] != new_rules[rule_id]:
+            result.changes.append(f"deny rule {rule_id}: changed")
+    if result.changes and not result.errors:
+        result.access = access_changes(cur, new)
+    return result
+
+
+def access_changes(current: PolicyDocument, proposed: PolicyDocument) -> list[str]:
+    before, after = to_snapshot(current), to_snapshot(proposed)
+    codes = sorted(set(current.countries) | set(proposed.countries))
+    lines = []
+    for originator, recipient in itertools.permutations(codes, 2):
+        old = (
+            _capabilities(before, originator, recipient)
+            if originator in current.countries and recipient in current.countries
+            else set()
+        )
+        new = _capabilities(after, originator, recipient)
+        if new - old:
+            lines.append(f"{originator} -> {recipient} gains {_describe(new - old, proposed.ladder)}")
+        if old - new:
+            lines.append(f"{originator} -> {recipient} loses {_describe(old - new, current.ladder)}")
+    return lines
+
+
+def _agreement_text(agreement: AgreementDoc | DefaultAgreementDoc) -> str:
+    topics = "all topics" if agreement.topics == "*" else ", ".join(agreement.topics) or "no topics"
+    return f"up to {agreement.ceiling}, {topics}"
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    return str(value)

@@ -1,0 +1,227 @@
+"""Policy as a document: export -> apply -> export, plans, atomic apply, versions, history."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from broker import policydoc
+from broker.problems import Problem
+from broker.services import policy as policy_service
+from broker.store.db import make_engine, make_sessionmaker, migrate, transaction
+from msmt.core import Markings
+from msmt.core.markings import TLP_LEVELS, TOPICS
+from msmt.core.policy import evaluate
+
+from .conftest import World, postgresql_schema
+
+LADDER = ["UNCLASSIFIED", "RESTRICTED", "CONFIDENTIAL", "SECRET"]
+CODES = ["KOR", "USA", "JPN", "FRA", "GBR", "NZL"]
+GROUPS = ["G7", "EU", "FIVE_EYES"]
+
+
+@contextmanager
+def fresh_database(backend: str, tmp: Path, n: int) -> Iterator[str]:
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp / f'policy-{n}.db'}"
+        migrate(url)
+        yield url
+    else:
+        with postgresql_schema() as url:
+            migrate(url)
+            yield url
+
+
+@st.composite
+def documents(draw: st.DrawFn) -> policydoc.PolicyDocument:
+    codes = draw(st.lists(st.sampled_from(CODES), min_size=2, max_size=6, unique=True))
+    levels = st.sampled_from(LADDER)
+    topic_sets: st.SearchStrategy[Any] = st.one_of(
+        st.just("*"), st.lists(st.sampled_from(TOPICS), max_size=3, unique=True)
+    )
+    countries = {
+        code: {
+            "name": f"Country {code}",
+            "status": draw(st.sampled_from(["active", "suspended"])),
+            "accreditation": draw(levels),
+            "groups": draw(st.lists(st.sampled_from(GROUPS), max_size=2, unique=True)),
+        }
+        for code in codes
+    }
+    pairs = draw(
+        st.lists(
+            st.tuples(st.sampled_from(codes), st.sampled_from(codes)).filter(lambda p: p[0] != p[1]),
+            max_size=6,
+            unique=True,
+        )
+    )
+    agreements = [
+        {"originator": o, "recipient": r, "ceiling": draw(levels), "topics": draw(topic_sets)}
+        for o, r in pairs
+    ]
+    names = codes + sorted({g for c in countries.values() for g in c["groups"]})
+    rules = []
+    for i in range(draw(st.integers(0, 2))):
+        rule: dict[str, Any] = {"id": f"rule-{i}", "reason": f"reason {i}"}
+        if draw(st.booleans()):
+            rule["originator"] = draw(st.sampled_from(names))
+        if draw(st.booleans()):
+            rule["recipient"] = draw(st.sampled_from(names))
+        if draw(st.booleans()):
+            rule["classification_at_least"] = draw(levels)
+        if draw(st.booleans()):
+            rule["topics"] = draw(st.lists(st.sampled_from(TOPICS), min_size=1, max_size=2, unique=True))
+        if draw(st.booleans()):
+            rule["tlp"] = draw(st.lists(st.sampled_from(TLP_LEVELS), min_size=1, max_size=2, unique=True))
+        rules.append(rule)
+    return policydoc.from_dict(
+        {
+            "ladder": LADDER,
+            "default_agreement": {"ceiling": draw(levels), "topics": draw(topic_sets)},
+            "countries": countries,
+            "agreements": agreements,
+            "deny_rules": rules,
+        }
+    )
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(doc=documents())
+def test_export_apply_export_is_the_identity(
+    backend: str, tmp_path: Path, doc: policydoc.PolicyDocument
+) -> None:
+    with fresh_database(backend, tmp_path, id(doc)) as url:
+        factory = make_sessionmaker(make_engine(url))
+        with transaction(factory) as session:
+            plan, version = policy_service.apply_document(session, "test", doc, 1_800_000_000_000)
+        assert version is not None and plan.changes
+        with factory() as session:
+            exported = policy_service.export_document(session)
+        assert exported == doc.normalized()
+        assert policydoc.parse(policydoc.render(exported)) == exported  # the TOML round-trips too
+        with transaction(factory) as session:
+            again, no_version = policy_service.apply_document(session, "test", exported, 1_800_000_000_001)
+        assert again.empty and no_version is None
+
+
+def test_plan_names_changes_and_access(world: World) -> None:
+    with make_sessionmaker(make_engine(world.url))() as session:
+        current = policy_service.export_document(session)
+    data = current.model_dump()
+    data["countries"]["NZL"]["accreditation"] = "CONFIDENTIAL"
+    data["agreements"].append(
+        {"originator": "KOR", "recipient": "NZL", "ceiling": "CONFIDENTIAL", "topics": ["arms"]}
+    )
+    data["deny_rules"].append(
+        {"id": "no-usa-cyber", "recipient": "USA", "topics": ["cyber"], "reason": "not now"}
+    )
+    plan = policydoc.plan(current, policydoc.from_dict(data))
+    assert "country NZL: accreditation RESTRICTED -> CONFIDENTIAL" in plan.changes
+    assert "agreement KOR->NZL: added, up to CONFIDENTIAL, arms" in plan.changes
+    assert "deny rule no-usa-cyber: added (not now)" in plan.changes
+    assert "KOR -> NZL gains CONFIDENTIAL (arms)" in plan.access
+    assert any(line.startswith("KOR -> NZL loses") for line in plan.access)  # other topics now excluded
+    assert any(line.startswith("KOR -> USA loses") and "cyber" in line for line in plan.access)
+
+
+def test_invalid_documents_list_every_problem() -> None:
+    with pytest.raises(policydoc.PolicyDocumentError) as info:
+        policydoc.parse("""
+ladder = ["LOW", "HIGH", "LOW"]
+default_agreement = { ceiling = "TOP" }
+agreements = [{ originator = "KOR", recipient = "KOR", ceiling = "HIGH" }]
+[countries.KOR]
+name = "Korea"
+accreditation = "MIDDLE"
+groups = ["KOR"]
+""")
+    text = " | ".join(info.value.errors)
+    for expected in (
+        "ladder repeats a level",
+        "default_agreement: TOP is not on the ladder",
+        "countries.KOR: MIDDLE is not on the ladder",
+        "joins a country to itself",
+        "group 'KOR' must be",
+    ):
+        assert expected in text
+    with pytest.raises(policydoc.PolicyDocumentError, match="not valid TOML"):
+        policydoc.parse("ladder = [")
+    with pytest.raises(policydoc.PolicyDocumentError, match="surprise: Extra inputs"):
+        policydoc.parse('ladder = ["A1"]\ndefault_agreement = { ceiling = "A1" }\nsurprise = 1\n')
+
+
+def test_apply_is_atomic_and_refuses_removing_a_country(world: World) -> None:
+    factory = make_sessionmaker(make_engine(world.url))
+    with factory() as session:
+        before = policy_service.export_document(session)
+    data = before.model_dump()
+    del data["countries"]["NZL"]
+    data["default_agreement"]["ceiling"] = "SECRET"
+    with pytest.raises(Problem) as info, transaction(factory) as session:
+        policy_service.apply_document(session, "test", policydoc.from_dict(data), world.clock.ms)
+    assert info.value.code == "policy-refused"
+    with factory() as session:
+        assert policy_service.export_document(session) == before
+
+
+def test_agreement_changes_apply_forward_and_history_explains_the_past(world: World) -> None:
+    confidential = Markings.create("CONFIDENTIAL", "AMBER", ["ALL"], topics=["maritime"])
+    first = world.submit("KOR", world.seal("KOR", ["USA"], b"before", markings=confidential))
+    assert first.status_code == 201
+
+    # the admin lowers KOR->USA to RESTRICTED
+    r = world.client.put(
+        "/v1/admin/agreements/KOR/USA", json={"ceiling": "RESTRICTED"}, headers=world.auth("admin:alice")
+    )
+    assert r.status_code == 200, r.text
+    world.clock.ms += 1
+    refused = world.submit("KOR", world.seal("KOR", ["USA"], b"after", markings=confidential))
+    assert refused.status_code == 403
+    assert refused.json()["recipients"]["USA"][0]["rule"] == "above-agreement-ceiling"
+
+    # the delivery made before the change stays in USA's inbox ...
+    inbox = world.client.get("/v1/inbox", headers=world.auth("USA")).json()["deliveries"]
+    assert [d["item_id"] for d in inbox] == [first.json()["item_id"]]
+    # ... and the version recorded with it explains why it was allowed
+    factory = make_sessionmaker(make_engine(world.url))
+    with factory() as session:
+        explained = policy_service.explain_item(session, first.json()["item_id"])
+        _, now_doc = policy_service.document_at(session, 10**12)
+    assert explained["decisions"] == [{"recipient": "USA", "allowed": True, "denials": []}]
+    assert not evaluate(policydoc.to_snapshot(now_doc), "KOR", "USA", confidential).allowed
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def test_cli_plan_apply_round_trip(backend: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from broker.cli import main
+
+    with fresh_database(backend, tmp_path, 0) as url:
+        base = ["--database-url", url]
+        assert main([*base, "country", "add", "KOR", "--accreditation", "SECRET"]) == 0
+        assert (
+            main([*base, "country", "add", "NZL", "--accreditation", "RESTRICTED", "--group", "FIVE_EYES"])
+            == 0
+        )
+        exported = tmp_path / "policy.toml"
+        assert main([*base, "policy", "export", "-o", str(exported)]) == 0
+        text = exported.read_text().replace('ceiling = "UNCLASSIFIED"', 'ceiling = "RESTRICTED"')
+        proposed = tmp_path / "proposed.toml"
+        proposed.write_text(text)
+        capsys.readouterr()
+        assert main([*base, "policy", "plan", str(proposed)]) == 0
+        out = capsys.readouterr().out
+        assert "default agreement: up to UNCLASSIFIED, all topics -> up to RESTRICTED, all topics" in out
+        assert "KOR -> NZL gains RESTRICTED (all topics)" in out
+        assert main([*base, "policy", "apply", str(proposed), "--yes"]) == 0
+        assert "applied: policy version" in capsys.readouterr().out
+        assert main([*base, "policy", "apply", str(proposed), "--yes"]) == 0
+        assert "nothing to apply" in capsys.readouterr().out
+        assert main([*base, "--json", "policy", "versions"]) == 0
+        assert '"change": "apply-policy"' in capsys.readouterr().out
