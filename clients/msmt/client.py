@@ -24,10 +24,11 @@ from .auth import mint_token
 from .core import Markings, Opened, open_envelope, parse, seal
 from .core.errors import EnvelopeError
 from .directory import Directory
-from .errors import BrokerError, BrokerUnavailable, ClientError, PolicyRefused
+from .errors import BrokerError, BrokerUnavailable, ClientError, OriginatorControlled, PolicyRefused
 
 ENVELOPE_MEDIA_TYPE = "application/vnd.msmt.envelope"
 RETRYABLE_STATUS = {500, 502, 503, 504}
+ORCON = "ORCON"
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,15 @@ class _ClientCore:
             originator_key=directory.signing_lookup(accepted_ms),
         )
 
+    def _check_forward(self, received: Received) -> tuple[bytes, str, Markings]:
+        """What may be passed on, and how: ORCON items only by their originator."""
+        header = received.opened.header
+        if ORCON in header.markings.caveats and header.originator != self.keys.country:
+            raise OriginatorControlled(
+                f"item {header.item_id} is ORCON: {self.keys.country} may not pass it on without {header.originator}"
+            )
+        return received.payload, header.content_type, header.markings
+
     @staticmethod
     def _receipt(data: dict[str, Any]) -> Receipt:
         return Receipt(data["item_id"], data["log_index"], data["received_ms"], tuple(data["recipients"]))
@@ -273,6 +283,20 @@ class Client(_ClientCore):
             )
         envelope = self._seal(self.directory(), payload, content_type, markings, targets, options)
         return self.submit(envelope)
+
+    def forward(self, received: Received, recipients: Iterable[str]) -> Receipt:
+        """Pass a received item on as a new item (in reply to it), under its original markings.
+
+        Refused for ORCON items unless this agency is their originator.
+        """
+        payload, content_type, markings = self._check_forward(received)
+        return self.send(
+            payload,
+            content_type=content_type,
+            markings=markings,
+            recipients=recipients,
+            in_reply_to=received.opened.header.item_id,
+        )
 
     def inbox(self, after: int = 0, *, limit: int = 100, wait: float = 0) -> InboxPage:
         params: dict[str, int | float] = {"after": after, "limit": limit, "wait": wait}
@@ -388,6 +412,16 @@ class AsyncClient(_ClientCore):
             )
         envelope = self._seal(await self.directory(), payload, content_type, markings, targets, options)
         return await self.submit(envelope)
+
+    async def forward(self, received: Received, recipients: Iterable[str]) -> Receipt:
+        payload, content_type, markings = self._check_forward(received)
+        return await self.send(
+            payload,
+            content_type=content_type,
+            markings=markings,
+            recipients=recipients,
+            in_reply_to=received.opened.header.item_id,
+        )
 
     async def inbox(self, after: int = 0, *, limit: int = 100, wait: float = 0) -> InboxPage:
         params: dict[str, int | float] = {"after": after, "limit": limit, "wait": wait}

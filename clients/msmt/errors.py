@@ -33,3 +33,9 @@ class PolicyRefused(BrokerError):
     def refusals(self) -> dict[str, list[dict[str, str]]]:
         recipients: dict[str, list[dict[str, str]]] = self.problem.get("recipients", {})
         return recipients
+
+
+class OriginatorControlled(ClientError):
+    """The item carries ORCON: only its originator may pass it on."""
+
+    code = "originator-controlled"

@@ -10,7 +10,7 @@ import pytest
 
 from msmt.client import AsyncClient, Client
 from msmt.core import Markings, errors
-from msmt.errors import BrokerError, BrokerUnavailable, PolicyRefused
+from msmt.errors import BrokerError, BrokerUnavailable, OriginatorControlled, PolicyRefused
 
 from .conftest import AUDIENCE, World
 
@@ -174,3 +174,22 @@ def test_async_client_through_asgi_transport(world: World) -> None:
                 )
 
     asyncio.run(scenario())
+
+
+def test_orcon_items_cannot_be_forwarded_by_recipients(world: World) -> None:
+    orcon = Markings.create("RESTRICTED", "AMBER", ["ALL"], caveats=["ORCON"], topics=["cyber"])
+    plain = Markings.create("RESTRICTED", "AMBER", ["ALL"], topics=["cyber"])
+    with client(world, "KOR") as kor, client(world, "USA") as usa:
+        kor.send(b"controlled", content_type="text/plain", markings=orcon, recipients=["USA"])
+        kor.send(b"shareable", content_type="text/plain", markings=plain, recipients=["USA"])
+        first, second = (usa.open(d) for d in usa.inbox().deliveries)
+        with pytest.raises(OriginatorControlled, match="ORCON"):
+            usa.forward(first, ["GBR"])
+        forwarded = usa.forward(second, ["GBR"])
+        assert forwarded.recipients == ("GBR",)
+    with client(world, "GBR") as gbr:
+        (delivery,) = gbr.inbox().deliveries
+        received = gbr.open(delivery)
+        assert received.payload == b"shareable"
+        assert received.opened.header.originator == "USA"
+        assert received.opened.header.in_reply_to == second.opened.header.item_id
