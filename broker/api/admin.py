@@ -6,14 +6,17 @@ import json
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
+from .. import policydoc
+from ..problems import invalid
 from ..services import admin as admin_service
+from ..services import policy as policy_service
 from ..store.db import transaction
 from . import schemas
-from .deps import AdminDep, BrokerState, StateDep
+from .deps import AdminDep, BrokerState, StateDep, read_body
 from .problem_docs import PROBLEMS
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=PROBLEMS)
@@ -114,3 +117,68 @@ async def list_actions(
 ) -> Any:
     """The record of admin actions, newest first."""
     return await _read(state, lambda s: admin_service.list_actions(s, limit))
+
+
+POLICY_MEDIA_TYPE = "application/toml"
+
+
+async def _document(request: Request, state: BrokerState) -> policydoc.PolicyDocument:
+    body = await read_body(request, state.settings.max_json_bytes)
+    try:
+        return policydoc.parse(body.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise invalid("invalid-policy", "the policy document is not UTF-8") from exc
+    except policydoc.PolicyDocumentError as exc:
+        raise invalid("invalid-policy", "the policy document is not valid", errors=exc.errors) from exc
+
+
+def _plan_body(plan: policydoc.Plan, version: int | None = None) -> dict[str, Any]:
+    return {"changes": plan.changes, "access": plan.access, "errors": plan.errors, "version": version}
+
+
+_TOML_BODY = {
+    "requestBody": {"required": True, "content": {POLICY_MEDIA_TYPE: {"schema": {"type": "string"}}}}
+}
+
+
+@router.get("/policy", response_class=Response, responses={200: {"content": {POLICY_MEDIA_TYPE: {}}}})
+async def export_policy(admin: AdminDep, state: StateDep) -> Response:
+    """The whole sharing policy as one TOML document (schema: `msmt-broker policy schema`)."""
+    document = await _read(state, policy_service.export_document)
+    return Response(policydoc.render(document), media_type=POLICY_MEDIA_TYPE)
+
+
+@router.post("/policy/plan", response_model=schemas.PolicyPlan, openapi_extra=_TOML_BODY)
+async def plan_policy(request: Request, admin: AdminDep, state: StateDep) -> Any:
+    """What applying this document would change, and which pairs gain or lose access. Writes nothing."""
+    document = await _document(request, state)
+    plan = await _read(state, lambda s: policy_service.plan_document(s, document))
+    return _plan_body(plan)
+
+
+@router.put("/policy", response_model=schemas.PolicyPlan, openapi_extra=_TOML_BODY)
+async def apply_policy(request: Request, admin: AdminDep, state: StateDep) -> Any:
+    """Apply the document atomically as a new policy version; answers with the plan applied."""
+    document = await _document(request, state)
+    plan, version = await _write(
+        state, lambda s: policy_service.apply_document(s, admin.owner, document, state.clock())
+    )
+    return _plan_body(plan, version)
+
+
+@router.get("/policy/versions", response_model=list[schemas.PolicyVersionOut])
+async def policy_versions(admin: AdminDep, state: StateDep) -> Any:
+    """Every kept policy version: who changed what, when."""
+    return await _read(state, policy_service.list_versions)
+
+
+@router.get("/items/{item_id}/explain", response_model=schemas.ItemExplanation)
+async def explain_item(
+    item_id: Annotated[
+        str, Path(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+    ],
+    admin: AdminDep,
+    state: StateDep,
+) -> Any:
+    """Replay each recipient's decision under the policy version that allowed the item."""
+    return await _read(state, lambda s: policy_service.explain_item(s, item_id))

@@ -176,3 +176,33 @@ class ExplainOut(BaseModel):
     recipient: str
     allowed: bool
     denials: list[Denial]
+
+
+class PolicyPlan(BaseModel):
+    changes: list[str]
+    access: list[str]
+    errors: list[str]
+    version: int | None
+
+
+class PolicyVersionOut(BaseModel):
+    version: int
+    applied_ms: int
+    actor: str
+    change: str
+    sha256: str
+
+
+class RecipientDecision(BaseModel):
+    recipient: str
+    allowed: bool
+    denials: list[Denial]
+
+
+class ItemExplanation(BaseModel):
+    item_id: str
+    originator: str
+    markings: dict[str, Any]
+    registry_version: int
+    policy_version: int
+    decisions: list[RecipientDecision]

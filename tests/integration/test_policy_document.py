@@ -166,3 +166,48 @@ def test_cli_plan_apply_round_trip(backend: str, tmp_path: Path, capsys: pytest.
         assert "nothing to apply" in capsys.readouterr().out
         assert main([*base, "--json", "policy", "versions"]) == 0
         assert '"change": "apply-policy"' in capsys.readouterr().out
+
+
+def test_policy_document_over_the_admin_api(world: World) -> None:
+    admin, toml = world.auth("admin:alice"), {"Content-Type": "application/toml"}
+    exported = world.client.get("/v1/admin/policy", headers=admin)
+    assert exported.status_code == 200 and exported.headers["content-type"].startswith("application/toml")
+    document = exported.text.replace(
+        '[countries.NZL]\nname = "NZL"\nstatus = "active"',
+        '[countries.NZL]\nname = "NZL"\nstatus = "suspended"',
+    )
+    assert document != exported.text
+    plan = world.client.post(
+        "/v1/admin/policy/plan", content=document, headers={**world.auth("admin:alice"), **toml}
+    )
+    assert plan.status_code == 200, plan.text
+    assert "country NZL: status active -> suspended" in plan.json()["changes"]
+    assert any(line.startswith("KOR -> NZL loses") for line in plan.json()["access"])
+    assert plan.json()["version"] is None
+    assert world.client.get("/v1/admin/policy", headers=world.auth("admin:alice")).text == exported.text
+
+    applied = world.client.put(
+        "/v1/admin/policy", content=document, headers={**world.auth("admin:alice"), **toml}
+    )
+    assert applied.status_code == 200 and applied.json()["version"] > 0
+    versions = world.client.get("/v1/admin/policy/versions", headers=world.auth("admin:alice")).json()
+    assert versions[0]["change"] == "apply-policy" and versions[0]["actor"] == "admin:alice"
+    # NZL is suspended from the next request on
+    assert world.client.get("/v1/inbox", headers=world.auth("NZL")).json()["type"].endswith(":suspended")
+
+    bad = world.client.put(
+        "/v1/admin/policy", content=b"ladder = [", headers={**world.auth("admin:alice"), **toml}
+    )
+    assert bad.status_code == 422 and bad.json()["type"] == "urn:msmt:problem:invalid-policy"
+    country = world.client.put("/v1/admin/policy", content=document, headers={**world.auth("KOR"), **toml})
+    assert country.status_code == 403
+
+
+def test_explain_item_over_the_admin_api(world: World) -> None:
+    item = world.submit("KOR", world.seal("KOR", ["USA", "JPN"])).json()["item_id"]
+    explained = world.client.get(f"/v1/admin/items/{item}/explain", headers=world.auth("admin:alice"))
+    assert explained.status_code == 200, explained.text
+    body = explained.json()
+    assert [d["recipient"] for d in body["decisions"]] == ["JPN", "USA"]
+    assert all(d["allowed"] for d in body["decisions"])
+    assert world.client.get(f"/v1/admin/items/{item}/explain", headers=world.auth("KOR")).status_code == 403
