@@ -22,21 +22,37 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from broker.services import admin as admin_service
+from broker.store.db import make_engine, make_sessionmaker, transaction
+from msmt.agency import AgencyKeys
 from msmt.client import Client
 from msmt.core import Markings, seal
 from tests.e2e.servers import broker_process
 from tests.integration.conftest import _KEYS, AUDIENCE, MEMBERS, bootstrap, postgresql_schema
 
 MARKINGS = Markings.create("RESTRICTED", "GREEN", ["ALL"], topics=["maritime"])
+# An observer member so that every item can go to 11 recipients (the originator never receives).
+OBSERVER = "XOB"
+ROSTER = {**_KEYS, OBSERVER: AgencyKeys.generate(OBSERVER)}
+
+
+def enrol_observer(url: str) -> None:
+    now = int(time.time() * 1000) - 1000
+    factory = make_sessionmaker(make_engine(url))
+    with transaction(factory) as session:
+        admin_service.enrol_country(session, "bench", OBSERVER, "Observer", "SECRET", [], now)
+        for kind in ("signing", "encryption", "api"):
+            key = getattr(ROSTER[OBSERVER], kind)
+            admin_service.add_key(session, "bench", OBSERVER, kind, key.public_key.raw, now)
 
 
 def seal_items(n: int) -> list[tuple[str, bytes]]:
     payload = os.urandom(1024)
-    origins = [c for c in MEMBERS]
+    origins = list(MEMBERS)
     out = []
     for i in range(n):
         origin = origins[i % len(origins)]
-        recipients = [c for c in MEMBERS if c != origin]  # 10 partners + ...
+        recipients = [c for c in ROSTER if c != origin]  # 11 recipients
         out.append(
             (
                 origin,
@@ -44,7 +60,7 @@ def seal_items(n: int) -> list[tuple[str, bytes]]:
                     payload,
                     content_type="application/octet-stream",
                     markings=MARKINGS,
-                    recipients=[(r, _KEYS[r].encryption.public_key) for r in recipients],
+                    recipients=[(r, ROSTER[r].encryption.public_key) for r in recipients],
                     originator=origin,
                     signing_key=_KEYS[origin].signing,
                 ),
@@ -55,6 +71,7 @@ def seal_items(n: int) -> list[tuple[str, bytes]]:
 
 def run(url: str, items: list[tuple[str, bytes]], threads: int, workdir: Path) -> dict[str, float]:
     bootstrap(url, int(time.time() * 1000))
+    enrol_observer(url)
     with broker_process(url, AUDIENCE, workdir / "bench-broker.log") as base:
         clients = {c: Client(base, _KEYS[c], audience=AUDIENCE) for c in MEMBERS}
         chunks = [items[i::threads] for i in range(threads)]
@@ -74,7 +91,7 @@ def run(url: str, items: list[tuple[str, bytes]], threads: int, workdir: Path) -
             worker.join()
         submit_s = time.perf_counter() - start
 
-        reader = clients["NZL"]
+        reader = clients["NZL"]  # every item from another member reached NZL
         start = time.perf_counter()
         cursor, listed = 0, 0
         while True:

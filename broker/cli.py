@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from msmt import tables
 from msmt.core import (
     ApiPrivateKey,
     SigningPrivateKey,
@@ -74,25 +75,8 @@ def _read(args: argparse.Namespace, work: Callable[[Any], Any]) -> Any:
 def _print(args: argparse.Namespace, value: Any) -> None:
     if args.json or not isinstance(value, list):
         print(json.dumps(value, indent=2, sort_keys=True))
-        return
-    if not value:
-        print("(none)")
-        return
-    columns = list(value[0])
-    rows = [[_cell(row.get(c)) for c in columns] for row in value]
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, list):
-        return ",".join(str(v) for v in value) or "-"
-    text = str(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    else:
+        print(tables.render(value, limit=40))
 
 
 # --- commands ----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, tables
 from .agency import AgencyKeys
 from .client import Client, Delivery
 from .core import Markings, errors, short_fingerprint, verify
@@ -72,26 +72,9 @@ def emit(args: argparse.Namespace, value: Any, table: list[dict[str, Any]] | Non
     if isinstance(rows, dict):
         width = max((len(k) for k in rows), default=0)
         for key, item in rows.items():
-            print(f"{key:<{width}}  {_cell(item, 200)}")
-        return
-    if not rows:
-        print("(none)")
-        return
-    columns = list(rows[0])
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
-    for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
-
-
-def _cell(value: Any, limit: int = 60) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, list | tuple):
-        return ", ".join(str(v) for v in value) or "-"
-    text = str(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+            print(f"{key:<{width}}  {tables.cell(item, 200)}")
+    else:
+        print(tables.render(rows))
 
 
 class Progress:
