@@ -64,11 +64,14 @@ class PolicySnapshot:
     ladder: tuple[str, ...] = DEFAULT_LADDER
     deny_rules: tuple[DenyRule, ...] = ()
     _rank: Mapping[str, int] = field(init=False, repr=False, compare=False)
+    _names: Mapping[str, frozenset[str]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.ladder or len(set(self.ladder)) != len(self.ladder):
             raise ValueError(f"the classification ladder must be non-empty and unique: {self.ladder}")
         object.__setattr__(self, "_rank", {name: i for i, name in enumerate(self.ladder)})
+        names = {code: member.groups | {code} for code, member in self.members.items()}
+        object.__setattr__(self, "_names", names)
 
     def rank(self, classification: str) -> int | None:
         return self._rank.get(classification)
@@ -78,8 +81,7 @@ class PolicySnapshot:
 
     def names_of(self, code: str) -> frozenset[str]:
         """The country code and its current groups: what releasable-to and deny rules can name."""
-        member = self.members.get(code)
-        return member.groups | {code} if member else frozenset({code})
+        return self._names.get(code) or frozenset({code})
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,7 @@ def _covered_through(p: PolicySnapshot, r: str, m: Markings) -> list[str]:
 def _releasable(p: PolicySnapshot, o: str, r: str, m: Markings) -> str | None:
     # Whether r is an active member is recipient-not-active's question; ALL and groups are
     # read from the snapshot, so they resolve against the membership at evaluation time.
-    if r in m.releasable_to or _covered_through(p, r, m):
+    if r in m.releasable_to or ALL in m.releasable_to or not p.names_of(r).isdisjoint(m.releasable_to):
         return None
     listed = ", ".join(m.releasable_to)
     groups = sorted(p.names_of(r) - {r})
@@ -197,11 +199,9 @@ def _agreement_ceiling(p: PolicySnapshot, o: str, r: str, m: Markings) -> str | 
 
 def _agreement_topics(p: PolicySnapshot, o: str, r: str, m: Markings) -> str | None:
     allowed = p.agreement(o, r).topics
-    if allowed is None:
+    if allowed is None or allowed.issuperset(m.topics):
         return None
     missing = sorted(set(m.topics) - allowed)
-    if not missing:
-        return None
     name, note = _which_agreement(p, o, r)
     what = f"topic {missing[0]}" if len(missing) == 1 else f"topics {', '.join(missing)}"
     return f"{name} does not cover {what}{note}"
@@ -209,13 +209,13 @@ def _agreement_topics(p: PolicySnapshot, o: str, r: str, m: Markings) -> str | N
 
 def deny_rule_matches(p: PolicySnapshot, rule: DenyRule, o: str, r: str, m: Markings) -> bool:
     """Whether an admin's deny rule applies to this pair and these markings."""
-    if rule.originator is not None and rule.originator not in p.names_of(o):
-        return False
-    if rule.recipient is not None and rule.recipient not in p.names_of(r):
-        return False
     if rule.tlp is not None and m.tlp not in rule.tlp:
         return False
     if rule.topics is not None and rule.topics.isdisjoint(m.topics):
+        return False
+    if rule.originator is not None and rule.originator not in p.names_of(o):
+        return False
+    if rule.recipient is not None and rule.recipient not in p.names_of(r):
         return False
     if rule.classification_at_least is not None:
         level, floor = p.rank(m.classification), p.rank(rule.classification_at_least)
@@ -226,6 +226,8 @@ def deny_rule_matches(p: PolicySnapshot, rule: DenyRule, o: str, r: str, m: Mark
 
 
 def _deny_rules(p: PolicySnapshot, o: str, r: str, m: Markings) -> str | None:
+    if not p.deny_rules:
+        return None
     hits = [rule for rule in p.deny_rules if deny_rule_matches(p, rule, o, r, m)]
     if not hits:
         return None
