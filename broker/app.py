@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .api import admin, directory, inbox, items, preflight
-from .api.deps import BrokerState, wall_clock_ms
+from .api.deps import BodyLimit, BrokerState, wall_clock_ms
 from .problems import PROBLEM_MEDIA_TYPE, Problem
 from .settings import Settings
 from .store.db import make_engine, make_sessionmaker
@@ -52,7 +52,12 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {404: "not-found", 405: "method-not-allowed"}
         code = codes.get(exc.status_code, f"http-{exc.status_code}")
-        return _problem_response(request, Problem(exc.status_code, code, str(exc.detail), str(exc.detail)))
+        response = _problem_response(
+            request, Problem(exc.status_code, code, str(exc.detail), str(exc.detail))
+        )
+        for name, value in (exc.headers or {}).items():  # e.g. Allow on 405 (RFC 9110)
+            response.headers[name] = value
+        return response
 
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -74,6 +79,7 @@ def create_app(settings: Settings | None = None, clock: Callable[[], int] | None
     app.state.broker = BrokerState(settings, make_sessionmaker(engine), clock or wall_clock_ms)
     app.state.engine = engine
     _install_error_handlers(app)
+    app.add_middleware(BodyLimit, settings=settings)
     for module in (items, inbox, directory, preflight, admin):
         app.include_router(module.router)
 

@@ -346,7 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("code", help="ISO 3166-1 alpha-3 code, e.g. KOR")
     p.add_argument("--name", help="display name")
     p.add_argument(
-        "--accreditation", required=True, choices=DEFAULT_LADDER, help="highest classification it may hold"
+        "--accreditation",
+        required=True,
+        type=str.upper,
+        help="highest classification it may hold (a level of the ladder)",
     )
     p.add_argument("--group", action="append", default=[], help="group membership (repeatable), e.g. G7")
     p.set_defaults(func=cmd_country_add)
@@ -358,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_country_update(status="active"))
     p = csub.add_parser("set", help="change accreditation or groups")
     p.add_argument("code", help="the country to change")
-    p.add_argument("--accreditation", choices=DEFAULT_LADDER, help="new accreditation")
+    p.add_argument("--accreditation", type=str.upper, help="new accreditation (a level of the ladder)")
     p.add_argument("--group", action="append", help="replace the groups (repeatable)")
     p.set_defaults(func=_country_update())
 
@@ -377,7 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("originator", help="country code of the sender, or * for the default")
     p.add_argument("recipient", help="country code of the receiver, or * for the default")
     p.add_argument(
-        "--ceiling", required=True, choices=DEFAULT_LADDER, help="highest classification that may flow"
+        "--ceiling",
+        required=True,
+        type=str.upper,
+        help="highest classification that may flow (a level of the ladder)",
     )
     p.add_argument("--topics", help="comma-separated topics, or '*' for all (default)")
     p.set_defaults(func=cmd_agreement_set)

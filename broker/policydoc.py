@@ -53,8 +53,11 @@ class _Strict(BaseModel):
 Topics = list[str] | Literal["*"]
 
 
+PLAIN = r"^[^\x00-\x1f\x7f]+$"  # no NUL or control characters (PostgreSQL text cannot hold NUL)
+
+
 class CountryDoc(_Strict):
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=200, pattern=PLAIN)
     status: Literal["active", "suspended"] = "active"
     accreditation: str = Field(pattern=LEVEL)
     groups: list[str] = Field(default_factory=list, max_length=64)
@@ -74,7 +77,7 @@ class AgreementDoc(_Strict):
 
 class DenyRuleDoc(_Strict):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
-    reason: str = Field(min_length=1, max_length=500)
+    reason: str = Field(min_length=1, max_length=500, pattern=PLAIN)
     originator: str | None = None
     recipient: str | None = None
     classification_at_least: str | None = Field(default=None, pattern=LEVEL)
@@ -156,7 +159,7 @@ def _problems(doc: PolicyDocument) -> list[str]:
     level(doc.default_agreement.ceiling, "default_agreement")
     topic_list(doc.default_agreement.topics, "default_agreement")
     for code, country in doc.countries.items():
-        if not COUNTRY_RE.fullmatch(code):
+        if not COUNTRY_RE.fullmatch(code) or code == "ALL":
             problems.append(f"countries.{code}: not an ISO 3166-1 alpha-3 code")
         level(country.accreditation, f"countries.{code}")
         for group in country.groups:

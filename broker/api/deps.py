@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -10,8 +11,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..problems import Problem, forbidden, unauthorized
+from ..problems import PROBLEM_MEDIA_TYPE, Problem, forbidden, unauthorized
 from ..services.auth import Caller, authenticate
 from ..services.registry import RegistryCache
 from ..settings import Settings
@@ -83,3 +85,54 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise BodyTooLarge(limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+class BodyLimit:
+    """ASGI middleware: no request body beyond its limit is ever buffered.
+
+    Envelope submissions may be up to `max_envelope_bytes`; every other body (JSON, policy
+    documents) up to `max_json_bytes`. A declared Content-Length over the limit is refused
+    at once; a streamed body is counted and refused when it passes the limit.
+    """
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        is_submit = scope["method"] == "POST" and scope["path"].rstrip("/") == "/v1/items"
+        limit = self.settings.max_envelope_bytes if is_submit else self.settings.max_json_bytes
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await _send_problem(send, BodyTooLarge(limit), scope["path"])
+                return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+async def _send_problem(send: Send, problem: Problem, path: str) -> None:
+    body = json.dumps(problem.to_dict(instance=path)).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": problem.status,
+            "headers": [
+                (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -14,13 +14,14 @@ from .deps import CountryDep, StateDep
 from .problem_docs import PROBLEMS
 
 router = APIRouter(prefix="/v1/inbox", tags=["inbox"])
+MAX_SEQ = 2**63 - 1
 
 
 @router.get("", response_model=schemas.InboxPage, responses=PROBLEMS)
 async def list_inbox(
     caller: CountryDep,
     state: StateDep,
-    after: Annotated[int, Query(ge=0, description="cursor: the last seq already seen")] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_SEQ, description="cursor: the last seq already seen")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     wait: Annotated[float, Query(ge=0, le=30, description="seconds to wait for new deliveries")] = 0,
 ) -> schemas.InboxPage:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 
 class Strict(BaseModel):
@@ -44,8 +44,14 @@ class InboxPage(BaseModel):
     cursor: int
 
 
+Seq = Annotated[StrictInt, Field(ge=1, le=2**63 - 1)]
+PlainText = Field(
+    min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$"
+)  # no NUL or control characters
+
+
 class AckRequest(Strict):
-    seqs: list[int] = Field(min_length=1, max_length=1000)
+    seqs: list[Seq] = Field(min_length=1, max_length=1000)
 
 
 class AckResult(BaseModel):
@@ -68,7 +74,7 @@ class ItemStatus(BaseModel):
 
 class CountryIn(Strict):
     code: str = Field(pattern=r"^[A-Z]{3}$")
-    name: str = Field(min_length=1, max_length=200)
+    name: str = PlainText
     accreditation: str = Field(max_length=32)
     groups: list[str] = Field(default_factory=list, max_length=64)
 

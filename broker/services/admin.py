@@ -83,8 +83,10 @@ def key_view(key: Key) -> dict[str, Any]:
 def enrol_country(
     session: Session, actor: str, code: str, name: str, accreditation: str, groups: list[str], now_ms: int
 ) -> dict[str, Any]:
-    if not COUNTRY_RE.fullmatch(code):
+    if not COUNTRY_RE.fullmatch(code) or code == "ALL":  # ALL means every member in releasable-to
         raise invalid("invalid-country", f"{code!r} is not an ISO 3166-1 alpha-3 code")
+    if not name or any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        raise invalid("invalid-name", "a country name must be non-empty, without control characters")
     _check_level(session, accreditation, "accreditation")
     groups = _check_groups(groups)
     if session.get(Country, code) is not None:

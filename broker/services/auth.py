@@ -8,6 +8,7 @@ revoked or past its validity is refused from the next request on; a `jti` is acc
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -23,6 +24,8 @@ from ..store import queries
 from ..store.db import transaction
 from ..store.models import UsedToken
 from .registry import ADMIN_PREFIX, RegistryCache
+
+JTI_RE = re.compile(r"[A-Za-z0-9._~+/=-]{8,64}")
 
 
 @dataclass(frozen=True)
@@ -64,8 +67,13 @@ def authenticate(
             algorithms=["EdDSA"],
             audience=settings.audience,
             issuer=owner,
-            leeway=settings.token_leeway_s,
-            options={"require": ["exp", "iat", "jti", "iss", "aud"]},
+            # Times are checked below against the broker's clock, not the library's.
+            options={
+                "require": ["exp", "iat", "jti", "iss", "aud"],
+                "verify_exp": False,
+                "verify_iat": False,
+                "verify_nbf": False,
+            },
         )
     except jwt.ExpiredSignatureError as exc:
         raise unauthorized("expired-token", "the token has expired") from exc
@@ -79,14 +87,21 @@ def authenticate(
         raise unauthorized("invalid-token", f"the token is not valid: {exc}") from exc
 
     iat, exp, jti = claims["iat"], claims["exp"], claims["jti"]
-    if not isinstance(iat, int | float) or not isinstance(exp, int | float):
-        raise unauthorized("invalid-token", "iat and exp must be numbers")
+    for value in (iat, exp):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 2**40:
+            raise unauthorized("invalid-token", "iat and exp must be Unix times in seconds")
+    leeway_ms = settings.token_leeway_s * 1000
+    if exp * 1000 + leeway_ms <= now_ms:
+        raise unauthorized("expired-token", "the token has expired")
+    nbf = claims.get("nbf")
+    if nbf is not None and (not isinstance(nbf, int | float) or nbf * 1000 > now_ms + leeway_ms):
+        raise unauthorized("invalid-token", "the token is not valid yet (nbf)")
     if exp - iat > settings.token_max_lifetime_s:
         raise unauthorized("token-lifetime", f"tokens may live at most {settings.token_max_lifetime_s} s")
-    if iat * 1000 > now_ms + settings.token_leeway_s * 1000:
+    if iat * 1000 > now_ms + leeway_ms:
         raise unauthorized("invalid-token", "the token is issued in the future")
-    if not isinstance(jti, str) or not 8 <= len(jti) <= 64:
-        raise unauthorized("invalid-token", "jti must be a string of 8 to 64 characters")
+    if not isinstance(jti, str) or not JTI_RE.fullmatch(jti):
+        raise unauthorized("invalid-token", "jti must be 8 to 64 characters of A-Z a-z 0-9 . _ ~ + / = -")
     if not active:
         raise forbidden("suspended", f"{owner} is suspended and may not use the broker")
 
