@@ -236,7 +236,9 @@ def cmd_policy_apply(args: argparse.Namespace) -> int:
         if input("apply this plan? [y/N] ").strip().lower() not in ("y", "yes"):
             print("not applied")
             return EXIT_ERROR
-    _, version = _write(args, lambda s: policy_service.apply_document(s, _actor(), proposed, _now()))
+    _, version = _write(
+        args, lambda s: policy_service.apply_document(s, _actor(), proposed, _now(), with_access=False)
+    )
     print(f"applied: policy version {version}")
     return EXIT_OK
 

@@ -299,8 +299,9 @@ def _describe(caps: set[tuple[str, str, str]], ladder: list[str]) -> str:
     return "; ".join(parts)
 
 
-def plan(current: PolicyDocument, proposed: PolicyDocument) -> Plan:
-    """What applying `proposed` over `current` changes, and which pairs gain or lose access."""
+def plan(current: PolicyDocument, proposed: PolicyDocument, *, with_access: bool = True) -> Plan:
+    """What applying `proposed` over `current` changes, and (with_access) which pairs gain or
+    lose access; the latter evaluates every pair at every level, topic and TLP."""
     result = Plan()
     cur, new = current.normalized(), proposed.normalized()
     if cur.ladder != new.ladder:
@@ -346,7 +347,7 @@ def plan(current: PolicyDocument, proposed: PolicyDocument) -> Plan:
             result.changes.append(f"deny rule {rule_id}: added ({new_rules[rule_id].reason})")
         elif old_rules[rule_id] != new_rules[rule_id]:
             result.changes.append(f"deny rule {rule_id}: changed")
-    if result.changes and not result.errors:
+    if with_access and result.changes and not result.errors:
         result.access = access_changes(cur, new)
     return result
 

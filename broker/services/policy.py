@@ -114,18 +114,19 @@ def snapshot_version(session: Session, version: int, actor: str, change: str, no
     )
 
 
-def plan_document(session: Session, proposed: PolicyDocument) -> Plan:
-    return policydoc.plan(export_document(session), proposed)
+def plan_document(session: Session, proposed: PolicyDocument, *, with_access: bool = True) -> Plan:
+    return policydoc.plan(export_document(session), proposed, with_access=with_access)
 
 
 def apply_document(
-    session: Session, actor: str, proposed: PolicyDocument, now_ms: int
+    session: Session, actor: str, proposed: PolicyDocument, now_ms: int, *, with_access: bool = True
 ) -> tuple[Plan, int | None]:
     """Apply atomically (the caller's transaction); returns the plan and the new version.
 
-    Nothing is written when the plan has errors or no changes.
+    Nothing is written when the plan has errors or no changes. `with_access=False` skips
+    computing which pairs gain or lose access (the costly part of a plan).
     """
-    result = plan_document(session, proposed)
+    result = plan_document(session, proposed, with_access=with_access)
     if result.errors:
         raise invalid("policy-refused", "the policy document cannot be applied", errors=result.errors)
     if result.empty:
