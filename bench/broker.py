@@ -131,8 +131,8 @@ def main() -> int:
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} cores, {platform.machine()}, {platform.system()} {platform.release()}")
     print(
-        f"python {platform.python_version()}; {args.items} items of 1 KiB, 10 recipients + originator's "
-        f"key set (11 members), {args.threads} client threads, 1 broker worker process"
+        f"python {platform.python_version()}; {args.items} items of 1 KiB, each to 11 recipients (12 members), "
+        f"{args.threads} client threads, 1 broker worker process"
     )
     items = seal_items(args.items)
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
