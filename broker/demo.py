@@ -340,11 +340,13 @@ def _matrix(outcomes: list[Outcome]) -> None:
             else:
                 cells.append("  .")
         say("  " + " ".join(cells) + f"   {outcome.title} ({outcome.originator})")
-    refusals = [(o, c, r) for o in outcomes for c, r in o.refused.items() if r != COLLATERAL]
-    if refusals:
-        say("\n  Refusals and reasons:")
-        for outcome, country, reason in refusals:
-            say(f"    {outcome.originator} -> {country}: {reason}")
+    say("\n  Why each x (every rule that failed, as the broker's policy evaluator words it):")
+    for outcome in outcomes:
+        refused = {c: r for c, r in outcome.refused.items() if r != COLLATERAL}
+        if refused:
+            say(f"  {outcome.title} ({outcome.originator}):")
+            for country in sorted(refused):
+                say(f"    -> {country}: {refused[country]}")
 
 
 def _cli(args: list[str], quiet: bool = False) -> None:
