@@ -20,6 +20,7 @@ from typing import Any
 from msmt import tables
 from msmt.core import (
     ApiPrivateKey,
+    Markings,
     SigningPrivateKey,
     public_key_document,
     short_fingerprint,
@@ -273,8 +274,6 @@ def cmd_policy_explain_item(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_matrix(args: argparse.Namespace) -> int:
-    from msmt.core import Markings
-
     markings = Markings.create(
         args.classification, args.tlp, args.releasable_to or ["ALL"], caveats=args.caveat, topics=args.topic
     )

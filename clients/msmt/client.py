@@ -21,7 +21,7 @@ import httpx
 
 from .agency import AgencyKeys
 from .auth import mint_token
-from .core import Markings, Opened, open_envelope, parse, seal
+from .core import Envelope, Markings, Opened, open_envelope, parse, seal
 from .core.errors import EnvelopeError
 from .directory import Directory
 from .errors import BrokerError, BrokerUnavailable, ClientError, OriginatorControlled, PolicyRefused
@@ -161,18 +161,20 @@ class _ClientCore:
         )
 
     def _open(self, directory: Directory, delivery: Delivery, data: bytes) -> Received:
-        if parse(data).header.item_id != delivery.item_id:
+        envelope = parse(data)
+        if envelope.header.item_id != delivery.item_id:
             raise ClientError(f"the broker returned another item for {delivery.item_id}")
-        return Received(delivery, self._open_with(directory, data, delivery.received_ms))
+        return Received(delivery, self._open_with(directory, envelope, delivery.received_ms))
 
-    def _open_with(self, directory: Directory, data: bytes, accepted_ms: int) -> Opened:
-        header = parse(data).header
+    def _open_with(self, directory: Directory, data: bytes | Envelope, accepted_ms: int) -> Opened:
+        envelope = data if isinstance(data, Envelope) else parse(data)  # parsed once, then verified
+        header = envelope.header
         entry = header.recipient(self.keys.country)
         key = self.keys.encryption_key(entry.key_id) if entry else self.keys.encryption
         if key is None:
             raise ClientError(f"item {header.item_id} was sealed to a key that is not in this key folder")
         return open_envelope(
-            data,
+            envelope,
             recipient=self.keys.country,
             private_key=key,
             originator_key=directory.signing_lookup(accepted_ms),
