@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +24,9 @@ from .policy_strategies import documents
 @contextmanager
 def fresh_database(backend: str, tmp: Path, n: int) -> Iterator[str]:
     if backend == "sqlite":
-        url = f"sqlite:///{tmp / f'policy-{n}.db'}"
+        # a new file per example: object ids (and so `n`) can repeat, and a reused file would
+        # carry the previous example's state into the next one
+        url = f"sqlite:///{tmp / f'policy-{n}-{uuid.uuid4().hex}.db'}"
         migrate(url)
         yield url
     else:
