@@ -128,3 +128,107 @@ class ForeignKeyFile(KeyMaterialError):
 
 class KeyFileExists(KeyMaterialError):
     code = "key-file-exists"
+
+
+# --- transparency log ---
+
+
+class LogError(MsmtError):
+    """A Merkle proof, signed note, checkpoint or cosignature was rejected."""
+
+    code = "log-error"
+
+
+class InvalidInclusionProof(LogError):
+    code = "invalid-inclusion-proof"
+
+
+class InvalidConsistencyProof(LogError):
+    code = "invalid-consistency-proof"
+
+
+class InvalidProofRequest(LogError):
+    """A proof or root was asked for a range the tree does not have (e.g. index >= size)."""
+
+    code = "invalid-proof-request"
+
+
+class MalformedNote(LogError):
+    code = "malformed-note"
+
+
+class MalformedCheckpoint(LogError):
+    code = "malformed-checkpoint"
+
+
+class MalformedVerifierKey(LogError):
+    code = "malformed-verifier-key"
+
+
+class BadNoteSignature(LogError):
+    """A signature line whose key name and ID match a known key does not verify."""
+
+    code = "bad-note-signature"
+
+
+class UnverifiedNote(LogError):
+    """No signature line of the note is from a known key (the note's text must be ignored)."""
+
+    code = "unverified-note"
+
+
+class BadCosignature(LogError):
+    code = "bad-cosignature"
+
+
+# --- member-governed directory ---
+
+
+class GovernanceError(MsmtError):
+    """A directory entry (trust root or statement) was rejected."""
+
+    code = "governance-error"
+
+
+class MalformedStatement(GovernanceError):
+    code = "malformed-statement"
+
+
+class BrokenChain(GovernanceError):
+    """The entry does not follow the chain's head (wrong position or previous hash)."""
+
+    code = "broken-chain"
+
+
+class InvalidStatement(GovernanceError):
+    """Well formed and signed, but not applicable (unknown member, key in use, ...)."""
+
+    code = "invalid-statement"
+
+
+class BadStatementSignature(GovernanceError):
+    code = "bad-statement-signature"
+
+
+class QuorumNotMet(GovernanceError):
+    """The signatures present do not satisfy the rules; `detail` names who is missing."""
+
+    code = "quorum-not-met"
+
+
+class DirectoryRollback(GovernanceError):
+    """The broker served an older directory than one already verified."""
+
+    code = "directory-rollback"
+
+
+class DirectoryFork(GovernanceError):
+    """The broker served a directory whose history differs from the one already verified."""
+
+    code = "directory-fork"
+
+
+class ForeignOwnKey(GovernanceError):
+    """The verified directory lists a key for this agency's own country that it did not make."""
+
+    code = "foreign-own-key"
