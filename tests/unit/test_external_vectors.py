@@ -15,7 +15,8 @@ from msmt.core.keys import MLDSA65_SIGNATURE_SIZE, composite_message
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "vectors"
 COPIES = Path(__file__).resolve().parents[1] / "vectors" / "external"
-NAMES = ["hpke-xwing.json", "composite-mldsa65-ed25519.json"]
+MERKLE = sorted(path.relative_to(COPIES).as_posix() for path in (COPIES / "merkle").rglob("*.json"))
+NAMES = ["hpke-xwing.json", "composite-mldsa65-ed25519.json", *MERKLE]
 
 
 def load(name: str) -> Any:
@@ -28,6 +29,13 @@ def test_copies_match_the_shared_vectors(name: str) -> None:
     if not shared.exists():
         pytest.skip(f"no shared vectors folder at {SHARED} (the copies in {COPIES} are used)")
     assert (COPIES / name).read_bytes() == shared.read_bytes()
+
+
+def test_merkle_copies_are_all_the_shared_merkle_vectors() -> None:
+    if not (SHARED / "merkle").exists():
+        pytest.skip(f"no shared vectors folder at {SHARED} (the copies in {COPIES} are used)")
+    shared = sorted(path.relative_to(SHARED).as_posix() for path in (SHARED / "merkle").rglob("*.json"))
+    assert shared == MERKLE
 
 
 def test_xwing_public_key_from_seed() -> None:
