@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .api import admin, directory, inbox, items, preflight
+from .api import admin, directory, governance, inbox, items, preflight
 from .api.deps import BodyLimit, BrokerState, wall_clock_ms
 from .problems import PROBLEM_MEDIA_TYPE, Problem
 from .settings import Settings
@@ -80,7 +80,7 @@ def create_app(settings: Settings | None = None, clock: Callable[[], int] | None
     app.state.engine = engine
     _install_error_handlers(app)
     app.add_middleware(BodyLimit, settings=settings)
-    for module in (items, inbox, directory, preflight, admin):
+    for module in (items, inbox, directory, governance, preflight, admin):
         app.include_router(module.router)
 
     @app.get("/v1/health", tags=["health"])

@@ -2,7 +2,8 @@
 
 The admin subcommands work directly on the broker's database (for the operator on the
 host); remote admins use the same operations through /v1/admin with an admin key. Every
-change is recorded in the admin action log with the actor `local:<user>`.
+change is recorded in the admin action log with the actor `local:<user>`. Members and
+their keys are not administered here: they change only by member-signed statements.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from msmt.core.policy import DEFAULT_LADDER, sharing_matrix
 from . import policydoc
 from .problems import Problem
 from .services import admin as admin_service
+from .services import governance as governance_service
 from .services import policy as policy_service
 from .settings import Settings
 from .store.db import make_engine, make_sessionmaker, migrate, transaction
@@ -131,41 +133,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_country_add(args: argparse.Namespace) -> int:
-    result = _write(
-        args,
-        lambda s: admin_service.enrol_country(
-            s, _actor(), args.code, args.name or args.code, args.accreditation, args.group, _now()
-        ),
-    )
-    _print(args, result)
+def cmd_directory_install(args: argparse.Namespace) -> int:
+    """Install the founders' signed genesis root: the only way members first appear."""
+    data = Path(args.root).read_bytes()
+    result = _write(args, lambda s: governance_service.install_root(s, _actor(), data, _now()))
+    print(f"directory root installed: {len(result['members'])} founding members, hash {result['hash']}")
+    print(f"  members: {', '.join(result['members'])}")
     return EXIT_OK
 
 
-def _country_update(**changes: Any) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        values = dict(changes)
-        if getattr(args, "accreditation", None):
-            values["accreditation"] = args.accreditation
-        if getattr(args, "group", None) is not None:
-            values["groups"] = args.group
-        _print(
-            args,
-            _write(args, lambda s: admin_service.update_country(s, _actor(), args.code, _now(), **values)),
-        )
-        return EXIT_OK
-
-    return run
-
-
-def cmd_key_add(args: argparse.Namespace) -> int:
-    document = Path(args.public_key_file).read_bytes()
-    _print(args, _write(args, lambda s: admin_service.add_key_document(s, _actor(), document, _now())))
+def cmd_directory_history(args: argparse.Namespace) -> int:
+    _print(args, _read(args, lambda s: governance_service.history(s, args.country)))
     return EXIT_OK
 
 
-def cmd_key_revoke(args: argparse.Namespace) -> int:
-    _print(args, _write(args, lambda s: admin_service.revoke_key(s, _actor(), args.key_id, _now())))
+def cmd_directory_proposals(args: argparse.Namespace) -> int:
+    rows = _read(args, lambda s: governance_service.list_proposals(s, None if args.all else "pending"))
+    if not args.json:
+        rows = [
+            {k: (", ".join(v) if isinstance(v, list) else v) for k, v in row.items() if k != "signed"}
+            for row in rows
+        ]
+    _print(args, rows)
     return EXIT_OK
 
 
@@ -341,39 +330,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_serve)
 
-    country = sub.add_parser("country", help="enrol, suspend, reactivate or change a member country")
-    csub = country.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = csub.add_parser("add", help="enrol a country")
-    p.add_argument("code", help="ISO 3166-1 alpha-3 code, e.g. KOR")
-    p.add_argument("--name", help="display name")
-    p.add_argument(
-        "--accreditation",
-        required=True,
-        type=str.upper,
-        help="highest classification it may hold (a level of the ladder)",
+    directory = sub.add_parser(
+        "directory", help="the member-signed directory: install the founders' root, show its history"
     )
-    p.add_argument("--group", action="append", default=[], help="group membership (repeatable), e.g. G7")
-    p.set_defaults(func=cmd_country_add)
-    p = csub.add_parser("suspend", help="suspend: its tokens and deliveries to it are refused")
-    p.add_argument("code", help="the country to suspend")
-    p.set_defaults(func=_country_update(status="suspended"))
-    p = csub.add_parser("activate", help="reactivate a suspended country")
-    p.add_argument("code", help="the country to reactivate")
-    p.set_defaults(func=_country_update(status="active"))
-    p = csub.add_parser("set", help="change accreditation or groups")
-    p.add_argument("code", help="the country to change")
-    p.add_argument("--accreditation", type=str.upper, help="new accreditation (a level of the ladder)")
-    p.add_argument("--group", action="append", help="replace the groups (repeatable)")
-    p.set_defaults(func=_country_update())
-
-    key = sub.add_parser("key", help="register or revoke public keys")
-    ksub = key.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = ksub.add_parser("add", help="register a key from its public key document (msmt keys export)")
-    p.add_argument("public_key_file", help="a public key document, as `msmt keys export` writes it")
-    p.set_defaults(func=cmd_key_add)
-    p = ksub.add_parser("revoke", help="revoke a key from the next request on")
-    p.add_argument("key_id", help="the key id (32 hex digits) to revoke")
-    p.set_defaults(func=cmd_key_revoke)
+    dsub = directory.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = dsub.add_parser("install", help="install the genesis root every founder signed (once)")
+    p.add_argument("root", help="the signed root file (msmt governance root finish)")
+    p.set_defaults(func=cmd_directory_install)
+    p = dsub.add_parser("history", help="every applied directory entry: type, country, signers")
+    p.add_argument("--country", help="only entries about this country (and roots)")
+    p.set_defaults(func=cmd_directory_history)
+    p = dsub.add_parser("proposals", help="statements waiting for members' signatures")
+    p.add_argument("--all", action="store_true", help="also applied and stale ones")
+    p.set_defaults(func=cmd_directory_proposals)
 
     agreement = sub.add_parser("agreement", help="set sharing agreements")
     asub = agreement.add_subparsers(dest="action", required=True, metavar="ACTION")

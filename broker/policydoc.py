@@ -299,6 +299,9 @@ def _describe(caps: set[tuple[str, str, str]], ladder: list[str]) -> str:
     return "; ".join(parts)
 
 
+_GOVERNED = "membership, status, groups and accreditation change only by member-signed statements (msmt governance propose)"
+
+
 def plan(current: PolicyDocument, proposed: PolicyDocument, *, with_access: bool = True) -> Plan:
     """What applying `proposed` over `current` changes, and (with_access) which pairs gain or
     lose access; the latter evaluates every pair at every level, topic and TLP."""
@@ -311,22 +314,21 @@ def plan(current: PolicyDocument, proposed: PolicyDocument, *, with_access: bool
             f"default agreement: {_agreement_text(cur.default_agreement)} -> "
             f"{_agreement_text(new.default_agreement)}"
         )
+    # Who is a member, and with which groups and accreditation, is decided by the members'
+    # own signed statements; the document shows it for review but cannot change it.
     for code in sorted(set(cur.countries) | set(new.countries)):
         before, after = cur.countries.get(code), new.countries.get(code)
         if after is None:
-            result.errors.append(
-                f"country {code} cannot be removed (its items and keys refer to it); suspend it"
-            )
+            result.errors.append(f"country {code} cannot be removed here: {_GOVERNED}")
         elif before is None:
-            result.changes.append(
-                f"country {code}: enrolled ({after.status}, {after.accreditation}, groups "
-                f"{', '.join(after.groups) or '-'})"
-            )
+            result.errors.append(f"country {code} cannot be enrolled here: {_GOVERNED}")
         elif before != after:
             for name in ("name", "status", "accreditation", "groups"):
                 old, value = getattr(before, name), getattr(after, name)
                 if old != value:
-                    result.changes.append(f"country {code}: {name} {_fmt(old)} -> {_fmt(value)}")
+                    result.errors.append(
+                        f"country {code}: {name} {_fmt(old)} -> {_fmt(value)} cannot be changed here: {_GOVERNED}"
+                    )
     old_agreements = {(a.originator, a.recipient): a for a in cur.agreements}
     new_agreements = {(a.originator, a.recipient): a for a in new.agreements}
     for pair in sorted(set(old_agreements) | set(new_agreements)):

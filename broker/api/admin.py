@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
@@ -11,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from .. import policydoc
-from ..problems import invalid
+from ..problems import forbidden, invalid
 from ..services import admin as admin_service
 from ..services import policy as policy_service
 from ..store.db import transaction
@@ -45,30 +44,22 @@ async def list_countries(admin: AdminDep, state: StateDep) -> Any:
     return await _read(state, admin_service.list_countries)
 
 
+_GOVERNED = (
+    "membership, groups, accreditation and member keys change only by statements the members "
+    "sign (msmt governance propose / approve); an admin can relay them but not make them"
+)
+
+
 @router.post("/countries", status_code=201, response_model=schemas.CountryOut)
-async def enrol_country(body: schemas.CountryIn, admin: AdminDep, state: StateDep) -> Any:
-    return await _write(
-        state,
-        lambda s: admin_service.enrol_country(
-            s, admin.owner, body.code, body.name, body.accreditation, body.groups, state.clock()
-        ),
-    )
+async def enrol_country(body: schemas.CountryIn, admin: AdminDep) -> Any:
+    """Gone: members enrol members, by a quorum of signatures (`/v1/governance/proposals`)."""
+    raise forbidden("governed-by-members", _GOVERNED)
 
 
 @router.patch("/countries/{code}", response_model=schemas.CountryOut)
-async def update_country(code: Code, body: schemas.CountryPatch, admin: AdminDep, state: StateDep) -> Any:
-    return await _write(
-        state,
-        lambda s: admin_service.update_country(
-            s,
-            admin.owner,
-            code,
-            state.clock(),
-            status=body.status,
-            accreditation=body.accreditation,
-            groups=body.groups,
-        ),
-    )
+async def update_country(code: Code, body: schemas.CountryPatch, admin: AdminDep) -> Any:
+    """Gone: status, groups and accreditation change by a quorum of member signatures."""
+    raise forbidden("governed-by-members", _GOVERNED)
 
 
 @router.get("/keys", response_model=list[schemas.KeyOut])
@@ -77,20 +68,20 @@ async def list_keys(admin: AdminDep, state: StateDep) -> Any:
 
 
 @router.post("/keys", status_code=201, response_model=schemas.KeyOut)
-async def add_key(body: schemas.KeyDocumentIn, admin: AdminDep, state: StateDep) -> Any:
-    """Register a country's public key from its public key document."""
-    document = json.dumps(body.model_dump()).encode()
-    return await _write(
-        state, lambda s: admin_service.add_key_document(s, admin.owner, document, state.clock())
-    )
+async def add_key(body: schemas.KeyDocumentIn, admin: AdminDep) -> Any:
+    """Gone: a country adds or rotates its own keys by a statement signed with its signing key."""
+    raise forbidden("governed-by-members", _GOVERNED)
 
 
 @router.post("/keys/{key_id}/revoke", response_model=schemas.KeyOut)
 async def revoke_key(
     key_id: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")], admin: AdminDep, state: StateDep
 ) -> Any:
-    """Revoke a key; it is refused from the next request on."""
-    return await _write(state, lambda s: admin_service.revoke_key(s, admin.owner, key_id, state.clock()))
+    """Revoke an admin's key. A member's key is refused: the member revokes its own, or a
+    quorum of members forces it."""
+    return await _write(
+        state, lambda s: admin_service.revoke_admin_key(s, admin.owner, key_id, state.clock())
+    )
 
 
 @router.get("/agreements", response_model=list[schemas.AgreementOut])

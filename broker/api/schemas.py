@@ -149,6 +149,45 @@ class Directory(BaseModel):
     generated_ms: int
 
 
+class ChainHead(BaseModel):
+    seq: int
+    hash: str
+
+
+class ChainEntry(BaseModel):
+    seq: int
+    entry: str  # base64url of the entry's canonical bytes, exactly as signed
+
+
+class DirectoryChain(BaseModel):
+    head: ChainHead | None
+    entries: list[ChainEntry]
+
+
+class ProposalIn(Strict):
+    entry: str = Field(max_length=1_000_000)  # base64url of an entry (signed part + signatures)
+
+
+class SignatureIn(Strict):
+    signer: str = Field(pattern=r"^[A-Z]{3}$")
+    key_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    sig: str = Field(max_length=8000)
+
+
+class ProposalOut(BaseModel):
+    id: str
+    seq: int
+    type: str
+    country: str | None
+    state: str
+    proposer: str
+    signed: str
+    signers: list[str]
+    missing: list[str]
+    created_ms: int
+    hash: str | None = None
+
+
 class AdminActionOut(BaseModel):
     id: int
     at_ms: int

@@ -1,4 +1,8 @@
-"""Admin operations: countries, keys, agreements and admins. Each is recorded with its actor."""
+"""Admin operations: agreements, admins and their keys. Each is recorded with its actor.
+
+Members and their keys are not here: they change only by member-signed directory
+statements (`services/governance.py`).
+"""
 
 from __future__ import annotations
 
@@ -9,14 +13,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from msmt.core import KeyKind, canonical, errors, parse_public_key_document
+from msmt.core import KeyKind, canonical, errors
 from msmt.core.keys import PUBLIC_KEY_TYPES
 from msmt.core.markings import COUNTRY_RE, RELEASABLE_RE, TOPIC_RE
 from msmt.core.policy import DEFAULT_PAIR
 
-from ..problems import conflict, invalid, not_found
+from ..problems import conflict, forbidden, invalid, not_found
 from ..store import queries
-from ..store.models import Admin, AdminAction, Agreement, Country, GroupMember, InboxCounter, Key
+from ..store.models import Admin, AdminAction, Agreement, Country, Key
 from . import policy as policy_service
 
 ADMIN_NAME_RE = re.compile(r"^[a-z][a-z0-9._-]{0,63}$")
@@ -80,68 +84,6 @@ def key_view(key: Key) -> dict[str, Any]:
     }
 
 
-def enrol_country(
-    session: Session, actor: str, code: str, name: str, accreditation: str, groups: list[str], now_ms: int
-) -> dict[str, Any]:
-    if not COUNTRY_RE.fullmatch(code) or code == "ALL":  # ALL means every member in releasable-to
-        raise invalid("invalid-country", f"{code!r} is not an ISO 3166-1 alpha-3 code")
-    if not name or any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
-        raise invalid("invalid-name", "a country name must be non-empty, without control characters")
-    _check_level(session, accreditation, "accreditation")
-    groups = _check_groups(groups)
-    if session.get(Country, code) is not None:
-        raise conflict("country-exists", f"{code} is already enrolled")
-    country = Country(
-        code=code, name=name[:200], status="active", accreditation=accreditation, created_ms=now_ms
-    )
-    session.add(country)
-    session.flush()
-    session.add(InboxCounter(recipient=code, last_seq=0))
-    for group in groups:
-        session.add(GroupMember(group_name=group, country=code))
-    _record(
-        session,
-        actor,
-        "enrol-country",
-        code,
-        {"name": name, "accreditation": accreditation, "groups": groups},
-        now_ms,
-    )
-    return country_view(session, country, set(groups))
-
-
-def update_country(
-    session: Session,
-    actor: str,
-    code: str,
-    now_ms: int,
-    *,
-    status: str | None = None,
-    accreditation: str | None = None,
-    groups: list[str] | None = None,
-) -> dict[str, Any]:
-    country = _country(session, code)
-    changes: dict[str, Any] = {}
-    if status is not None:
-        if status not in ("active", "suspended"):
-            raise invalid("invalid-status", "status must be active or suspended")
-        country.status = changes["status"] = status
-    if accreditation is not None:
-        _check_level(session, accreditation, "accreditation")
-        country.accreditation = changes["accreditation"] = accreditation
-    if groups is not None:
-        groups = _check_groups(groups)
-        for row in session.scalars(select(GroupMember).where(GroupMember.country == code)):
-            session.delete(row)
-        session.flush()
-        for group in groups:
-            session.add(GroupMember(group_name=group, country=code))
-        changes["groups"] = groups
-    _record(session, actor, "update-country", code, changes, now_ms)
-    session.flush()
-    return country_view(session, country)
-
-
 def add_key(
     session: Session,
     actor: str,
@@ -151,17 +93,16 @@ def add_key(
     now_ms: int,
     valid_until_ms: int | None = None,
 ) -> dict[str, Any]:
-    if owner.startswith("admin:"):
-        if kind != "admin":
-            raise invalid("invalid-key-kind", "admins hold admin keys only")
-        if session.get(Admin, owner.removeprefix("admin:")) is None:
-            raise not_found("unknown-admin", f"{owner} does not exist")
-        key_type = PUBLIC_KEY_TYPES[KeyKind.API]
-    else:
-        _country(session, owner)
-        if kind not in {k.value for k in KeyKind}:
-            raise invalid("invalid-key-kind", "a country key is signing, encryption or api")
-        key_type = PUBLIC_KEY_TYPES[KeyKind(kind)]
+    if not owner.startswith("admin:"):
+        raise forbidden(
+            "governed-by-members",
+            "member keys are added only by statements the members sign (msmt keys rotate / governance)",
+        )
+    if kind != "admin":
+        raise invalid("invalid-key-kind", "admins hold admin keys only")
+    if session.get(Admin, owner.removeprefix("admin:")) is None:
+        raise not_found("unknown-admin", f"{owner} does not exist")
+    key_type = PUBLIC_KEY_TYPES[KeyKind.API]
     try:
         parsed = key_type.from_bytes(public_key)
     except errors.KeyMaterialError as exc:
@@ -187,18 +128,16 @@ def add_key(
     return key_view(key)
 
 
-def add_key_document(session: Session, actor: str, document: bytes, now_ms: int) -> dict[str, Any]:
-    try:
-        doc = parse_public_key_document(document)
-    except errors.KeyMaterialError as exc:
-        raise invalid(exc.code, exc.detail) from exc
-    return add_key(session, actor, doc.country, doc.kind.value, doc.key.raw, now_ms)
-
-
-def revoke_key(session: Session, actor: str, key_id: str, now_ms: int) -> dict[str, Any]:
+def revoke_admin_key(session: Session, actor: str, key_id: str, now_ms: int) -> dict[str, Any]:
+    """Revoke an admin's key. Member keys are revoked only by member-signed statements."""
     key = session.get(Key, key_id)
     if key is None:
         raise not_found("unknown-key", f"key {key_id} is not registered")
+    if not key.owner.startswith("admin:"):
+        raise forbidden(
+            "governed-by-members",
+            "member keys are revoked by the member itself, or by a quorum of members (msmt governance)",
+        )
     if key.revoked_ms is None:
         key.revoked_ms = now_ms
         _record(session, actor, "revoke-key", key_id, {"owner": key.owner}, now_ms)

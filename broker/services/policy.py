@@ -37,7 +37,6 @@ from ..store.models import (
     Country,
     DenyRule,
     GroupMember,
-    InboxCounter,
     Item,
     PolicyVersion,
 )
@@ -133,29 +132,9 @@ def apply_document(
         return result, None
     doc = proposed.normalized()
     _write_setting(session, LADDER_SETTING, json.dumps(doc.ladder))
-    for code, entry in doc.countries.items():
-        row = session.get(Country, code)
-        if row is None:
-            session.add(
-                Country(
-                    code=code,
-                    name=entry.name,
-                    status=entry.status,
-                    accreditation=entry.accreditation,
-                    created_ms=now_ms,
-                )
-            )
-            session.flush()
-            session.add(InboxCounter(recipient=code, last_seq=0))
-        else:
-            row.name, row.status, row.accreditation = entry.name, entry.status, entry.accreditation
-    session.execute(delete(GroupMember))
     session.execute(delete(Agreement))
     session.execute(delete(DenyRule))
     session.flush()
-    session.add_all(
-        GroupMember(group_name=g, country=code) for code, entry in doc.countries.items() for g in entry.groups
-    )
     default = doc.default_agreement
     session.add(
         Agreement(

@@ -1,7 +1,12 @@
-"""An in-process copy of the registry (countries, groups, keys, agreements, admins).
+"""An in-process copy of the registry (members, keys, agreements, admins).
 
-Every request needs the registry, and it changes only through admin actions, each of which
-increments a version row. A request reads that version (one primary-key lookup) and reloads
+Members, their groups, accreditation and keys come from replaying the member-signed
+directory chain (`services/governance.py`), never from the derived tables, so a row written
+straight into `keys` or `countries` authenticates nobody and verifies nothing. Agreements
+and deny rules come from the policy document, and admins' keys from `keys`.
+
+Every request needs the registry, and it changes only through admin actions and directory
+entries, each of which increments a version row. A request reads that version (one primary-key lookup) and reloads
 the copy only when it moved, so a revoked key or a suspended country is refused from the
 next request on, in every broker process. The submit transaction holds a share lock on the
 version row, so an admin change cannot commit between its checks and its writes.
@@ -18,10 +23,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from msmt.core import SigningPublicKey
-from msmt.core.policy import PolicySnapshot
+from msmt.core import governance as gov
+from msmt.core.policy import Member, PolicySnapshot
 
 from .. import policydoc
-from ..store.models import Admin, Country, Key, RegistryState
+from ..store.models import Admin, Key, RegistryState
+from . import governance as governance_service
 from . import policy as policy_service
 
 ADMIN_PREFIX = "admin:"
@@ -55,7 +62,7 @@ class Registry:
     version: int
     keys: Mapping[str, KeyRecord]
     policy: PolicySnapshot
-    countries: Mapping[str, Country]
+    directory: gov.DirectoryState | None
     active_admins: frozenset[str]
 
     def owner_active(self, owner: str) -> bool:
@@ -91,15 +98,18 @@ def read_version(session: Session, *, share_lock: bool = False) -> int:
     return int(session.execute(query).scalar_one())
 
 
-def load(session: Session, version: int) -> Registry:
+def load(session: Session, version: int, previous: gov.DirectoryState | None = None) -> Registry:
+    directory = governance_service.replay(session, previous)
     # The policy part comes from the same export that `msmt-broker policy export` writes, so
-    # what is enforced is exactly what admins review.
-    policy = policydoc.to_snapshot(policy_service.export_document(session))
-    countries = {c.code: c for c in session.scalars(select(Country))}
-    for country in countries.values():
-        session.expunge(country)
-    keys = {
-        k.key_id: KeyRecord(
+    # what is enforced is exactly what admins review; who is a member comes from the chain.
+    exported = policydoc.to_snapshot(policy_service.export_document(session))
+    members = {} if directory is None else _members(directory)
+    policy = PolicySnapshot(
+        members, exported.agreements, exported.default_agreement, exported.ladder, exported.deny_rules
+    )
+    keys = {} if directory is None else _member_keys(directory)
+    for k in session.scalars(select(Key).where(Key.owner.startswith(ADMIN_PREFIX))):
+        keys[k.key_id] = KeyRecord(
             k.key_id,
             k.owner,
             k.kind,
@@ -109,10 +119,32 @@ def load(session: Session, version: int) -> Registry:
             k.revoked_ms,
             k.created_ms,
         )
-        for k in session.scalars(select(Key))
-    }
     admins = frozenset(a.name for a in session.scalars(select(Admin)) if a.status == "active")
-    return Registry(version, keys, policy, countries, admins)
+    return Registry(version, keys, policy, directory, admins)
+
+
+def _members(directory: gov.DirectoryState) -> dict[str, Member]:
+    return {
+        code: Member(code, m.active, m.accreditation, frozenset(m.groups))
+        for code, m in directory.members.items()
+    }
+
+
+def _member_keys(directory: gov.DirectoryState) -> dict[str, KeyRecord]:
+    return {
+        k.key_id: KeyRecord(
+            k.key_id,
+            code,
+            k.kind.value,
+            k.key.raw,
+            k.valid_from_ms,
+            k.valid_until_ms,
+            k.revoked_ms,
+            k.valid_from_ms,
+        )
+        for code, member in directory.members.items()
+        for k in member.keys
+    }
 
 
 class RegistryCache:
@@ -130,7 +162,7 @@ class RegistryCache:
             current = self._current
             if current is not None and current.version == version:
                 return current
-            registry = load(session, version)
+            registry = load(session, version, None if current is None else current.directory)
             if current is None or version > current.version:
                 self._current = registry
             return registry

@@ -198,6 +198,41 @@ class AdminAction(Base):
     details: Mapped[str] = mapped_column(Text)  # canonical JSON
 
 
+class DirectoryEntry(Base):
+    """The member-signed directory chain, exactly as signed: entry 0 is the genesis root.
+
+    The tables `countries`, `group_members` and the country rows of `keys` are derived from
+    it (for SQL joins and listings); the registry itself replays the verified chain.
+    """
+
+    __tablename__ = "directory_entries"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    type: Mapped[str] = mapped_column(String(32))
+    country: Mapped[str | None] = mapped_column(String(3), nullable=True)
+    entry_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    applied_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class GovernanceProposal(Base):
+    """A directory statement collecting signatures; `id` is the hash of its signed part."""
+
+    __tablename__ = "governance_proposals"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    type: Mapped[str] = mapped_column(String(32))
+    country: Mapped[str | None] = mapped_column(String(3), nullable=True)
+    signed: Mapped[bytes] = mapped_column(LargeBinary)  # canonical bytes of the signed part
+    signatures: Mapped[str] = mapped_column(Text)  # canonical JSON list of signature objects
+    proposer: Mapped[str] = mapped_column(String(80))
+    state: Mapped[str] = mapped_column(String(16))  # pending | applied | stale
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    updated_ms: Mapped[int] = mapped_column(BigInteger)
+
+
 class BrokerSetting(Base):
     __tablename__ = "broker_settings"
 

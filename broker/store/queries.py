@@ -133,5 +133,10 @@ def record_admin_action(
     return int(version)
 
 
+def lock_registry_version(session: Session) -> None:
+    """Take the registry version row's write lock until the transaction ends."""
+    session.execute(select(RegistryState.version).where(RegistryState.id == 1).with_for_update()).scalar_one()
+
+
 def purge_used_tokens(session: Session, now_ms: int) -> None:
     session.execute(delete(UsedToken).where(UsedToken.expires_ms < now_ms))

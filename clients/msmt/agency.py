@@ -23,6 +23,8 @@ from .core import (
 from .core.errors import CorruptKeyFile
 from .core.markings import COUNTRY_RE
 
+RETIRED_FILE = "retired-keys.txt"
+
 
 @dataclass
 class AgencyKeys:
@@ -31,6 +33,7 @@ class AgencyKeys:
     encryption: EncryptionPrivateKey
     api: ApiPrivateKey
     previous_encryption: dict[str, EncryptionPrivateKey] = field(default_factory=dict)
+    retired: set[str] = field(default_factory=set)  # ids of signing/api keys rotated away
 
     @classmethod
     def generate(cls, country: str) -> AgencyKeys:
@@ -45,6 +48,17 @@ class AgencyKeys:
         if key_id == self.encryption.key_id:
             return self.encryption
         return self.previous_encryption.get(key_id)
+
+    def known_key_ids(self) -> set[str]:
+        """Every key id this agency made: current keys, earlier encryption keys, and the ids of
+        retired keys recorded in the folder when they were rotated away."""
+        return {
+            self.signing.key_id,
+            self.encryption.key_id,
+            self.api.key_id,
+            *self.previous_encryption,
+            *self.retired,
+        }
 
     def public_documents(self) -> dict[str, bytes]:
         return {
@@ -62,6 +76,8 @@ class AgencyKeys:
             write_private_key(folder / f"encryption-{old_id}.key", old, self.country, passphrase, kdf=kdf)
         for name, document in self.public_documents().items():
             (folder / f"{name}.pub").write_bytes(document)
+        if self.retired:
+            (folder / RETIRED_FILE).write_text("".join(f"{k}\n" for k in sorted(self.retired)))
 
     @classmethod
     def load(cls, folder: Path, passphrase: str) -> AgencyKeys:
@@ -86,4 +102,6 @@ class AgencyKeys:
             if owner != country or not isinstance(old, EncryptionPrivateKey):
                 raise CorruptKeyFile(f"{path} is not an earlier encryption key of {country}")
             previous[old.key_id] = old
-        return cls(country, signing, encryption, api, previous)
+        retired_file = folder / RETIRED_FILE
+        retired = set(retired_file.read_text().split()) if retired_file.exists() else set()
+        return cls(country, signing, encryption, api, previous, retired)

@@ -21,10 +21,11 @@ import httpx
 
 from .agency import AgencyKeys
 from .auth import mint_token
-from .core import Envelope, Markings, Opened, open_envelope, parse, seal
-from .core.errors import EnvelopeError
+from .core import Envelope, Markings, Opened, canonical, open_envelope, parse, seal
+from .core.errors import EnvelopeError, ForeignOwnKey
 from .directory import Directory
 from .errors import BrokerError, BrokerUnavailable, ClientError, OriginatorControlled, PolicyRefused
+from .trust import TrustStore
 
 ENVELOPE_MEDIA_TYPE = "application/vnd.msmt.envelope"
 RETRYABLE_STATUS = {500, 502, 503, 504}
@@ -84,6 +85,7 @@ class _ClientCore:
         base_url: str,
         keys: AgencyKeys,
         *,
+        trust: TrustStore,
         audience: str = "msmt-broker",
         retries: int = 4,
         backoff_s: float = 0.25,
@@ -91,6 +93,7 @@ class _ClientCore:
     ) -> None:
         self.base_url = base_url
         self.keys = keys
+        self.trust = trust
         self.audience = audience
         self.retries = retries
         self.backoff_s = backoff_s
@@ -133,10 +136,74 @@ class _ClientCore:
             return self._directory
         return None
 
-    def _store_directory(self, data: Any) -> Directory:
-        self._directory = Directory.from_json(data)
+    def _chain_after(self) -> int:
+        """Ask from our own head on, so the first entry served proves it is the same history."""
+        return self.trust.state.seq - 1
+
+    def _chain_page(self, data: Any, served: list[tuple[int, bytes]]) -> tuple[int, str, bool]:
+        """Collect one page of `/v1/directory/entries`; returns (head seq, head hash, complete)."""
+        try:
+            head = data["head"]
+            for item in data["entries"]:
+                served.append((int(item["seq"]), canonical.b64decode(item["entry"], "directory entry")))
+            if head is None:
+                raise ClientError("the broker holds no directory at all")
+            seq, digest = int(head["seq"]), str(head["hash"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ClientError(f"the broker's directory answer is malformed: {exc}") from exc
+        return seq, digest, not served or served[-1][0] >= seq
+
+    def _store_directory(self, head_seq: int, head_hash: str, served: list[tuple[int, bytes]]) -> Directory:
+        """Verify what the broker served against the pinned chain; only then use it."""
+        self._directory = Directory(self.trust.update(head_seq, head_hash, served))
         self._directory_at = time.monotonic()
+        self._check_own_keys(self._directory)
         return self._directory
+
+    def _check_own_keys(self, directory: Directory) -> None:
+        foreign = self.foreign_own_keys(directory)
+        if foreign:
+            raise ForeignOwnKey(
+                f"the members' directory lists {len(foreign)} key(s) for {self.country} that are not in this "
+                f"key folder: {', '.join(foreign)}; if this agency did not make them, its signing key may be "
+                "compromised or a quorum replaced its keys. Run `msmt keys check`."
+            )
+
+    def foreign_own_keys(self, directory: Directory) -> list[str]:
+        """Ids of keys the directory gives this country that this agency never made."""
+        member = directory.members.get(self.country)
+        if member is None:
+            return []
+        known = self.keys.known_key_ids()
+        return sorted(k.key_id for k in member.keys if k.key_id not in known)
+
+    def _recipients(
+        self, directory: Directory, markings: Markings, check: Preflight, recipients: Iterable[str] | None
+    ) -> set[str]:
+        """Who to seal for: our verified directory and policy copy decide; preflight only narrows."""
+        ours = directory.membership_allows(self.country, markings)
+        if recipients is None:
+            return ours & set(check.allowed)
+        targets = set(recipients)
+        refused = {c: check.denied[c] for c in targets if c in check.denied}
+        for country in sorted(targets - ours - set(refused)):
+            member = directory.members.get(country)
+            reason = (
+                "is not a member in the members' signed directory"
+                if member is None
+                else "is not allowed by the markings and its membership in the members' signed directory"
+            )
+            refused[country] = [{"rule": "verified-directory", "reason": f"{country} {reason}"}]
+        if refused:
+            raise PolicyRefused(
+                403,
+                {
+                    "type": "urn:msmt:problem:recipients-refused",
+                    "detail": "policy does not allow every recipient",
+                    "recipients": refused,
+                },
+            )
+        return targets
 
     def _seal(
         self,
@@ -150,11 +217,12 @@ class _ClientCore:
         targets = sorted(set(recipients))
         if not targets:
             raise ClientError("no recipient: policy allows none of the partners for these markings")
+        now_ms = int(time.time() * 1000)
         return seal(
             payload,
             content_type=content_type,
             markings=markings,
-            recipients=[(country, directory.encryption_key(country)) for country in targets],
+            recipients=[(country, directory.encryption_key(country, now_ms)) for country in targets],
             originator=self.keys.country,
             signing_key=self.keys.signing,
             **options,
@@ -242,8 +310,20 @@ class Client(_ClientCore):
         raise AssertionError("unreachable")
 
     def directory(self, *, refresh: bool = False) -> Directory:
+        """The directory, verified from the pinned root before it is used for anything."""
         cached = None if refresh else self._cached_directory()
-        return cached or self._store_directory(self._request("GET", "/v1/directory").json())
+        if cached is not None:
+            return cached
+        served: list[tuple[int, bytes]] = []
+        after = self._chain_after()
+        while True:
+            params = {"after": after}
+            seq, digest, complete = self._chain_page(
+                self._request("GET", "/v1/directory/entries", params=params).json(), served
+            )
+            if complete:
+                return self._store_directory(seq, digest, served)
+            after = served[-1][0]
 
     def preflight(self, markings: Markings) -> Preflight:
         """Which partners may receive an item with these markings, and why the others may not."""
@@ -271,19 +351,9 @@ class Client(_ClientCore):
 
         With explicit recipients, preflight runs first so a refusal is reported before sealing.
         """
-        check = self.preflight(markings)
-        targets = set(check.allowed) if recipients is None else set(recipients)
-        refused = {c: check.denied[c] for c in targets if c in check.denied}
-        if refused:
-            raise PolicyRefused(
-                403,
-                {
-                    "type": "urn:msmt:problem:recipients-refused",
-                    "detail": "preflight: policy does not allow every recipient",
-                    "recipients": refused,
-                },
-            )
-        envelope = self._seal(self.directory(), payload, content_type, markings, targets, options)
+        directory = self.directory(refresh=True)
+        targets = self._recipients(directory, markings, self.preflight(markings), recipients)
+        envelope = self._seal(directory, payload, content_type, markings, targets, options)
         return self.submit(envelope)
 
     def forward(self, received: Received, recipients: Iterable[str]) -> Receipt:
@@ -379,7 +449,16 @@ class AsyncClient(_ClientCore):
 
     async def directory(self, *, refresh: bool = False) -> Directory:
         cached = None if refresh else self._cached_directory()
-        return cached or self._store_directory((await self._request("GET", "/v1/directory")).json())
+        if cached is not None:
+            return cached
+        served: list[tuple[int, bytes]] = []
+        after = self._chain_after()
+        while True:
+            response = await self._request("GET", "/v1/directory/entries", params={"after": after})
+            seq, digest, complete = self._chain_page(response.json(), served)
+            if complete:
+                return self._store_directory(seq, digest, served)
+            after = served[-1][0]
 
     async def preflight(self, markings: Markings) -> Preflight:
         response = await self._request("POST", "/v1/preflight", json={"markings": markings.to_dict()})
@@ -400,19 +479,9 @@ class AsyncClient(_ClientCore):
         recipients: Iterable[str] | None = None,
         **options: Any,
     ) -> Receipt:
-        check = await self.preflight(markings)
-        targets = set(check.allowed) if recipients is None else set(recipients)
-        refused = {c: check.denied[c] for c in targets if c in check.denied}
-        if refused:
-            raise PolicyRefused(
-                403,
-                {
-                    "type": "urn:msmt:problem:recipients-refused",
-                    "detail": "preflight: policy does not allow every recipient",
-                    "recipients": refused,
-                },
-            )
-        envelope = self._seal(await self.directory(), payload, content_type, markings, targets, options)
+        directory = await self.directory(refresh=True)
+        targets = self._recipients(directory, markings, await self.preflight(markings), recipients)
+        envelope = self._seal(directory, payload, content_type, markings, targets, options)
         return await self.submit(envelope)
 
     async def forward(self, received: Received, recipients: Iterable[str]) -> Receipt:

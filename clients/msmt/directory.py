@@ -1,102 +1,66 @@
-"""The key directory as the broker publishes it: members and their public keys."""
+"""The directory as this agency verified it: members and keys from members' signatures only."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from .core import EncryptionPublicKey, SigningPublicKey, canonical
+from .core import EncryptionPublicKey, KeyKind, Markings, SigningPublicKey
+from .core import governance as gov
 from .core.envelope import KeyLookup
-from .core.errors import MsmtError
+from .core.policy import DEFAULT_LADDER, Agreement, Member, PolicySnapshot, allowed_recipients
 from .errors import ClientError
 
 
 @dataclass(frozen=True)
-class SigningKeyInfo:
-    key: SigningPublicKey
-    valid_from_ms: int
-    valid_until_ms: int | None
-    revoked_ms: int | None
+class Directory:
+    """A verified `DirectoryState`, with the lookups sealing and opening need."""
 
-    def usable_at(self, when_ms: int) -> bool:
-        if self.revoked_ms is not None and self.revoked_ms <= when_ms:
-            return False
-        return self.valid_from_ms <= when_ms and (
-            self.valid_until_ms is None or when_ms < self.valid_until_ms
-        )
-
-
-@dataclass(frozen=True)
-class Member:
-    code: str
-    name: str
-    status: str
-    accreditation: str
-    groups: tuple[str, ...]
-    signing_keys: Mapping[str, SigningKeyInfo]
-    encryption_key: EncryptionPublicKey | None
+    state: gov.DirectoryState
 
     @property
-    def active(self) -> bool:
-        return self.status == "active"
+    def members(self) -> Mapping[str, gov.MemberState]:
+        return self.state.members
 
+    @property
+    def ladder(self) -> tuple[str, ...]:
+        """The classification ladder: the root's own when it sets one (`extra.ladder`)."""
+        ladder = self.state.extra.get("ladder")
+        if isinstance(ladder, list) and ladder and all(isinstance(x, str) for x in ladder):
+            return tuple(ladder)
+        return DEFAULT_LADDER
 
-@dataclass(frozen=True)
-class Directory:
-    members: Mapping[str, Member]
-    generated_ms: int
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Directory:
-        try:
-            members = {}
-            for entry in data["countries"]:
-                signing = {}
-                for k in entry["signing_keys"]:
-                    key = SigningPublicKey.from_bytes(canonical.b64decode(k["public_key"]))
-                    if key.key_id != k["key_id"]:
-                        raise ClientError(f"directory lists {entry['code']}'s key under the wrong id")
-                    signing[key.key_id] = SigningKeyInfo(
-                        key, k["valid_from_ms"], k["valid_until_ms"], k["revoked_ms"]
-                    )
-                enc = entry["encryption_key"]
-                encryption = None
-                if enc is not None:
-                    encryption = EncryptionPublicKey.from_bytes(canonical.b64decode(enc["public_key"]))
-                    if encryption.key_id != enc["key_id"]:
-                        raise ClientError(
-                            f"directory lists {entry['code']}'s encryption key under the wrong id"
-                        )
-                members[entry["code"]] = Member(
-                    entry["code"],
-                    entry["name"],
-                    entry["status"],
-                    entry["accreditation"],
-                    tuple(entry["groups"]),
-                    signing,
-                    encryption,
-                )
-            return cls(members, int(data["generated_ms"]))
-        except (KeyError, TypeError, ValueError, MsmtError) as exc:
-            if isinstance(exc, ClientError):
-                raise
-            raise ClientError(f"the broker's directory is malformed: {exc}") from exc
-
-    def encryption_key(self, country: str) -> EncryptionPublicKey:
+    def encryption_key(self, country: str, at_ms: int) -> EncryptionPublicKey:
         member = self.members.get(country)
         if member is None or not member.active:
-            raise ClientError(f"{country} is not an active member")
-        if member.encryption_key is None:
-            raise ClientError(f"{country} has no encryption key in the directory")
-        return member.encryption_key
+            raise ClientError(f"{country} is not an active member in the verified directory")
+        entry = member.current(KeyKind.ENCRYPTION, at_ms)
+        if entry is None:
+            raise ClientError(f"{country} has no usable encryption key in the verified directory")
+        assert isinstance(entry.key, EncryptionPublicKey)
+        return entry.key
 
     def signing_lookup(self, accepted_ms: int) -> KeyLookup:
         """Signing keys as they stood when the broker accepted an item (its `received_ms`)."""
 
         def lookup(country: str, key_id: str) -> SigningPublicKey | None:
-            member = self.members.get(country)
-            info = member.signing_keys.get(key_id) if member else None
-            return info.key if info is not None and info.usable_at(accepted_ms) else None
+            return self.state.signing_key(country, key_id, accepted_ms)
 
         return lookup
+
+    def membership_allows(self, originator: str, markings: Markings) -> set[str]:
+        """Partners the markings may reach judged only on verified membership: active status,
+        accreditation, groups and releasable-to. Agreements (the operator's) can only narrow it."""
+        ladder = self.ladder
+        if markings.classification not in ladder:
+            raise ClientError(
+                f"classification {markings.classification} is not on the members' ladder ({' < '.join(ladder)})"
+            )
+        members = {
+            code: Member(code, m.active, m.accreditation, frozenset(m.groups))
+            for code, m in self.members.items()
+        }
+        open_door = Agreement(ladder[-1], None)
+        policy = PolicySnapshot(members, {}, open_door, ladder)
+        allowed, _ = allowed_recipients(policy, originator, markings)
+        return set(allowed)

@@ -21,17 +21,29 @@ from sqlalchemy import create_engine, text
 from broker import policydoc
 from broker.app import create_app
 from broker.services import admin as admin_service
+from broker.services import governance as governance_service
 from broker.services import policy as policy_service
 from broker.settings import Settings
 from broker.store.db import make_engine, make_sessionmaker, migrate, transaction
 from msmt.agency import AgencyKeys
 from msmt.auth import mint_token
-from msmt.core import ApiPrivateKey, EncryptionPrivateKey, Markings, SigningPrivateKey, seal
+from msmt.trust import TrustStore
+from msmt.core import (
+    ApiPrivateKey,
+    EncryptionPrivateKey,
+    KeyKind,
+    Markings,
+    SigningPrivateKey,
+    canonical,
+    seal,
+)
+from msmt.core import governance as gov
 
 PG_BASE = os.environ.get("MSMT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 MEMBERS = ("KOR", "USA", "JPN", "FRA", "GBR", "DEU", "ITA", "NLD", "CAN", "AUS", "NZL")
 G7 = {"USA", "JPN", "FRA", "GBR", "DEU", "ITA", "CAN"}
 AUDIENCE = "msmt-broker-test"
+RELAY = "admin:alice"  # statements reach the broker through the admin, who relays but cannot sign
 
 
 def _pg_available() -> str | None:
@@ -147,6 +159,52 @@ class World:
         finally:
             engine.dispose()
 
+    def directory(self) -> gov.DirectoryState:
+        """The chain the broker serves, verified from its root."""
+        r = self.client.get("/v1/directory/entries", headers=self.auth("admin:alice"))
+        assert r.status_code == 200, r.text
+        return gov.verify_chain(canonical.b64decode(e["entry"]) for e in r.json()["entries"])
+
+    def root_bytes(self) -> bytes:
+        r = self.client.get("/v1/directory/entries", headers=self.auth(RELAY))
+        return canonical.b64decode(r.json()["entries"][0]["entry"])
+
+    def trust(self) -> TrustStore:
+        """A trust store pinned to this broker's root (in real life, compared out of band)."""
+        return TrustStore.pin(self.root_bytes())
+
+    def statement(self, type_: str, signers: list[str] | tuple[str, ...], **body: Any) -> bytes:
+        """A statement on the broker's current head, signed by these members' signing keys."""
+        signed = gov.statement(self.directory(), type_, self.clock.ms, **body)
+        return gov.signed_entry(signed, [(c, self.members[c].signing) for c in signers])
+
+    def propose(self, entry: bytes, who: str = "KOR") -> Any:
+        return self.client.post(
+            "/v1/governance/proposals", json={"entry": canonical.b64encode(entry)}, headers=self.auth(who)
+        )
+
+    def govern(self, type_: str, signers: list[str] | tuple[str, ...], **body: Any) -> Any:
+        """Make, sign and post a statement; assert that it was applied."""
+        r = self.propose(self.statement(type_, signers, **body), RELAY)
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    def quorum(self, excluding: str = "") -> list[str]:
+        """Eight active members (2/3 of 11, rounded up), none of them `excluding`."""
+        return [c for c in MEMBERS if c != excluding][:8]
+
+    def suspend(self, code: str, status: str = "suspended") -> None:
+        self.govern("update-member", self.quorum(code), country=code, changes={"status": status})
+
+    def revoke_own(self, code: str, key_id: str) -> None:
+        self.govern("revoke-key", [code], country=code, key_id=key_id)
+
+    def rotate_own(self, code: str, new_key: Any, overlap_ms: int = 0) -> None:
+        signed = gov.rotate_key(self.directory(), code, new_key, self.clock.ms, overlap_ms=overlap_ms)
+        signers = [(code, self.members[code].signing)]
+        r = self.propose(gov.signed_entry(signed, signers), RELAY)
+        assert r.status_code == 201, r.text
+
     def submit(self, origin: str, data: bytes, who: str | None = None) -> Any:
         return self.client.post(
             "/v1/items",
@@ -155,12 +213,36 @@ class World:
         )
 
 
-def bootstrap(url: str, now_ms: int) -> None:
-    """Enrol the members, their keys, an admin and a few agreements.
+def founders_root(countries: Any, now_ms: int, keys: dict[str, AgencyKeys] | None = None) -> bytes:
+    """A genesis root for `countries` (policy-document country entries), signed by every founder."""
+    keys = keys or _KEYS
+    members = {
+        code: gov.member_body(
+            entry.name,
+            entry.accreditation,
+            entry.groups,
+            {
+                KeyKind.SIGNING: keys[code].signing.public_key,
+                KeyKind.ENCRYPTION: keys[code].encryption.public_key,
+                KeyKind.API: keys[code].api.public_key,
+            },
+            status=entry.status,
+        )
+        for code, entry in countries.items()
+    }
+    signed = gov.root_statement(members, now_ms)
+    return gov.signed_entry(signed, [(code, keys[code].signing) for code in sorted(members)])
 
-    The policy goes in as one document, as `msmt-broker policy apply` does: one transaction
-    and one policy version instead of one per enrolment, which keeps the fixture fast.
-    """
+
+def found(session: Any, document: policydoc.PolicyDocument, now_ms: int) -> None:
+    """Install a root made from the document's countries, then the rest of the document."""
+    governance_service.install_root(session, "test", founders_root(document.countries, now_ms), now_ms)
+    policy_service.apply_document(session, "test", document, now_ms, with_access=False)
+
+
+def bootstrap(url: str, now_ms: int) -> None:
+    """Found the directory with the 11 members (a root they all sign), then an admin and a
+    few agreements as one policy document."""
     migrate(url)
     document = policydoc.from_dict(
         {
@@ -188,16 +270,9 @@ def bootstrap(url: str, now_ms: int) -> None:
     engine = make_engine(url)
     factory = make_sessionmaker(engine)
     with transaction(factory) as s:
-        policy_service.apply_document(s, "test", document, now_ms - 1000, with_access=False)
+        found(s, document, now_ms - 1000)
         admin_service.create_admin(s, "test", "alice", now_ms - 1000)
         admin_service.add_key(s, "test", "admin:alice", "admin", ADMIN_KEY.public_key.raw, now_ms - 1000)
-        for code, member in _KEYS.items():
-            for kind, key in (
-                ("signing", member.signing),
-                ("encryption", member.encryption),
-                ("api", member.api),
-            ):
-                admin_service.add_key(s, "test", code, kind, key.public_key.raw, now_ms - 1000)
     engine.dispose()
 
 

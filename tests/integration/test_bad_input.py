@@ -25,6 +25,7 @@ from broker.store.db import make_engine
 from msmt.core import (
     ApiPrivateKey,
     EncryptionPrivateKey,
+    KeyKind,
     Markings,
     SigningPrivateKey,
     canonical,
@@ -32,6 +33,7 @@ from msmt.core import (
     public_key_document,
     seal,
 )
+from msmt.core import governance as gov
 from msmt.core.envelope import SIGNATURE_SIZE
 
 from .conftest import AUDIENCE, World
@@ -59,6 +61,8 @@ def snapshot(world: World) -> dict[str, list[tuple[Any, ...]]]:
         "admin_actions": "SELECT id, action, target FROM admin_actions",
         "inbox_counters": "SELECT recipient, last_seq FROM inbox_counters",
         "registry_state": "SELECT id, version FROM registry_state",
+        "directory_entries": "SELECT seq, entry_hash FROM directory_entries",
+        "governance_proposals": "SELECT id, state, signatures FROM governance_proposals",
     }
     engine = make_engine(world.url)
     try:
@@ -275,9 +279,7 @@ def test_sealed_to_an_unknown_encryption_key_of_a_recipient(world: World) -> Non
 
 def test_sealed_to_a_recipients_previous_encryption_key(world: World) -> None:
     rotated = EncryptionPrivateKey.generate()
-    doc = json.loads(public_key_document("USA", rotated.public_key))
-    r = world.client.post("/v1/admin/keys", json=doc, headers=world.auth(ADMIN))
-    assert r.status_code == 201, r.text
+    world.rotate_own("USA", rotated.public_key)
     stale = world.seal("KOR", ["USA"])  # the fixture's (now previous) USA key
     with unchanged(world):
         problem = assert_problem(submit(world, stale), 403, "recipients-refused")
@@ -295,10 +297,7 @@ def test_sealed_to_a_recipients_previous_encryption_key(world: World) -> None:
 
 
 def test_sealed_to_a_revoked_encryption_key(world: World) -> None:
-    r = world.client.post(
-        f"/v1/admin/keys/{world.members['USA'].encryption.key_id}/revoke", headers=world.auth(ADMIN)
-    )
-    assert r.status_code == 200, r.text
+    world.revoke_own("USA", world.members["USA"].encryption.key_id)
     with unchanged(world):
         problem = assert_problem(submit(world, world.seal("KOR", ["USA"])), 403, "recipients-refused")
     assert _rules(problem, "USA") == {"no-encryption-key"}
@@ -324,8 +323,7 @@ def test_an_unknown_recipient_country(world: World) -> None:
 
 
 def test_a_suspended_recipient(world: World) -> None:
-    r = world.client.patch("/v1/admin/countries/USA", json={"status": "suspended"}, headers=world.auth(ADMIN))
-    assert r.status_code == 200, r.text
+    world.suspend("USA")
     with unchanged(world):
         problem = assert_problem(submit(world, world.seal("KOR", ["JPN", "USA"])), 403, "recipients-refused")
     assert set(problem["recipients"]) == {"USA"}
@@ -419,10 +417,9 @@ def test_a_json_body_larger_than_the_limit(world: World) -> None:
             headers={"Content-Type": "application/json", **world.auth("USA")},
         )
         assert_problem(r, 413, "body-too-large")
-        body = {"code": "SWE", "name": "Sweden", "accreditation": "RESTRICTED", "groups": []}
         r = client.post(
-            "/v1/admin/countries",
-            content=json.dumps(body).encode() + padding.encode(),
+            "/v1/governance/proposals",
+            content=json.dumps({"entry": "A" * 2048}).encode() + padding.encode(),
             headers={"Content-Type": "application/json", **world.auth(ADMIN)},
         )
         assert_problem(r, 413, "body-too-large")
@@ -481,6 +478,8 @@ BAD_PATHS: list[tuple[str, str, str]] = [
     ("KOR", "GET", "/v1/items/not-an-id/status"),
     (ADMIN, "PATCH", "/v1/admin/countries/kor"),
     (ADMIN, "PATCH", "/v1/admin/countries/KORE"),
+    ("KOR", "GET", "/v1/governance/proposals/XYZ"),
+    ("KOR", "GET", "/v1/governance/proposals/" + "A" * 64),
     (ADMIN, "POST", "/v1/admin/keys/XYZ/revoke"),
     (ADMIN, "POST", "/v1/admin/keys/" + "A" * 32 + "/revoke"),
     (ADMIN, "PUT", "/v1/admin/agreements/KOR/usa"),
@@ -527,29 +526,17 @@ BAD_BODIES: dict[str, tuple[str, str, Body, int, str | tuple[str, ...]]] = {
     "ack: a seq not in the inbox": ("POST", "/v1/inbox/ack", {"seqs": [1, 99]}, 422, "unknown-delivery"),
     "ack: a negative seq": ("POST", "/v1/inbox/ack", {"seqs": [-1]}, 422, ("invalid-request", "unknown-delivery")),
     # admin
-    "enrol: not JSON": ("POST", "/v1/admin/countries", b"{code: SWE}", 422, "invalid-request"),
-    "enrol: empty body": ("POST", "/v1/admin/countries", b"", 422, "invalid-request"),
-    "enrol: a list": ("POST", "/v1/admin/countries", [SWEDEN], 422, "invalid-request"),
-    "enrol: no name": ("POST", "/v1/admin/countries", {"code": "SWE", "accreditation": "RESTRICTED"}, 422, "invalid-request"),
-    "enrol: unknown field": ("POST", "/v1/admin/countries", {**SWEDEN, "status": "suspended"}, 422, "invalid-request"),
-    "enrol: lower-case code": ("POST", "/v1/admin/countries", {**SWEDEN, "code": "swe"}, 422, "invalid-request"),
-    "enrol: name of 201 characters": ("POST", "/v1/admin/countries", {**SWEDEN, "name": "x" * 201}, 422, "invalid-request"),
-    "enrol: name not a string": ("POST", "/v1/admin/countries", {**SWEDEN, "name": 7}, 422, "invalid-request"),
-    "enrol: unknown accreditation": ("POST", "/v1/admin/countries", {**SWEDEN, "accreditation": "TOP"}, 422, "unknown-classification"),
-    "enrol: group ALL": ("POST", "/v1/admin/countries", {**SWEDEN, "groups": ["ALL"]}, 422, "invalid-group"),
-    "enrol: group named like a country": ("POST", "/v1/admin/countries", {**SWEDEN, "groups": ["KOR"]}, 422, "invalid-group"),
-    "enrol: lower-case group": ("POST", "/v1/admin/countries", {**SWEDEN, "groups": ["g7"]}, 422, "invalid-group"),
-    "enrol: code ALL (reserved in releasable-to)": ("POST", "/v1/admin/countries", {**SWEDEN, "code": "ALL"}, 422, "invalid-country"),
-    "enrol: already enrolled": ("POST", "/v1/admin/countries", {**SWEDEN, "code": "KOR"}, 409, "country-exists"),
-    "patch: not JSON": ("PATCH", "/v1/admin/countries/KOR", b"status=suspended", 422, "invalid-request"),
-    "patch: unknown status": ("PATCH", "/v1/admin/countries/KOR", {"status": "gone"}, 422, "invalid-status"),
-    "patch: unknown accreditation": ("PATCH", "/v1/admin/countries/KOR", {"accreditation": "TOP"}, 422, "unknown-classification"),
-    "patch: bad group": ("PATCH", "/v1/admin/countries/KOR", {"groups": ["not a group"]}, 422, "invalid-group"),
-    "patch: rename (not a field)": ("PATCH", "/v1/admin/countries/KOR", {"name": "Korea"}, 422, "invalid-request"),
-    "patch: unknown country": ("PATCH", "/v1/admin/countries/ZZZ", {"status": "active"}, 404, "unknown-country"),
-    "key: not JSON": ("POST", "/v1/admin/keys", b"-----BEGIN PUBLIC KEY-----", 422, "invalid-request"),
-    "key: empty document": ("POST", "/v1/admin/keys", {}, 422, "invalid-request"),
     "revoke: unknown key": ("POST", "/v1/admin/keys/" + "0" * 32 + "/revoke", b"", 404, "unknown-key"),
+    "enrol through the admin": ("POST", "/v1/admin/countries", SWEDEN, 403, "governed-by-members"),
+    "suspend through the admin": ("PATCH", "/v1/admin/countries/KOR", {"status": "suspended"}, 403, "governed-by-members"),
+    "proposal: not JSON": ("POST", "/v1/governance/proposals", b"entry=1", 422, "invalid-request"),
+    "proposal: no entry": ("POST", "/v1/governance/proposals", {}, 422, "invalid-request"),
+    "proposal: unknown field": ("POST", "/v1/governance/proposals", {"entry": "e30", "force": 1}, 422, "invalid-request"),
+    "proposal: entry not base64url": ("POST", "/v1/governance/proposals", {"entry": "!!"}, 422, "malformed-statement"),
+    "proposal: entry not JSON": ("POST", "/v1/governance/proposals", {"entry": "bm90IGpzb24"}, 422, "malformed-statement"),
+    "proposal: entry an empty object": ("POST", "/v1/governance/proposals", {"entry": "e30"}, 422, "malformed-statement"),
+    "signature: no sig": ("POST", "/v1/governance/proposals/" + "0" * 64 + "/signatures", {"signer": "KOR", "key_id": "0" * 32}, 422, "invalid-request"),
+    "signature: unknown proposal": ("POST", "/v1/governance/proposals/" + "0" * 64 + "/signatures", {"signer": "KOR", "key_id": "0" * 32, "sig": "AAAA"}, 404, "unknown-proposal"),
     "agreement: not JSON": ("PUT", "/v1/admin/agreements/KOR/NZL", b"RESTRICTED", 422, "invalid-request"),
     "agreement: no ceiling": ("PUT", "/v1/admin/agreements/KOR/NZL", {"topics": ["maritime"]}, 422, "invalid-request"),
     "agreement: ceiling not a string": ("PUT", "/v1/admin/agreements/KOR/NZL", {"ceiling": 2}, 422, "invalid-request"),
@@ -570,35 +557,96 @@ def test_bad_json_bodies(world: World, case: str) -> None:
         assert_problem(_request(world, method, path, body, who), status, code)
 
 
-def _key_document(**changes: Any) -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads(public_key_document("KOR", ApiPrivateKey.generate().public_key))
-    return {**doc, **changes}
+def _entry(world: World, type_: str, signers: list[str], **body: Any) -> dict[str, Any]:
+    return {
+        "signed": gov.statement(world.directory(), type_, world.clock.ms, **body),
+        "signers": signers,
+    }
 
 
-BAD_KEY_DOCUMENTS: dict[str, tuple[Callable[[World], dict[str, Any]], int, str]] = {
-    "foreign format": (lambda w: _key_document(format="pem"), 422, "foreign-key-file"),
-    "missing field": (lambda w: {k: v for k, v in _key_document().items() if k != "algorithm"}, 422, "invalid-request"),
-    "unknown kind": (lambda w: _key_document(kind="master"), 422, "corrupt-key-file"),
-    "key not base64url": (lambda w: _key_document(public_key="!!!"), 422, "corrupt-key-file"),
-    "key of the wrong length": (lambda w: _key_document(public_key="AAAA"), 422, "invalid-public-key"),
-    "key_id not the key's": (lambda w: _key_document(key_id="0" * 32), 422, "invalid-public-key"),
-    "wrong algorithm for its kind": (lambda w: _key_document(algorithm="RSA"), 422, "invalid-public-key"),
-    "owner not a country code": (lambda w: _key_document(country="kor"), 422, "corrupt-key-file"),
-    "owner not enrolled": (lambda w: _key_document(country="ZZZ"), 404, "unknown-country"),
-    "an API key for an admin": (lambda w: _key_document(country=ADMIN), 422, "invalid-key-kind"),
-    "already registered": (
-        lambda w: json.loads(public_key_document("KOR", w.members["KOR"].api.public_key)),
-        409,
-        "key-exists",
+def _signed(world: World, draft: dict[str, Any], extra: list[tuple[str, Any]] = ()) -> bytes:  # type: ignore[assignment]
+    keys = [(c, world.members[c].signing) for c in draft["signers"]] + list(extra)
+    return gov.signed_entry(draft["signed"], keys)
+
+
+def _rotation(world: World, **changes: Any) -> bytes:
+    signed = gov.rotate_key(world.directory(), "KOR", ApiPrivateKey.generate().public_key, world.clock.ms)
+    return gov.signed_entry({**signed, **changes}, [("KOR", world.members["KOR"].signing)])
+
+
+def _flip_last_signature_byte(data: bytes) -> bytes:
+    value = canonical.decode(data)
+    sig = bytearray(canonical.b64decode(value["signatures"][0]["sig"]))
+    sig[-1] ^= 1
+    value["signatures"][0]["sig"] = canonical.b64encode(bytes(sig))
+    return canonical.encode(value)
+
+
+def _member(name: str = "Sweden", **keys: Any) -> dict[str, Any]:
+    fresh = {
+        KeyKind.SIGNING: SigningPrivateKey.generate().public_key,
+        KeyKind.ENCRYPTION: EncryptionPrivateKey.generate().public_key,
+        KeyKind.API: ApiPrivateKey.generate().public_key,
+        **keys,
+    }
+    return gov.member_body(name, "RESTRICTED", [], fresh)  # type: ignore[arg-type]
+
+
+BAD_STATEMENTS: dict[str, tuple[Callable[[World], bytes], int, str]] = {
+    "a signature that does not verify": (lambda w: _flip_last_signature_byte(_rotation(w)), 422, "bad-statement-signature"),
+    "signed by a key no member holds": (
+        lambda w: gov.signed_entry(
+            gov.rotate_key(w.directory(), "KOR", ApiPrivateKey.generate().public_key, w.clock.ms),
+            [("KOR", SigningPrivateKey.generate())],
+        ),
+        422,
+        "bad-statement-signature",
     ),
+    "made for an older head": (lambda w: _rotation(w, prev="0" * 64), 409, "stale-proposal"),
+    "made for a later position": (lambda w: _rotation(w, seq=7), 409, "stale-proposal"),
+    "an unknown statement type": (lambda w: _rotation(w, type="grant-admin"), 422, "malformed-statement"),
+    "an extra field": (lambda w: _rotation(w, admin="alice"), 422, "malformed-statement"),
+    "dated before the head": (lambda w: _rotation(w, created_ms=1), 422, "invalid-statement"),
+    "a key another member holds": (
+        lambda w: gov.signed_entry(
+            gov.rotate_key(w.directory(), "KOR", w.members["USA"].api.public_key, w.clock.ms),
+            [("KOR", w.members["KOR"].signing)],
+        ),
+        422,
+        "invalid-statement",
+    ),
+    "enrolling a member twice": (
+        lambda w: _signed(w, _entry(w, "enrol-member", ["KOR"], country="USA", member=_member())),
+        422,
+        "invalid-statement",
+    ),
+    "a name with a NUL character": (
+        lambda w: _signed(w, _entry(w, "enrol-member", ["KOR"], country="SWE", member=_member("Swe\x00den"))),
+        422,
+        "malformed-statement",
+    ),
+    "a name with a bidirectional override": (
+        lambda w: _signed(w, _entry(w, "enrol-member", ["KOR"], country="SWE", member=_member("Swe\u202eden"))),
+        422,
+        "malformed-statement",
+    ),
+    "not in canonical form": (lambda w: _rotation(w).replace(b'":', b'": ', 1), 422, "malformed-statement"),
+    "a second genesis root": (lambda w: w.root_bytes(), 409, "directory-exists"),
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("case", BAD_KEY_DOCUMENTS)
-def test_bad_key_documents(world: World, case: str) -> None:
-    build, status, code = BAD_KEY_DOCUMENTS[case]
+@pytest.mark.parametrize("case", BAD_STATEMENTS)
+def test_bad_statements_change_nothing(world: World, case: str) -> None:
+    build, status, code = BAD_STATEMENTS[case]
+    data = build(world)
     with unchanged(world):
-        assert_problem(_request(world, "POST", "/v1/admin/keys", build(world), ADMIN), status, code)
+        assert_problem(world.propose(data, ADMIN), status, code)
+
+
+def test_member_keys_cannot_be_added_through_the_admin_api(world: World) -> None:
+    doc = json.loads(public_key_document("USA", EncryptionPrivateKey.generate().public_key))
+    with unchanged(world):
+        assert_problem(_request(world, "POST", "/v1/admin/keys", doc, ADMIN), 403, "governed-by-members")
 
 
 def test_an_ack_with_a_known_and_an_unknown_seq_acknowledges_nothing(world: World) -> None:
@@ -616,20 +664,6 @@ def test_an_ack_of_a_seq_beyond_any_sequence_number(world: World, seq: int) -> N
     with unchanged(world):
         r = _request(world, "POST", "/v1/inbox/ack", {"seqs": [seq]}, "USA")
         assert_problem(r, 422, ("invalid-request", "unknown-delivery"))
-
-
-def test_a_country_name_with_a_nul_character_is_stored_or_refused_never_a_server_error(world: World) -> None:
-    """PostgreSQL text cannot hold NUL: store it as given, or refuse it with a 422; never a 5xx."""
-    name = "Swe\x00den"
-    before = snapshot(world)
-    r = _request(world, "POST", "/v1/admin/countries", {**SWEDEN, "name": name}, ADMIN)
-    if r.status_code == 201:
-        listed = world.client.get("/v1/admin/countries", headers=world.auth(ADMIN)).json()
-        assert [c["name"] for c in listed if c["code"] == "SWE"] == [name]
-    else:
-        body = assert_problem(r, 422, r.json().get("type", "").removeprefix(PROBLEM))
-        assert body["type"] != PROBLEM + "internal-error"
-        assert snapshot(world) == before
 
 
 # --- routes and methods ----------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ def client(world: World, country: str, transport: httpx.BaseTransport | None = N
     return Client(
         "http://testserver",
         world.members[country],
+        trust=world.trust(),
         audience=AUDIENCE,
         transport=transport or forwarding(world),
         backoff_s=0.001,
@@ -151,10 +152,18 @@ def test_async_client_through_asgi_transport(world: World) -> None:
     async def scenario() -> None:
         async with (
             AsyncClient(
-                "http://testserver", world.members["KOR"], audience=AUDIENCE, transport=transport
+                "http://testserver",
+                world.members["KOR"],
+                trust=world.trust(),
+                audience=AUDIENCE,
+                transport=transport,
             ) as kor,
             AsyncClient(
-                "http://testserver", world.members["JPN"], audience=AUDIENCE, transport=transport
+                "http://testserver",
+                world.members["JPN"],
+                trust=world.trust(),
+                audience=AUDIENCE,
+                transport=transport,
             ) as jpn,
         ):
             receipt = await kor.send(

@@ -12,12 +12,13 @@ from hypothesis import HealthCheck, given, settings
 
 from broker import policydoc
 from broker.problems import Problem
+from broker.services import governance as governance_service
 from broker.services import policy as policy_service
 from broker.store.db import make_engine, make_sessionmaker, migrate, transaction
 from msmt.core import Markings
 from msmt.core.policy import evaluate
 
-from .conftest import World, postgresql_schema
+from .conftest import World, founders_root, postgresql_schema
 from .policy_strategies import documents
 
 
@@ -44,8 +45,10 @@ def test_export_apply_export_is_the_identity(
     with fresh_database(backend, tmp_path, id(doc)) as url:
         factory = make_sessionmaker(make_engine(url))
         with transaction(factory) as session:
-            plan, version = policy_service.apply_document(session, "test", doc, 1_800_000_000_000)
-        assert version is not None and plan.changes
+            governance_service.install_root(
+                session, "test", founders_root(doc.countries, 1_800_000_000_000), 1_800_000_000_000
+            )
+            policy_service.apply_document(session, "test", doc, 1_800_000_000_000)
         with factory() as session:
             exported = policy_service.export_document(session)
         assert exported == doc.normalized()
@@ -59,20 +62,34 @@ def test_plan_names_changes_and_access(world: World) -> None:
     with make_sessionmaker(make_engine(world.url))() as session:
         current = policy_service.export_document(session)
     data = current.model_dump()
-    data["countries"]["NZL"]["accreditation"] = "CONFIDENTIAL"
     data["agreements"].append(
-        {"originator": "KOR", "recipient": "NZL", "ceiling": "CONFIDENTIAL", "topics": ["arms"]}
+        {"originator": "KOR", "recipient": "GBR", "ceiling": "CONFIDENTIAL", "topics": ["arms"]}
     )
     data["deny_rules"].append(
         {"id": "no-usa-cyber", "recipient": "USA", "topics": ["cyber"], "reason": "not now"}
     )
     plan = policydoc.plan(current, policydoc.from_dict(data))
-    assert "country NZL: accreditation RESTRICTED -> CONFIDENTIAL" in plan.changes
-    assert "agreement KOR->NZL: added, up to CONFIDENTIAL, arms" in plan.changes
+    assert not plan.errors
+    assert "agreement KOR->GBR: added, up to CONFIDENTIAL, arms" in plan.changes
     assert "deny rule no-usa-cyber: added (not now)" in plan.changes
-    assert "KOR -> NZL gains CONFIDENTIAL (arms)" in plan.access
-    assert any(line.startswith("KOR -> NZL loses") for line in plan.access)  # other topics now excluded
+    assert "KOR -> GBR gains CONFIDENTIAL (arms)" in plan.access
+    assert any(line.startswith("KOR -> GBR loses") for line in plan.access)  # other topics now excluded
     assert any(line.startswith("KOR -> USA loses") and "cyber" in line for line in plan.access)
+
+
+def test_membership_cannot_change_through_the_policy_document(world: World) -> None:
+    """Accreditation, status, groups and membership are the members' to sign, not the admin's."""
+    with make_sessionmaker(make_engine(world.url))() as session:
+        current = policy_service.export_document(session)
+    data = current.model_dump()
+    data["countries"]["NZL"]["accreditation"] = "CONFIDENTIAL"
+    data["countries"]["USA"]["groups"] = ["FIVE_EYES"]
+    data["countries"]["SWE"] = {"name": "Sweden", "status": "active", "accreditation": "SECRET", "groups": []}
+    plan = policydoc.plan(current, policydoc.from_dict(data))
+    text = " | ".join(plan.errors)
+    assert "country NZL: accreditation RESTRICTED -> CONFIDENTIAL cannot be changed here" in text
+    assert "country USA: groups" in text and "country SWE cannot be enrolled here" in text
+    assert "member-signed statements" in text
 
 
 def test_invalid_documents_list_every_problem() -> None:
@@ -148,11 +165,14 @@ def test_cli_plan_apply_round_trip(backend: str, tmp_path: Path, capsys: pytest.
 
     with fresh_database(backend, tmp_path, 0) as url:
         base = ["--database-url", url]
-        assert main([*base, "country", "add", "KOR", "--accreditation", "SECRET"]) == 0
-        assert (
-            main([*base, "country", "add", "NZL", "--accreditation", "RESTRICTED", "--group", "FIVE_EYES"])
-            == 0
-        )
+        countries = {
+            "KOR": policydoc.CountryDoc(name="KOR", accreditation="SECRET"),
+            "NZL": policydoc.CountryDoc(name="NZL", accreditation="RESTRICTED", groups=["FIVE_EYES"]),
+        }
+        root = tmp_path / "root.json"
+        root.write_bytes(founders_root(countries, 1_800_000_000_000))
+        assert main([*base, "directory", "install", str(root)]) == 0
+        assert "2 founding members" in capsys.readouterr().out
         exported = tmp_path / "policy.toml"
         assert main([*base, "policy", "export", "-o", str(exported)]) == 0
         text = exported.read_text().replace('ceiling = "UNCLASSIFIED"', 'ceiling = "RESTRICTED"')
@@ -175,16 +195,24 @@ def test_policy_document_over_the_admin_api(world: World) -> None:
     admin, toml = world.auth("admin:alice"), {"Content-Type": "application/toml"}
     exported = world.client.get("/v1/admin/policy", headers=admin)
     assert exported.status_code == 200 and exported.headers["content-type"].startswith("application/toml")
-    document = exported.text.replace(
+    suspending = exported.text.replace(
         '[countries.NZL]\nname = "NZL"\nstatus = "active"',
         '[countries.NZL]\nname = "NZL"\nstatus = "suspended"',
     )
-    assert document != exported.text
+    assert suspending != exported.text
+    refused = world.client.put(
+        "/v1/admin/policy", content=suspending, headers={**world.auth("admin:alice"), **toml}
+    )
+    assert refused.status_code == 422 and refused.json()["type"] == "urn:msmt:problem:policy-refused"
+    assert "member-signed statements" in " ".join(refused.json()["errors"])
+    data = policydoc.parse(exported.text).model_dump()
+    data["default_agreement"]["ceiling"] = "UNCLASSIFIED"
+    document = policydoc.render(policydoc.from_dict(data))
     plan = world.client.post(
         "/v1/admin/policy/plan", content=document, headers={**world.auth("admin:alice"), **toml}
     )
     assert plan.status_code == 200, plan.text
-    assert "country NZL: status active -> suspended" in plan.json()["changes"]
+    assert any(c.startswith("default agreement:") for c in plan.json()["changes"])
     assert any(line.startswith("KOR -> NZL loses") for line in plan.json()["access"])
     assert plan.json()["version"] is None
     assert world.client.get("/v1/admin/policy", headers=world.auth("admin:alice")).text == exported.text
@@ -195,8 +223,9 @@ def test_policy_document_over_the_admin_api(world: World) -> None:
     assert applied.status_code == 200 and applied.json()["version"] > 0
     versions = world.client.get("/v1/admin/policy/versions", headers=world.auth("admin:alice")).json()
     assert versions[0]["change"] == "apply-policy" and versions[0]["actor"] == "admin:alice"
-    # NZL is suspended from the next request on
-    assert world.client.get("/v1/inbox", headers=world.auth("NZL")).json()["type"].endswith(":suspended")
+    # the lower default applies from the next request on
+    refused_now = world.submit("KOR", world.seal("KOR", ["NZL"]))
+    assert refused_now.status_code == 403, refused_now.text
 
     bad = world.client.put(
         "/v1/admin/policy", content=b"ladder = [", headers={**world.auth("admin:alice"), **toml}

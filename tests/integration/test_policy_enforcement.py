@@ -12,8 +12,6 @@ from sqlalchemy import select
 
 from broker import policydoc
 from broker.problems import Problem
-from broker.services import admin as admin_service
-from broker.services import policy as policy_service
 from broker.services.auth import Caller
 from broker.services.registry import RegistryCache
 from broker.services.submit import submit
@@ -23,7 +21,7 @@ from broker.store.models import Delivery
 from msmt.core import Markings, seal
 from msmt.core.policy import evaluate
 
-from .conftest import _KEYS
+from .conftest import _KEYS, found
 from .policy_strategies import documents, markings_for
 from .test_policy_document import fresh_database
 
@@ -37,11 +35,7 @@ def test_broker_decisions_equal_the_pure_evaluator(backend: str, tmp_path: Path,
     with fresh_database(backend, tmp_path, id(doc)) as url:
         factory = make_sessionmaker(make_engine(url))
         with transaction(factory) as session:
-            policy_service.apply_document(session, "test", doc, now - 10)
-            for code in doc.countries:
-                for kind in ("signing", "encryption", "api"):
-                    key = getattr(_KEYS[code], kind)
-                    admin_service.add_key(session, "test", code, kind, key.public_key.raw, now - 10)
+            found(session, doc, now - 10)
         snapshot = policydoc.to_snapshot(doc)
         cache, settings_ = RegistryCache(), Settings(database_url=url)
         accepted: dict[str, set[str]] = {}

@@ -664,9 +664,8 @@ def _state_from_root(entry: Entry, head: str, previous: DirectoryState | None = 
     )
 
 
-def apply(state: DirectoryState, data: bytes) -> DirectoryState:
-    """Verify the entry that follows `state` and return the new state; raise naming what failed."""
-    entry = parse_entry(data)
+def check(state: DirectoryState, entry: Entry) -> None:
+    """Everything but the signatures: position, previous hash, date, and applicability."""
     signed, seq = entry.signed, entry.seq
     if seq != state.seq + 1:
         raise _fail(BrokenChain, seq, f"expected entry {state.seq + 1} after {state.seq}")
@@ -676,17 +675,24 @@ def apply(state: DirectoryState, data: bytes) -> DirectoryState:
             seq,
             f"it names {signed['prev'][:16]}… as previous, but entry {state.seq} is {state.head[:16]}…",
         )
-    at_ms = int(signed["created_ms"])
-    if at_ms < state.updated_ms:
+    if int(signed["created_ms"]) < state.updated_ms:
         raise _fail(InvalidStatement, seq, "it is dated before the entry it follows")
+    if entry.type == "root" and int(signed["version"]) != state.root_version + 1:
+        raise _fail(InvalidStatement, seq, f"root version must be {state.root_version + 1}")
     _check_semantics(state, entry)
+
+
+def apply(state: DirectoryState, data: bytes) -> DirectoryState:
+    """Verify the entry that follows `state` and return the new state; raise naming what failed."""
+    entry = parse_entry(data)
+    signed, seq = entry.signed, entry.seq
+    at_ms = int(signed["created_ms"])
+    check(state, entry)
     gaps = missing(state, entry)
     if gaps:
         raise _fail(QuorumNotMet, seq, "; ".join(gaps))
     head = entry_hash(data)
     if entry.type == "root":
-        if int(signed["version"]) != state.root_version + 1:
-            raise _fail(InvalidStatement, seq, f"root version must be {state.root_version + 1}")
         return _state_from_root(entry, head, state)
     members = dict(state.members)
     members[signed["country"]] = _changed_member(state, entry)

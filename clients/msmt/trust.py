@@ -1,0 +1,120 @@
+"""The agency's own copy of the member-signed directory: a pinned root and the chain since.
+
+`msmt trust init ROOT` pins the founders' root once, after its fingerprint was compared out
+of band. From then on every directory the broker serves is checked against what this store
+already verified: it must extend the same history (no fork), not be shorter (no rollback),
+and every new entry must carry the signatures the rules require. Only then is it saved.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from .core import governance as gov
+from .core.errors import DirectoryFork, DirectoryRollback, GovernanceError
+
+CHAIN_FILE = "directory-chain.txt"
+
+
+def root_fingerprint(root: bytes) -> str:
+    """What founders read aloud to each other: SHA-256 of the root entry, in groups of four."""
+    digest = gov.entry_hash(root).upper()
+    return "-".join(digest[i : i + 4] for i in range(0, 32, 4))
+
+
+class TrustStore:
+    """Verified directory chain, kept in `folder` (or only in memory when `folder` is None)."""
+
+    def __init__(self, entries: list[bytes], folder: Path | None = None) -> None:
+        self._entries = list(entries)
+        self._state = gov.verify_chain(self._entries)
+        self.folder = folder
+
+    @classmethod
+    def pin(cls, root: bytes, folder: Path | None = None) -> TrustStore:
+        """Pin a genesis root (every founder must have signed it) and save it."""
+        store = cls([root], folder)
+        store._save()
+        return store
+
+    @classmethod
+    def load(cls, folder: Path) -> TrustStore:
+        path = folder / CHAIN_FILE
+        if not path.exists():
+            raise FileNotFoundError(f"no pinned trust root in {folder}: run `msmt trust init ROOT` first")
+        lines = path.read_text(encoding="ascii").split()
+        return cls([base64.b64decode(line, validate=True) for line in lines], folder)
+
+    @property
+    def state(self) -> gov.DirectoryState:
+        return self._state
+
+    @property
+    def entries(self) -> tuple[bytes, ...]:
+        return tuple(self._entries)
+
+    @property
+    def root(self) -> bytes:
+        return self._entries[0]
+
+    def update(
+        self, head_seq: int, head_hash: str, served: Iterable[tuple[int, bytes]]
+    ) -> gov.DirectoryState:
+        """Accept the broker's chain from our own head on, or raise naming what is wrong.
+
+        `served` must start at our current head (so we can see it is the same history) and
+        run up to the broker's head.
+        """
+        state = self._state
+        if head_seq < state.seq:
+            raise DirectoryRollback(
+                f"the broker's directory ends at entry {head_seq}, but this agency has already verified "
+                f"entry {state.seq}: the directory was rolled back"
+            )
+        new: list[bytes] = []
+        for seq, data in served:
+            if seq < state.seq:
+                continue
+            if seq == state.seq:
+                if gov.entry_hash(data) != state.head:
+                    raise DirectoryFork(
+                        f"the broker's directory entry {seq} differs from the one this agency verified "
+                        f"({gov.entry_hash(data)[:16]}… instead of {state.head[:16]}…): its history was forked"
+                    )
+                continue
+            try:
+                state = gov.apply(state, data)
+            except GovernanceError as exc:
+                raise type(exc)(f"refused the broker's directory: {exc.detail}") from exc
+            new.append(data)
+        if state.seq != head_seq or state.head != head_hash:
+            raise DirectoryFork(
+                f"the broker says its directory ends at entry {head_seq} ({head_hash[:16]}…) but served "
+                f"a chain ending at {state.seq} ({state.head[:16]}…)"
+            )
+        if new:
+            self._entries.extend(new)
+            self._state = state
+            self._save()
+        return state
+
+    def _save(self) -> None:
+        if self.folder is None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        text = "".join(base64.b64encode(e).decode("ascii") + "\n" for e in self._entries)
+        # write-then-rename: a crash leaves the old verified chain, never half of a new one
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".chain-")
+        try:
+            with os.fdopen(fd, "w", encoding="ascii") as out:
+                out.write(text)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self.folder / CHAIN_FILE)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
