@@ -19,9 +19,11 @@ from typing import Any
 from . import __version__, tables
 from .agency import AgencyKeys
 from .client import Client, Delivery
-from .core import Markings, errors, short_fingerprint, verify
+from .core import KeyKind, Markings, errors, short_fingerprint, verify
 from .core.markings import TLP_LEVELS, TOPICS
 from .errors import BrokerError, BrokerUnavailable, ClientError, PolicyRefused
+from .trust import TrustStore
+from .witness import add_witness_parser
 
 EXIT_OK = 0
 EXIT_ERROR = 1  # the broker refused the request, or the input is invalid
@@ -35,6 +37,7 @@ EPILOG = f"""\
 environment:
   MSMT_BROKER_URL   broker base URL (--broker)
   MSMT_KEYS         key folder (--keys), default ./msmt-keys
+  MSMT_TRUST        pinned root and verified directory (--trust), default KEYS/trust
   MSMT_AUDIENCE     the broker's identity in tokens (--audience), default msmt-broker
   MSMT_PASSPHRASE   passphrase of the key folder; asked for when unset
 
@@ -42,6 +45,7 @@ exit codes:
   {EXIT_OK} success   {EXIT_ERROR} refused by the broker or invalid input   {EXIT_USAGE} usage error
   {EXIT_REFUSED} policy refused a recipient   {EXIT_UNAVAILABLE} broker unreachable
   {EXIT_INVALID_ITEM} an item failed verification or decryption   {EXIT_KEYS} key problem
+  7 ALARM: the members' directory lists a key of yours that you did not make
 """
 
 CURSOR_FILE = ".msmt-cursor"
@@ -102,6 +106,9 @@ def _ms(value: int | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(value / 1000))
 
 
+format_ms = _ms
+
+
 # --- keys and client -----------------------------------------------------------------------
 
 
@@ -124,10 +131,32 @@ def _keys(args: argparse.Namespace) -> AgencyKeys:
     return AgencyKeys.load(folder, _passphrase())
 
 
-def _client(args: argparse.Namespace) -> Client:
+def trust_folder(args: argparse.Namespace) -> Path:
+    """Where the pinned root and the verified chain live: --trust, or KEYS/trust."""
+    return Path(args.trust) if args.trust else Path(args.keys) / "trust"
+
+
+def client_for(
+    args: argparse.Namespace,
+    store: TrustStore | None = None,
+    *,
+    keys: AgencyKeys | None = None,
+    check_own: bool = True,
+) -> Client:
     if not args.broker:
         raise Usage("give the broker URL with --broker or MSMT_BROKER_URL")
-    return Client(args.broker, _keys(args), audience=args.audience)
+    store = store or TrustStore.load(trust_folder(args))
+    return Client(
+        args.broker, keys or _keys(args), trust=store, audience=args.audience, check_own_keys=check_own
+    )
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return client_for(args)
+
+
+load_keys = _keys
+passphrase = _passphrase
 
 
 def _markings(args: argparse.Namespace) -> Markings:
@@ -279,6 +308,7 @@ def _pull_once(client: Client, folder: Path, args: argparse.Namespace, wait: flo
     """Pull one page after the saved cursor; return (saved, failed)."""
     cursor_path = folder / CURSOR_FILE
     cursor = int(cursor_path.read_text()) if cursor_path.exists() else 0
+    client.directory(refresh=True)  # every poll: the chain still extends ours, and no foreign key of ours
     page = client.inbox(cursor, limit=args.limit, wait=wait)
     progress = Progress(len(page.deliveries), "pulling")
     saved = failed = 0
@@ -355,7 +385,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         now = int(time.time() * 1000)
         header = verify(data, client.directory().signing_lookup(now)).header
         view = header_view(header.to_dict())
-        view["signature"] = "verified (ML-DSA-65 + Ed25519) against the broker's directory"
+        view["signature"] = "verified (ML-DSA-65 + Ed25519) against the members' signed directory"
         if args.open:
             opened = client.open_bytes(data, accepted_ms=now)
             view["payload_bytes"] = len(opened.payload)
@@ -392,6 +422,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_directory(args: argparse.Namespace) -> int:
     with _client(args) as client:
         directory = client.directory()
+    now = int(time.time() * 1000)
+
+    def fingerprint(member: Any, kind: KeyKind) -> str:
+        entry = member.current(kind, now)
+        return short_fingerprint(entry.key_id) if entry else "-"
+
     rows = [
         {
             "country": m.code,
@@ -399,7 +435,8 @@ def cmd_directory(args: argparse.Namespace) -> int:
             "status": m.status,
             "accreditation": m.accreditation,
             "groups": list(m.groups),
-            "encryption_key": short_fingerprint(m.encryption_key.key_id) if m.encryption_key else "-",
+            "signing_key": fingerprint(m, KeyKind.SIGNING),
+            "encryption_key": fingerprint(m, KeyKind.ENCRYPTION),
         }
         for m in directory.members.values()
     ]
@@ -457,6 +494,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--audience",
         default=os.environ.get("MSMT_AUDIENCE", "msmt-broker"),
         help="the broker's identity in API tokens (default %(default)s)",
+    )
+    parser.add_argument(
+        "--trust",
+        default=os.environ.get("MSMT_TRUST"),
+        help="folder of the pinned root and verified directory (default: KEYS/trust)",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -553,8 +595,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("status", "delivery state per recipient of an item you sent", cmd_status)
     p.add_argument("item_id", help="the id of an item you sent")
 
-    command("directory", "list member countries and their encryption key fingerprints", cmd_directory)
+    command("directory", "list members and key fingerprints from the verified directory", cmd_directory)
+    cli_governance.register(sub, ksub)
+    add_witness_parser(sub)
     return parser
+
+
+from . import cli_governance  # noqa: E402 - registers its commands on the parser below
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -574,6 +621,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             for reason in reasons:
                 print(f"  {country}: {reason['reason']}", file=sys.stderr)
         return EXIT_REFUSED
+    except errors.ForeignOwnKey as exc:
+        print(f"ALARM: {exc.detail}", file=sys.stderr)
+        return cli_governance.EXIT_ALARM
+    except errors.GovernanceError as exc:
+        print(f"error: {exc.detail} ({exc.code})", file=sys.stderr)
+        return EXIT_ERROR
     except BrokerUnavailable as exc:
         print(f"error: {exc.detail}", file=sys.stderr)
         return EXIT_UNAVAILABLE

@@ -90,10 +90,12 @@ class _ClientCore:
         retries: int = 4,
         backoff_s: float = 0.25,
         directory_ttl_s: float = 60.0,
+        check_own_keys: bool = True,
     ) -> None:
         self.base_url = base_url
         self.keys = keys
         self.trust = trust
+        self.check_own_keys = check_own_keys
         self.audience = audience
         self.retries = retries
         self.backoff_s = backoff_s
@@ -157,7 +159,8 @@ class _ClientCore:
         """Verify what the broker served against the pinned chain; only then use it."""
         self._directory = Directory(self.trust.update(head_seq, head_hash, served))
         self._directory_at = time.monotonic()
-        self._check_own_keys(self._directory)
+        if self.check_own_keys:
+            self._check_own_keys(self._directory)
         return self._directory
 
     def _check_own_keys(self, directory: Directory) -> None:
@@ -401,6 +404,32 @@ class Client(_ClientCore):
         result: dict[str, Any] = self._request("GET", f"/v1/items/{item_id}/status").json()
         return result
 
+    # --- governance: statements about members and keys, signed by members --------------------
+
+    def propose(self, entry: bytes) -> dict[str, Any]:
+        """Post a directory statement with the signatures it has (applied when they suffice)."""
+        response = self._request(
+            "POST", "/v1/governance/proposals", json={"entry": canonical.b64encode(entry)}
+        )
+        result: dict[str, Any] = response.json()
+        return result
+
+    def proposals(self, status: str = "pending") -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._request(
+            "GET", "/v1/governance/proposals", params={"status": status}
+        ).json()
+        return result
+
+    def proposal(self, pid: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", f"/v1/governance/proposals/{pid}").json()
+        return result
+
+    def add_signature(self, pid: str, signature: dict[str, str]) -> dict[str, Any]:
+        result: dict[str, Any] = self._request(
+            "POST", f"/v1/governance/proposals/{pid}/signatures", json=signature
+        ).json()
+        return result
+
     def explain(self, recipient: str, markings: Markings) -> dict[str, Any]:
         result: dict[str, Any] = self._request(
             "POST", "/v1/preflight/explain", json={"recipient": recipient, "markings": markings.to_dict()}
@@ -525,5 +554,26 @@ class AsyncClient(_ClientCore):
         response = await self._request(
             "POST", "/v1/preflight/explain", json={"recipient": recipient, "markings": markings.to_dict()}
         )
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def propose(self, entry: bytes) -> dict[str, Any]:
+        response = await self._request(
+            "POST", "/v1/governance/proposals", json={"entry": canonical.b64encode(entry)}
+        )
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def proposals(self, status: str = "pending") -> list[dict[str, Any]]:
+        response = await self._request("GET", "/v1/governance/proposals", params={"status": status})
+        result: list[dict[str, Any]] = response.json()
+        return result
+
+    async def proposal(self, pid: str) -> dict[str, Any]:
+        result: dict[str, Any] = (await self._request("GET", f"/v1/governance/proposals/{pid}")).json()
+        return result
+
+    async def add_signature(self, pid: str, signature: dict[str, str]) -> dict[str, Any]:
+        response = await self._request("POST", f"/v1/governance/proposals/{pid}/signatures", json=signature)
         result: dict[str, Any] = response.json()
         return result

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .core import governance as gov
 from .core.errors import DirectoryFork, DirectoryRollback, GovernanceError
+from .errors import ClientError
 
 CHAIN_FILE = "directory-chain.txt"
 
@@ -45,7 +46,7 @@ class TrustStore:
     def load(cls, folder: Path) -> TrustStore:
         path = folder / CHAIN_FILE
         if not path.exists():
-            raise FileNotFoundError(f"no pinned trust root in {folder}: run `msmt trust init ROOT` first")
+            raise ClientError(f"no pinned trust root in {folder}: run `msmt trust init ROOT` first")
         lines = path.read_text(encoding="ascii").split()
         return cls([base64.b64decode(line, validate=True) for line in lines], folder)
 

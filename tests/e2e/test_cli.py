@@ -45,12 +45,21 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         env=env,
         module="broker.cli",
     )
-    for code, accreditation in (("KOR", "SECRET"), ("USA", "SECRET"), ("NZL", "RESTRICTED")):
+    founders = (("KOR", "SECRET"), ("USA", "SECRET"), ("NZL", "RESTRICTED"))
+    members = ""
+    for code, accreditation in founders:
         run("keys", "generate", code, "--out", str(tmp / code), env=env)
         run("--keys", str(tmp / code), "keys", "export", "--out", str(tmp / "pub"), env=env)
-        run(*admin, "country", "add", code, "--accreditation", accreditation, env=env, module="broker.cli")
-        for kind in ("signing", "encryption", "api"):
-            run(*admin, "key", "add", str(tmp / "pub" / f"{code}.{kind}.pub"), env=env, module="broker.cli")
+        members += f'[members.{code}]\nname = "{code}"\naccreditation = "{accreditation}"\nkeys = "pub"\n'
+    (tmp / "members.toml").write_text(members)
+    root = str(tmp / "root.json")
+    run("governance", "root", "draft", str(tmp / "members.toml"), "-o", root, env=env)
+    for code, _ in founders:
+        run("--keys", str(tmp / code), "governance", "root", "sign", root, env=env)
+    fingerprint = run("governance", "root", "check", root, env=env).stdout.split()[-1]
+    run(*admin, "directory", "install", root, env=env, module="broker.cli")
+    for code, _ in founders:
+        run("--keys", str(tmp / code), "trust", "init", root, "--fingerprint", fingerprint, env=env)
     return {"tmp": tmp, "db": db, "env": env}
 
 
