@@ -173,12 +173,14 @@ class _ClientCore:
             )
 
     def foreign_own_keys(self, directory: Directory) -> list[str]:
-        """Ids of keys the directory gives this country that this agency never made."""
+        """Ids of usable keys the directory gives this country that this agency never made."""
         member = directory.members.get(self.country)
         if member is None:
             return []
         known = self.keys.known_key_ids()
-        return sorted(k.key_id for k in member.keys if k.key_id not in known)
+        now_ms = int(time.time() * 1000)
+        # a revoked or expired key cannot be used against us (a recovered member's lost keys)
+        return sorted(k.key_id for k in member.keys if k.key_id not in known and k.usable_at(now_ms))
 
     def _recipients(
         self, directory: Directory, markings: Markings, check: Preflight, recipients: Iterable[str] | None

@@ -27,7 +27,6 @@ from broker.settings import Settings
 from broker.store.db import make_engine, make_sessionmaker, migrate, transaction
 from msmt.agency import AgencyKeys
 from msmt.auth import mint_token
-from msmt.trust import TrustStore
 from msmt.core import (
     ApiPrivateKey,
     EncryptionPrivateKey,
@@ -38,6 +37,7 @@ from msmt.core import (
     seal,
 )
 from msmt.core import governance as gov
+from msmt.trust import TrustStore
 
 PG_BASE = os.environ.get("MSMT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 MEMBERS = ("KOR", "USA", "JPN", "FRA", "GBR", "DEU", "ITA", "NLD", "CAN", "AUS", "NZL")

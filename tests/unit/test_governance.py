@@ -181,3 +181,18 @@ def test_verify_chain_replays_everything(state: gov.DirectoryState) -> None:
     assert final.seq == 2 and "SWE" in final.members
     with pytest.raises(BrokenChain):
         gov.verify_chain([root(), second])
+
+
+def test_a_new_key_proves_possession_but_does_not_vote(state: gov.DirectoryState) -> None:
+    fresh = keys_of("GBR", 1)
+    keys = {
+        "signing": canonical.b64encode(fresh.signing.public_key.raw),
+        "encryption": canonical.b64encode(fresh.encryption.public_key.raw),
+        "api": canonical.b64encode(fresh.api.public_key.raw),
+    }
+    signed = gov.statement(state, "recover-member", T0 + 1000, country="GBR", keys=keys)
+    seven = ["KOR", "USA", "JPN", "FRA", "DEU", "ITA", "NLD"]
+    entry = gov.Entry(signed, tuple(gov.sign(signed, c, keys_of(c).signing) for c in seven))
+    entry = entry.with_signature(gov.sign(signed, "GBR", fresh.signing))
+    with pytest.raises(QuorumNotMet, match="8 of the 11 active members must sign, 7 did"):
+        gov.apply(state, entry.to_bytes())

@@ -604,7 +604,17 @@ def missing(state: DirectoryState | None, entry: Entry) -> list[str]:
     """Sentences naming the signatures `entry` still lacks (empty when it may be applied)."""
     need = requirements(state, entry)
     signed_by = verified_signers(state, entry)
-    countries = {c for c, _ in signed_by}
+    at_ms = int(entry.signed["created_ms"])
+    # only keys already in the directory vote: a newcomer's or a recovered member's new key
+    # proves possession, it does not count towards the quorum
+    countries = {c for c, k in signed_by if state is not None and state.signing_key(c, k, at_ms) is not None}
+    new_root_countries: set[str] = set()
+    if entry.type == "root":
+        new_keys = {
+            (code, _public_key(KeyKind.SIGNING, m["keys"]["signing"], entry.signed["seq"]).key_id)
+            for code, m in entry.signed["members"].items()
+        }
+        new_root_countries = {c for c, k in signed_by if (c, k) in new_keys}
     gaps = [
         f"{country} must sign with its key {key_id}"
         for country, key_id in need.must_sign
@@ -615,13 +625,13 @@ def missing(state: DirectoryState | None, entry: Entry) -> list[str]:
         current = member.current(KeyKind.SIGNING, int(entry.signed["created_ms"])) if member else None
         if current is None or (need.self_signer, current.key_id) not in signed_by:
             gaps.append(f"{need.self_signer} must sign with its current signing key")
-    for voters, needed, label in (
-        (need.quorum_of, need.needed, "active members"),
-        (need.also_new_root, need.needed_new_root, "members of the new root"),
+    for voters, needed, label, voted in (
+        (need.quorum_of, need.needed, "active members", countries),
+        (need.also_new_root, need.needed_new_root, "members of the new root", new_root_countries),
     ):
-        have = sorted(countries & set(voters))
+        have = sorted(voted & set(voters))
         if len(have) < needed:
-            lacking = sorted(set(voters) - countries)
+            lacking = sorted(set(voters) - voted)
             gaps.append(
                 f"{needed} of the {len(voters)} {label} must sign, {len(have)} did "
                 f"({', '.join(have) or 'none'}); not yet: {', '.join(lacking)}"
