@@ -3,8 +3,10 @@
     make demo        (or: python -m broker.demo [--keep DIR])
 
 1. initialise a broker (schema, broker key, admin) in a fresh folder;
-2. enrol the 11 MSMT members with fresh keys and set a few agreements;
-3. start `msmt-broker serve` as a separate process;
+2. the 11 founders sign the directory's root with fresh keys and pin it; the admin sets a few
+   agreements (the only thing about members it may set);
+3. start `msmt-broker serve` as a separate process; KOR rotates its encryption key with no
+   admin involved; the operator's attempt to swap USA's key is refused by KOR's client;
 4. KOR, JPN and USA submit realistic items; the broker refuses what policy forbids;
 5. every partner polls, verifies, decrypts and acknowledges;
 6. print the delivery matrix, then stop the server.
@@ -24,17 +26,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from sqlalchemy import text
 
 from msmt.agency import AgencyKeys
+from msmt.auth import mint_token
 from msmt.client import Client
 from msmt.core import (
+    ApiPrivateKey,
+    EncryptionPrivateKey,
+    KeyKind,
     Markings,
+    SigningPrivateKey,
+    load_private_key_file,
     public_key_document,
     seal,
+    short_fingerprint,
 )
+from msmt.core import governance as gov
+from msmt.core.errors import GovernanceError
 from msmt.errors import PolicyRefused
+from msmt.trust import TrustStore, root_fingerprint
 
 from . import cli
+from .store.db import make_engine
 
 MEMBERS = {
     "KOR": ("Republic of Korea", []),
@@ -147,34 +161,8 @@ def run_demo(workdir: Path) -> int:
         ]
     )
 
-    say("\n== 2. Enrol the 11 members, register their public keys, set agreements ==")
-    for code, (name, groups) in MEMBERS.items():
-        group_args = [arg for g in groups for arg in ("--group", g)]
-        _cli(
-            [
-                *base_args,
-                "--json",
-                "country",
-                "add",
-                code,
-                "--name",
-                name,
-                "--accreditation",
-                ACCREDITATION.get(code, "CONFIDENTIAL"),
-                *group_args,
-            ],
-            quiet=True,
-        )
-        agency = agencies[code]
-        for kind, key in (
-            ("signing", agency.signing),
-            ("encryption", agency.encryption),
-            ("api", agency.api),
-        ):
-            doc = workdir / "public" / f"{code}.{kind}.pub"
-            doc.parent.mkdir(exist_ok=True)
-            doc.write_bytes(public_key_document(code, key.public_key))
-            _cli([*base_args, "--json", "key", "add", str(doc)], quiet=True)
+    say("\n== 2. The founders sign the root of the member-governed directory ==")
+    stores = _found_directory(workdir, agencies, base_args)
     for originator, recipient, ceiling, topics in AGREEMENTS:
         _cli(
             [
@@ -198,8 +186,13 @@ def run_demo(workdir: Path) -> int:
     say("\n== 3. Start the broker server (a separate process) ==")
     with _server(db_url, workdir) as base_url:
         say(f"broker listening on {base_url}")
-        clients = {code: Client(base_url, keys, audience=AUDIENCE) for code, keys in agencies.items()}
+        clients = {
+            code: Client(base_url, keys, trust=stores[code], audience=AUDIENCE)
+            for code, keys in agencies.items()
+        }
         try:
+            _rotate(agencies, clients)
+            _operator_key_swap(workdir, db_url, base_url, clients)
             outcomes = _exchange(agencies, clients)
             _receive(clients)
             for outcome in outcomes:
@@ -212,6 +205,109 @@ def run_demo(workdir: Path) -> int:
     say("\nbroker stopped")
     _matrix(outcomes)
     return 0
+
+
+def _found_directory(
+    workdir: Path, agencies: dict[str, AgencyKeys], base_args: list[str]
+) -> dict[str, TrustStore]:
+    """The founders list themselves and their keys, each signs, each pins; the broker installs it."""
+    now = int(time.time() * 1000)
+    members = {
+        code: gov.member_body(
+            name,
+            ACCREDITATION.get(code, "CONFIDENTIAL"),
+            groups,
+            {
+                KeyKind.SIGNING: agencies[code].signing.public_key,
+                KeyKind.ENCRYPTION: agencies[code].encryption.public_key,
+                KeyKind.API: agencies[code].api.public_key,
+            },
+        )
+        for code, (name, groups) in MEMBERS.items()
+    }
+    entry = gov.Entry(gov.root_statement(members, now), ())
+    for code, agency in agencies.items():
+        entry = entry.with_signature(gov.sign(entry.signed, code, agency.signing))
+    root = entry.to_bytes()
+    fingerprint = root_fingerprint(root)
+    say("  11 founders listed with their keys; quorum for changes: 2/3 of the active members (8 of 11)")
+    say(f"  each founder signed the same root: {', '.join(agencies)}")
+    say(f"  root fingerprint, read aloud between the founders: {fingerprint}")
+    stores = {}
+    for code in agencies:
+        stores[code] = TrustStore.pin(
+            root, workdir / "trust" / code
+        )  # `msmt trust init ROOT --fingerprint FP`
+    say("  every agency pinned it (msmt trust init); the broker only stores and serves it:")
+    path = workdir / "root.json"
+    path.write_bytes(root)
+    _cli([*base_args, "directory", "install", str(path)])
+    return stores
+
+
+def _rotate(agencies: dict[str, AgencyKeys], clients: dict[str, Client]) -> None:
+    say("\n== 3a. KOR rotates its encryption key: a statement signed by KOR, no admin involved ==")
+    kor = clients["KOR"]
+    old = agencies["KOR"]
+    new_key = EncryptionPrivateKey.generate()
+    state = kor.directory(refresh=True).state
+    signed = gov.rotate_key(state, "KOR", new_key.public_key, int(time.time() * 1000), overlap_ms=3_600_000)
+    result = kor.propose(gov.Entry(signed, (gov.sign(signed, "KOR", old.signing),)).to_bytes())
+    rotated = AgencyKeys(
+        "KOR",
+        old.signing,
+        new_key,
+        old.api,
+        {**old.previous_encryption, old.encryption.key_id: old.encryption},
+    )
+    agencies["KOR"] = kor.keys = rotated
+    say(
+        f"  directory entry {result['seq']} {result['state']}: KOR encryption key "
+        f"{short_fingerprint(old.encryption.key_id)} -> {short_fingerprint(new_key.key_id)} "
+        "(the old key stays in KOR's key folder, so old items still open)"
+    )
+
+
+def _operator_key_swap(workdir: Path, db_url: str, base_url: str, clients: dict[str, Client]) -> None:
+    say("\n== 3b. The operator tries to swap USA's encryption key for one it holds ==")
+    operator_key = EncryptionPrivateKey.generate()
+    _, admin_key = load_private_key_file(
+        workdir / "broker-keys" / "admin-operator.key", os.environ[PASSPHRASE_ENV]
+    )
+    assert isinstance(admin_key, ApiPrivateKey)
+    token = mint_token(admin_key, "admin:operator", AUDIENCE)
+    r = httpx.post(
+        f"{base_url}/v1/admin/keys",
+        json=json.loads(public_key_document("USA", operator_key.public_key)),
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    say(
+        f"  through the admin API: {r.status_code} {r.json()['type'].rsplit(':', 1)[-1]}: {r.json()['detail']}"
+    )
+    kor = clients["KOR"]
+    state = kor.directory(refresh=True).state
+    signed = gov.rotate_key(state, "USA", operator_key.public_key, state.updated_ms + 1)
+    forged = gov.signed_entry(signed, [("USA", SigningPrivateKey.generate())])
+    engine = make_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO directory_entries (seq, type, country, entry_hash, data, created_ms, applied_ms) "
+                "VALUES (:s, 'rotate-key', 'USA', :h, :d, 0, 0)"
+            ),
+            {"s": state.seq + 1, "h": gov.entry_hash(forged), "d": forged},
+        )
+    say("  straight into the database: a directory entry naming the operator's key for USA")
+    try:
+        kor.send(
+            b"for USA", content_type="text/plain", markings=Markings.create("RESTRICTED", "AMBER", ["USA"])
+        )
+    except GovernanceError as exc:
+        say(f"  KOR's client refuses before sealing anything ({exc.code}):\n    {exc.detail}")
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM directory_entries WHERE seq = :s"), {"s": state.seq + 1})
+    engine.dispose()
+    say("  the operator removes its entry; nothing was sealed to its key")
 
 
 def _exchange(agencies: dict[str, AgencyKeys], clients: dict[str, Client]) -> list[Outcome]:
