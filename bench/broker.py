@@ -22,13 +22,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from broker.services import admin as admin_service
+from broker.services import governance as governance_service
 from broker.store.db import make_engine, make_sessionmaker, transaction
 from msmt.agency import AgencyKeys
 from msmt.client import Client
-from msmt.core import Markings, seal
+from msmt.core import KeyKind, Markings, seal
+from msmt.core import governance as gov
+from msmt.trust import TrustStore
 from tests.e2e.servers import broker_process
-from tests.integration.conftest import _KEYS, AUDIENCE, MEMBERS, bootstrap, postgresql_schema
+from tests.integration.conftest import _KEYS, AUDIENCE, MEMBERS, bootstrap, postgresql_schema, root_of
 
 MARKINGS = Markings.create("RESTRICTED", "GREEN", ["ALL"], topics=["maritime"])
 # An observer member so that every item can go to 11 recipients (the originator never receives).
@@ -37,13 +39,23 @@ ROSTER = {**_KEYS, OBSERVER: AgencyKeys.generate(OBSERVER)}
 
 
 def enrol_observer(url: str) -> None:
-    now = int(time.time() * 1000) - 1000
+    """The observer joins as any member does: a quorum of members and its own key sign."""
+    now = int(time.time() * 1000) - 500
     factory = make_sessionmaker(make_engine(url))
+    observer = ROSTER[OBSERVER]
+    keys = {
+        KeyKind.SIGNING: observer.signing.public_key,
+        KeyKind.ENCRYPTION: observer.encryption.public_key,
+        KeyKind.API: observer.api.public_key,
+    }
     with transaction(factory) as session:
-        admin_service.enrol_country(session, "bench", OBSERVER, "Observer", "SECRET", [], now)
-        for kind in ("signing", "encryption", "api"):
-            key = getattr(ROSTER[OBSERVER], kind)
-            admin_service.add_key(session, "bench", OBSERVER, kind, key.public_key.raw, now)
+        state = governance_service.replay(session, None)
+        assert state is not None
+        member = gov.member_body("Observer", "SECRET", [], keys)  # type: ignore[arg-type]
+        signed = gov.statement(state, "enrol-member", now, country=OBSERVER, member=member)
+        signers = [(c, _KEYS[c].signing) for c in MEMBERS] + [(OBSERVER, observer.signing)]
+        applied, _ = governance_service.propose(session, "bench", gov.signed_entry(signed, signers), now)
+        assert applied
 
 
 def seal_items(n: int) -> list[tuple[str, bytes]]:
@@ -73,11 +85,16 @@ def run(url: str, items: list[tuple[str, bytes]], threads: int, workdir: Path) -
     bootstrap(url, int(time.time() * 1000))
     enrol_observer(url)
     with broker_process(url, AUDIENCE, workdir / "bench-broker.log") as base:
-        clients = {c: Client(base, _KEYS[c], audience=AUDIENCE) for c in MEMBERS}
+        clients = {
+            c: Client(base, _KEYS[c], trust=TrustStore.pin(root_of(url)), audience=AUDIENCE) for c in MEMBERS
+        }
         chunks = [items[i::threads] for i in range(threads)]
 
         def submit(chunk: list[tuple[str, bytes]]) -> None:
-            local = {c: Client(base, _KEYS[c], audience=AUDIENCE) for c in MEMBERS}
+            local = {
+                c: Client(base, _KEYS[c], trust=TrustStore.pin(root_of(url)), audience=AUDIENCE)
+                for c in MEMBERS
+            }
             for origin, envelope in chunk:
                 local[origin].submit(envelope)
             for client in local.values():

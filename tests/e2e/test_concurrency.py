@@ -16,7 +16,8 @@ import pytest
 
 from msmt.client import Client
 from msmt.core import Markings, seal
-from tests.integration.conftest import _KEYS, AUDIENCE, MEMBERS, bootstrap, postgresql_schema
+from msmt.trust import TrustStore
+from tests.integration.conftest import _KEYS, AUDIENCE, MEMBERS, bootstrap, postgresql_schema, root_of
 
 from .servers import broker_processes
 
@@ -31,10 +32,10 @@ def test_concurrent_submitters_and_cursor_consumers(tmp_path: Path) -> None:
     with postgresql_schema() as url:
         bootstrap(url, int(time.time() * 1000))
         with broker_processes(2, url, AUDIENCE, tmp_path) as bases:
-            run(bases)
+            run(bases, root_of(url))
 
 
-def run(bases: list[str]) -> None:
+def run(bases: list[str], root: bytes) -> None:
     expected: dict[str, set[str]] = {code: set() for code in MEMBERS}
     expected_lock = threading.Lock()
     errors: list[BaseException] = []
@@ -43,7 +44,9 @@ def run(bases: list[str]) -> None:
 
     def submitter(index: int, origin: str) -> None:
         rng = random.Random(index)
-        clients = [Client(base, _KEYS[origin], audience=AUDIENCE) for base in bases]
+        clients = [
+            Client(base, _KEYS[origin], trust=TrustStore.pin(root), audience=AUDIENCE) for base in bases
+        ]
         others = [c for c in MEMBERS if c != origin]
         try:
             for n in range(per_submitter):
@@ -69,7 +72,9 @@ def run(bases: list[str]) -> None:
     seen: dict[str, list[tuple[int, str]]] = {code: [] for code in MEMBERS}
 
     def consumer(index: int, country: str) -> None:
-        clients = [Client(base, _KEYS[country], audience=AUDIENCE) for base in bases]
+        clients = [
+            Client(base, _KEYS[country], trust=TrustStore.pin(root), audience=AUDIENCE) for base in bases
+        ]
         cursor, turn = 0, index
         try:
             while True:

@@ -240,6 +240,16 @@ def found(session: Any, document: policydoc.PolicyDocument, now_ms: int) -> None
     policy_service.apply_document(session, "test", document, now_ms, with_access=False)
 
 
+def root_of(url: str) -> bytes:
+    """The genesis root a bootstrapped database holds (what agencies pinned out of band)."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return bytes(conn.execute(text("SELECT data FROM directory_entries WHERE seq = 0")).scalar_one())
+    finally:
+        engine.dispose()
+
+
 def bootstrap(url: str, now_ms: int) -> None:
     """Found the directory with the 11 members (a root they all sign), then an admin and a
     few agreements as one policy document."""

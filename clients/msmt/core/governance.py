@@ -550,10 +550,8 @@ def requirements(state: DirectoryState | None, entry: Entry) -> Requirement:
     return Requirement(voters, state.quorum.size(len(voters)), must_sign=must)
 
 
-def _signature_key(
-    state: DirectoryState | None, entry: Entry, signature: Signature, at_ms: int
-) -> SigningPublicKey | None:
-    """The key a signature must verify under: a member's key usable at `at_ms`, or a new key."""
+def _new_signing_keys(entry: Entry) -> dict[tuple[str, str], SigningPublicKey]:
+    """Signing keys the entry itself introduces, by (country, key id): they may sign it too."""
     signed, seq = entry.signed, entry.signed.get("seq")
     new: list[tuple[str, Any]] = []
     if entry.type == "root":
@@ -564,23 +562,24 @@ def _signature_key(
         new = [(signed["country"], signed["keys"]["signing"])]
     elif entry.type == "rotate-key" and signed["kind"] == KeyKind.SIGNING.value:
         new = [(signed["country"], signed["public_key"])]
+    keys: dict[tuple[str, str], SigningPublicKey] = {}
     for country, text in new:
         key = _public_key(KeyKind.SIGNING, text, seq)
-        if country == signature.signer and key.key_id == signature.key_id:
-            assert isinstance(key, SigningPublicKey)
-            return key
-    if state is None:
-        return None
-    return state.signing_key(signature.signer, signature.key_id, at_ms)
+        assert isinstance(key, SigningPublicKey)
+        keys[(country, key.key_id)] = key
+    return keys
 
 
 def verified_signers(state: DirectoryState | None, entry: Entry) -> set[tuple[str, str]]:
     """(country, key id) of every signature that verifies; a bad signature is an error."""
     message = entry.signed_bytes()
     at_ms = int(entry.signed["created_ms"])
+    introduced = _new_signing_keys(entry)
     good = set()
     for signature in entry.signatures:
-        key = _signature_key(state, entry, signature, at_ms)
+        key = introduced.get((signature.signer, signature.key_id))
+        if key is None and state is not None:
+            key = state.signing_key(signature.signer, signature.key_id, at_ms)
         if key is None:
             raise _fail(
                 BadStatementSignature,
@@ -610,10 +609,7 @@ def missing(state: DirectoryState | None, entry: Entry) -> list[str]:
     countries = {c for c, k in signed_by if state is not None and state.signing_key(c, k, at_ms) is not None}
     new_root_countries: set[str] = set()
     if entry.type == "root":
-        new_keys = {
-            (code, _public_key(KeyKind.SIGNING, m["keys"]["signing"], entry.signed["seq"]).key_id)
-            for code, m in entry.signed["members"].items()
-        }
+        new_keys = _new_signing_keys(entry)
         new_root_countries = {c for c, k in signed_by if (c, k) in new_keys}
     gaps = [
         f"{country} must sign with its key {key_id}"
