@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import os
 import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from .core.errors import DirectoryFork, DirectoryRollback, GovernanceError
 from .errors import ClientError
 
 CHAIN_FILE = "directory-chain.txt"
+FUTURE_SKEW_MS = 60 * 60 * 1000  # clients' clocks drift more than servers'
 
 
 def root_fingerprint(root: bytes) -> str:
@@ -63,7 +65,7 @@ class TrustStore:
         return self._entries[0]
 
     def update(
-        self, head_seq: int, head_hash: str, served: Iterable[tuple[int, bytes]]
+        self, head_seq: int, head_hash: str, served: Iterable[tuple[int, bytes]], now_ms: int | None = None
     ) -> gov.DirectoryState:
         """Accept the broker's chain from our own head on, or raise naming what is wrong.
 
@@ -89,6 +91,7 @@ class TrustStore:
                 continue
             try:
                 state = gov.apply(state, data)
+                gov.check_date(gov.parse_entry(data), now_ms or int(time.time() * 1000), FUTURE_SKEW_MS)
             except GovernanceError as exc:
                 raise type(exc)(f"refused the broker's directory: {exc.detail}") from exc
             new.append(data)

@@ -196,3 +196,50 @@ def test_a_new_key_proves_possession_but_does_not_vote(state: gov.DirectoryState
     entry = entry.with_signature(gov.sign(signed, "GBR", fresh.signing))
     with pytest.raises(QuorumNotMet, match="8 of the 11 active members must sign, 7 did"):
         gov.apply(state, entry.to_bytes())
+
+
+def test_dates_must_be_plausible_and_not_in_the_future(state: gov.DirectoryState) -> None:
+    signed = gov.rotate_key(state, "KOR", keys_of("KOR", 1).api.public_key, 2**50)
+    with pytest.raises(MalformedStatement, match="beyond any plausible date"):
+        gov.apply(state, by(signed, ["KOR"]))
+    soon = gov.rotate_key(state, "KOR", keys_of("KOR", 1).api.public_key, T0 + 3_600_000)
+    entry = gov.parse_entry(by(soon, ["KOR"]))
+    with pytest.raises(InvalidStatement, match="dated in the future"):
+        gov.check_date(entry, T0, 300_000)
+    gov.check_date(entry, T0 + 3_600_000, 0)
+
+
+def test_malformed_types_are_coded_errors_not_crashes(state: gov.DirectoryState) -> None:
+    signed = gov.rotate_key(state, "KOR", keys_of("KOR", 1).api.public_key, T0 + 1)
+    for bad in (
+        {**signed, "type": ["rotate-key"]},
+        {**signed, "kind": {"a": 1}},
+        {**signed, "retire": "X" * 32},
+    ):
+        with pytest.raises(MalformedStatement):
+            gov.apply(state, by(bad, ["KOR"]))
+
+
+def test_all_cannot_be_enrolled(state: gov.DirectoryState) -> None:
+    signed = gov.statement(state, "enrol-member", T0 + 1000, country="ALL", member=member("SWE"))
+    with pytest.raises(MalformedStatement, match="ALL is reserved"):
+        gov.apply(state, by(signed, QUORUM))
+
+
+def test_a_root_rotation_cannot_hand_a_key_to_another_member(state: gov.DirectoryState) -> None:
+    members = {c: member(c) for c in FOUNDERS}
+    members["NZL"] = {
+        **members["NZL"],
+        "keys": {**members["NZL"]["keys"], "api": members["KOR"]["keys"]["api"]},
+    }
+    signed = gov.root_statement(members, T0 + 1000, version=2, after=state)
+    with pytest.raises(InvalidStatement, match="more than one member"):
+        gov.apply(state, by(signed, QUORUM))
+
+
+def test_a_member_new_in_a_rotated_root_proves_possession(state: gov.DirectoryState) -> None:
+    members = {**{c: member(c) for c in FOUNDERS}, "SWE": member("SWE")}
+    signed = gov.root_statement(members, T0 + 1000, version=2, after=state)
+    with pytest.raises(QuorumNotMet, match="SWE must sign"):
+        gov.apply(state, by(signed, QUORUM))
+    assert gov.apply(state, by(signed, [*QUORUM, "SWE"])).root_version == 2

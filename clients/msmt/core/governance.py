@@ -43,6 +43,7 @@ SIGNATURE_CONTEXT = b"MSMT-v1 directory"
 GENESIS_PREV = "0" * 64
 MAX_ENTRY_BYTES = 4 * 1024 * 1024
 MAX_MEMBERS = 256
+MAX_TIME_MS = 2**48  # about the year 10889: dates beyond are not dates
 
 SELF_TYPES = frozenset({"rotate-key", "revoke-key"})
 QUORUM_TYPES = frozenset({"enrol-member", "update-member", "recover-member", "force-revoke-key"})
@@ -205,6 +206,10 @@ def sign(signed: Mapping[str, Any], signer: str, key: SigningPrivateKey) -> Sign
     return Signature(signer, key.key_id, key.sign(canonical.encode(dict(signed)), SIGNATURE_CONTEXT))
 
 
+def _is_key_id(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 32 and all(c in "0123456789abcdef" for c in value)
+
+
 def _fail(cls: type[MsmtError], seq: Any, text: str) -> MsmtError:
     return cls(f"directory entry {seq}: {text}")
 
@@ -231,8 +236,8 @@ def parse_entry(data: bytes) -> Entry:
         signer, key_id = item["signer"], item["key_id"]
         if not isinstance(signer, str) or not COUNTRY_RE.fullmatch(signer):
             raise _fail(MalformedStatement, seq, f"signer {str(signer)[:8]!r} is not a country code")
-        if not isinstance(key_id, str) or len(key_id) != 32:
-            raise _fail(MalformedStatement, seq, "a signature's key_id is 32 hex characters")
+        if not _is_key_id(key_id):
+            raise _fail(MalformedStatement, seq, "a signature's key_id is 32 lowercase hex characters")
         if (signer, key_id) in seen:
             raise _fail(MalformedStatement, seq, f"{signer} signed twice with key {key_id}")
         seen.add((signer, key_id))
@@ -324,7 +329,7 @@ _MEMBER_FIELDS = {"name", "status", "accreditation", "groups", "keys"}
 def _check_shape(signed: Mapping[str, Any]) -> None:
     seq = signed.get("seq", "?")
     kind = signed.get("type")
-    if kind not in _FIELDS:
+    if not isinstance(kind, str) or kind not in _FIELDS:
         raise _fail(MalformedStatement, seq, f"unknown entry type {str(kind)[:40]!r}")
     if set(signed) != _FIELDS[kind]:
         missing, extra = _FIELDS[kind] - set(signed), set(signed) - _FIELDS[kind]
@@ -337,7 +342,8 @@ def _check_shape(signed: Mapping[str, Any]) -> None:
     if signed["format"] != wanted_format:
         raise _fail(MalformedStatement, seq, f"format must be {wanted_format}")
     _int(signed, "seq")
-    _int(signed, "created_ms")
+    if _int(signed, "created_ms", minimum=1) >= MAX_TIME_MS:
+        raise _fail(MalformedStatement, seq, "created_ms is beyond any plausible date")
     prev = signed["prev"]
     if not isinstance(prev, str) or len(prev) != 64 or any(c not in "0123456789abcdef" for c in prev):
         raise _fail(MalformedStatement, seq, "prev must be 64 lowercase hex characters")
@@ -345,16 +351,18 @@ def _check_shape(signed: Mapping[str, Any]) -> None:
         _root_shape(signed)
         return
     _str(signed["country"], seq, "country", COUNTRY_RE)
+    if signed["country"] == "ALL":
+        raise _fail(MalformedStatement, seq, "ALL is reserved and cannot be a member")
     if kind == "rotate-key":
-        if signed["kind"] not in {k.value for k in KeyKind}:
+        if not isinstance(signed["kind"], str) or signed["kind"] not in {k.value for k in KeyKind}:
             raise _fail(MalformedStatement, seq, "kind must be signing, encryption or api")
         _public_key(KeyKind(signed["kind"]), signed["public_key"], seq)
-        if signed["retire"] != "" and len(str(signed["retire"])) != 32:
+        if signed["retire"] != "" and not _is_key_id(signed["retire"]):
             raise _fail(MalformedStatement, seq, "retire is the key id being replaced, or empty")
         _int(signed, "overlap_ms")
     elif kind in ("revoke-key", "force-revoke-key"):
-        if not isinstance(signed["key_id"], str) or len(signed["key_id"]) != 32:
-            raise _fail(MalformedStatement, seq, "key_id is 32 hex characters")
+        if not _is_key_id(signed["key_id"]):
+            raise _fail(MalformedStatement, seq, "key_id is 32 lowercase hex characters")
     elif kind == "enrol-member":
         _member_shape(signed["member"], seq)
     elif kind == "recover-member":
@@ -528,11 +536,13 @@ def requirements(state: DirectoryState | None, entry: Entry) -> Requirement:
             return Requirement((), 0, must_sign=tuple(sorted(pop)))
         new_quorum = Quorum(signed["quorum"]["numerator"], signed["quorum"]["denominator"])
         voters = _voters(state)
+        known = {(c, k.key_id) for c, m in state.members.items() for k in m.keys}
         return Requirement(
             voters,
             state.quorum.size(len(voters)),
             also_new_root=new_voters,
             needed_new_root=new_quorum.size(len(new_voters)),
+            must_sign=tuple(sorted(p for p in pop if p not in known)),  # a new key proves possession
         )
     assert state is not None
     country = signed["country"]
@@ -643,6 +653,7 @@ def genesis(data: bytes) -> DirectoryState:
     gaps = missing(None, entry)
     if gaps:
         raise _fail(QuorumNotMet, 0, "; ".join(gaps))
+    _check_root_keys(None, entry)
     return _state_from_root(entry, entry_hash(data))
 
 
@@ -688,6 +699,13 @@ def check(state: DirectoryState, entry: Entry) -> None:
     _check_semantics(state, entry)
 
 
+def check_date(entry: Entry, now_ms: int, skew_ms: int) -> None:
+    """Refuse an entry dated in the future: a far-future date would hold back every later
+    entry (a revocation takes effect only at its own date, which must follow it)."""
+    if int(entry.signed["created_ms"]) > now_ms + skew_ms:
+        raise _fail(InvalidStatement, entry.seq, "it is dated in the future; check the signer's clock")
+
+
 def apply(state: DirectoryState, data: bytes) -> DirectoryState:
     """Verify the entry that follows `state` and return the new state; raise naming what failed."""
     entry = parse_entry(data)
@@ -708,6 +726,7 @@ def apply(state: DirectoryState, data: bytes) -> DirectoryState:
 def _check_semantics(state: DirectoryState, entry: Entry) -> None:
     signed, seq = entry.signed, entry.seq
     if entry.type == "root":
+        _check_root_keys(state, entry)
         return
     country = signed["country"]
     member = state.members.get(country)
@@ -741,6 +760,21 @@ def _check_semantics(state: DirectoryState, entry: Entry) -> None:
             raise _fail(InvalidStatement, seq, f"{signed['key_id']} is not an unrevoked key of {country}")
     elif entry.type == "recover-member":
         _check_unused(state, {k.key_id for k in _keys(signed["keys"], seq).values()}, seq)
+
+
+def _check_root_keys(state: DirectoryState | None, entry: Entry) -> None:
+    """Every key in a root belongs to one member only, and never to another member before."""
+    owners: dict[str, str] = {}
+    for code, body in entry.signed["members"].items():
+        for key in _keys(body["keys"], entry.seq).values():
+            if owners.setdefault(key.key_id, code) != code or (
+                state is not None
+                and any(k.key_id == key.key_id for c, m in state.members.items() if c != code for k in m.keys)
+            ):
+                raise _fail(
+                    InvalidStatement, entry.seq, f"key {key.key_id} is listed for more than one member"
+                )
+            owners[key.key_id] = code
 
 
 def _check_unused(state: DirectoryState, key_ids: set[str], seq: int) -> None:
