@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -11,9 +14,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from msmt.core.logleaf import LogIdentity, LogSigner
+
 from .api import admin, directory, governance, inbox, items, preflight
+from .api import log as log_api
 from .api.deps import BodyLimit, BrokerState, wall_clock_ms
 from .problems import PROBLEM_MEDIA_TYPE, Problem
+from .services.log import Integrator
 from .settings import Settings
 from .store.db import make_engine, make_sessionmaker
 
@@ -68,19 +75,56 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    broker: BrokerState = app.state.broker
+    broker.log.start(broker.settings.log_sweep_interval_s)
+    try:
+        yield
+    finally:
+        broker.log.stop()
+
+
+def load_log_signer(settings: Settings) -> LogSigner | None:
+    """The log key from `log_key_file`; without one, checkpoints are not signed (and clients
+    that pinned a log in their root refuse to trust the log)."""
+    if not settings.log_key_file:
+        log.warning("no MSMT_LOG_KEY_FILE: the transparency log's checkpoints will not be signed")
+        return None
+    seed = base64.b64decode(Path(settings.log_key_file).read_text().strip(), validate=True)
+    return LogSigner.from_seed(settings.log_origin, seed)
+
+
 def create_app(settings: Settings | None = None, clock: Callable[[], int] | None = None) -> FastAPI:
     settings = settings or Settings()
     engine = make_engine(settings.database_url)
     app = FastAPI(
+        lifespan=_lifespan,
         title="MSMT Broker",
         version="1",
         summary="Verifies, policy-checks and fans out signed, end-to-end encrypted sanctions-monitoring reports.",
     )
-    app.state.broker = BrokerState(settings, make_sessionmaker(engine), clock or wall_clock_ms)
+    sessions = make_sessionmaker(engine)
+    broker = BrokerState(settings, sessions, clock or wall_clock_ms)
+
+    def pinned_log() -> LogIdentity | None:
+        with sessions() as session:
+            directory = broker.registry.get(session).directory
+        return None if directory is None else LogIdentity.from_root_extra(directory.extra)
+
+    broker.integrator = Integrator(
+        sessions,
+        load_log_signer(settings),
+        broker.clock,
+        identity=pinned_log,
+        witness_urls=settings.witness_map(),
+        witness_timeout_s=settings.witness_timeout_s,
+    )
+    app.state.broker = broker
     app.state.engine = engine
     _install_error_handlers(app)
     app.add_middleware(BodyLimit, settings=settings)
-    for module in (items, inbox, directory, governance, preflight, admin):
+    for module in (items, inbox, directory, governance, log_api, preflight, admin):
         app.include_router(module.router)
 
     @app.get("/v1/health", tags=["health"])

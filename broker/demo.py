@@ -15,12 +15,15 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,8 +47,11 @@ from msmt.core import (
 )
 from msmt.core import governance as gov
 from msmt.core.errors import GovernanceError
+from msmt.core.logleaf import LogIdentity, LogSigner
+from msmt.core.note import Ed25519Cosigner
 from msmt.errors import PolicyRefused
 from msmt.trust import TrustStore, root_fingerprint
+from msmt.witness import Witness, WitnessState, make_server
 
 from . import cli
 from .store.db import make_engine
@@ -75,6 +81,7 @@ AGREEMENTS = [  # originator, recipient, ceiling, topics (None = all)
     ("USA", "GBR", "SECRET", None),
 ]
 AUDIENCE = "msmt-demo-broker"
+LOG_ORIGIN = "msmt-demo-broker/log"
 COLLATERAL = "not delivered: the whole submission was refused (nothing is stored on refusal)"
 PASSPHRASE_ENV = "MSMT_DEMO_PASSPHRASE"  # noqa: S105 - the name of a variable, not a secret
 
@@ -162,7 +169,7 @@ def run_demo(workdir: Path) -> int:
     )
 
     say("\n== 2. The founders sign the root of the member-governed directory ==")
-    stores = _found_directory(workdir, agencies, base_args)
+    stores, witness_urls = _found_directory(workdir, agencies, base_args)
     for originator, recipient, ceiling, topics in AGREEMENTS:
         _cli(
             [
@@ -184,7 +191,7 @@ def run_demo(workdir: Path) -> int:
     _cli([*base_args, "list", "agreements"])
 
     say("\n== 3. Start the broker server (a separate process) ==")
-    with _server(db_url, workdir) as base_url:
+    with _server(db_url, workdir, witness_urls) as base_url:
         say(f"broker listening on {base_url}")
         clients = {
             code: Client(base_url, keys, trust=stores[code], audience=AUDIENCE)
@@ -195,10 +202,23 @@ def run_demo(workdir: Path) -> int:
             _operator_key_swap(workdir, db_url, base_url, clients)
             outcomes = _exchange(agencies, clients)
             _receive(clients)
+            checkpoint = clients["KOR"].log_checkpoint()
+            note = clients["KOR"].trust.checkpoint_note or b""
+            cosigned = [c for c in ("KOR", "USA", "JPN") if f" witness.{c.lower()}.example " in note.decode()]
+            say(
+                "  every receipt and every delivery above was proven to be in the transparency log, under "
+                f"a checkpoint of {checkpoint.size} entries (root {checkpoint.root_hash.hex()[:16]}…) signed "
+                f"with the log key the members pinned and cosigned by the witnesses of {', '.join(cosigned)}"
+            )
             for outcome in outcomes:
                 if outcome.item_id:
                     status = clients[outcome.originator].status(outcome.item_id)
                     outcome.delivered = {d["recipient"]: d["state"] for d in status["deliveries"]}
+                    proofs = clients[outcome.originator].delivery_proofs(outcome.item_id)
+                    signed = sorted(r for r, p in proofs.items() if p == "signed")
+                    say(
+                        f"  {outcome.originator} holds signed delivery receipts for {outcome.title!r} from {', '.join(signed)}"
+                    )
         finally:
             for client in clients.values():
                 client.close()
@@ -209,7 +229,7 @@ def run_demo(workdir: Path) -> int:
 
 def _found_directory(
     workdir: Path, agencies: dict[str, AgencyKeys], base_args: list[str]
-) -> dict[str, TrustStore]:
+) -> tuple[dict[str, TrustStore], str]:
     """The founders list themselves and their keys, each signs, each pins; the broker installs it."""
     now = int(time.time() * 1000)
     members = {
@@ -225,7 +245,18 @@ def _found_directory(
         )
         for code, (name, groups) in MEMBERS.items()
     }
-    entry = gov.Entry(gov.root_statement(members, now), ())
+    # The operator made the log key at init; its verifier keys go into the root the members
+    # sign, so a checkpoint is trusted only under the key the members pinned.
+    log_seed = secrets.token_bytes(64)
+    log_key = workdir / "broker-keys" / "log.key"
+    log_key.write_text(base64.b64encode(log_seed).decode())
+    log_key.chmod(0o600)
+    identity = LogSigner.from_seed(LOG_ORIGIN, log_seed).identity()
+    # Three members run a witness; the root requires two of them to cosign every checkpoint a
+    # client relies on.
+    witnesses = _start_witnesses(workdir, identity)
+    identity = identity.with_witnesses([(c, w.vkeys[0]) for c, (w, _) in witnesses.items()], threshold=2)
+    entry = gov.Entry(gov.root_statement(members, now, extra={"log": identity.to_root_extra()}), ())
     for code, agency in agencies.items():
         entry = entry.with_signature(gov.sign(entry.signed, code, agency.signing))
     root = entry.to_bytes()
@@ -233,6 +264,8 @@ def _found_directory(
     say("  11 founders listed with their keys; quorum for changes: 2/3 of the active members (8 of 11)")
     say(f"  each founder signed the same root: {', '.join(agencies)}")
     say(f"  root fingerprint, read aloud between the founders: {fingerprint}")
+    say(f"  the root also pins the broker's transparency log ({LOG_ORIGIN}): Ed25519 + ML-DSA-65 keys,")
+    say(f"  and the member witnesses of {', '.join(witnesses)} (msmt witness), 2 of which must cosign")
     stores = {}
     for code in agencies:
         stores[code] = TrustStore.pin(
@@ -242,7 +275,21 @@ def _found_directory(
     path = workdir / "root.json"
     path.write_bytes(root)
     _cli([*base_args, "directory", "install", str(path)])
-    return stores
+    urls = ";".join(f"{w.name}={url}" for w, url in witnesses.values())
+    return stores, urls
+
+
+def _start_witnesses(workdir: Path, identity: LogIdentity) -> dict[str, tuple[Witness, str]]:
+    """KOR, USA and JPN each run `msmt witness` (here as threads of the demo process)."""
+    started = {}
+    for code in ("KOR", "USA", "JPN"):
+        cosigner = Ed25519Cosigner.from_seed(f"witness.{code.lower()}.example", secrets.token_bytes(32))
+        state = WitnessState(workdir / f"witness-{code}.db")
+        witness = Witness(cosigner.name, cosigner, {identity.origin: identity.verifiers()}, state)
+        server = make_server(witness, "127.0.0.1", 0)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        started[code] = (witness, f"http://127.0.0.1:{server.server_address[1]}")
+    return started
 
 
 def _rotate(agencies: dict[str, AgencyKeys], clients: dict[str, Client]) -> None:
@@ -395,21 +442,26 @@ def _exchange(agencies: dict[str, AgencyKeys], clients: dict[str, Client]) -> li
 
 
 def _receive(clients: dict[str, Client]) -> None:
-    say("\n== 5. Every partner polls, verifies (signature against the directory), decrypts, acknowledges ==")
+    say(
+        "\n== 5. Every partner polls, verifies (signature against the members' directory, entry in the log),"
+        " decrypts, and signs a delivery receipt =="
+    )
     for code, client in clients.items():
         page = client.inbox(after=0, limit=100)
         if not page.deliveries:
             say(f"  {code}: inbox empty")
             continue
+        received_items = []
         for delivery in page.deliveries:
             received = client.open(delivery)
+            received_items.append(received)
             header = received.opened.header
             say(
                 f"  {code}: #{delivery.seq} from {header.originator} "
                 f"[{header.markings.classification}/TLP:{header.markings.tlp}] {header.content_type}: "
                 f'"{_summary(header.content_type, received.payload)}"'
             )
-        client.acknowledge(d.seq for d in page.deliveries)
+        client.confirm(received_items)  # signed receipts ("received and verified"), then acknowledged
 
 
 def _summary(content_type: str, payload: bytes) -> str:
@@ -460,8 +512,8 @@ def _cli(args: list[str], quiet: bool = False) -> None:
 
 
 class _server:
-    def __init__(self, db_url: str, workdir: Path) -> None:
-        self.db_url, self.workdir = db_url, workdir
+    def __init__(self, db_url: str, workdir: Path, witness_urls: str = "") -> None:
+        self.db_url, self.workdir, self.witness_urls = db_url, workdir, witness_urls
 
     def __enter__(self) -> str:
         import socket
@@ -469,7 +521,15 @@ class _server:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        env = {**os.environ, "MSMT_DATABASE_URL": self.db_url, "MSMT_AUDIENCE": AUDIENCE}
+        env = {
+            **os.environ,
+            "MSMT_DATABASE_URL": self.db_url,
+            "MSMT_AUDIENCE": AUDIENCE,
+            "MSMT_LOG_ORIGIN": LOG_ORIGIN,
+            "MSMT_LOG_KEY_FILE": str(self.workdir / "broker-keys" / "log.key"),
+            "MSMT_WITNESS_URLS": self.witness_urls,
+            "MSMT_LOG_SWEEP_INTERVAL_S": "0.1",
+        }
         self.log = open(self.workdir / "broker.log", "wb")
         self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             [sys.executable, "-m", "broker.cli", "serve", "--port", str(port), "--log-level", "warning"],

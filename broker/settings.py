@@ -21,3 +21,18 @@ class Settings(BaseSettings):
     inbox_max_limit: int = 1000
     inbox_max_wait_s: float = 30.0
     inbox_poll_interval_s: float = 0.2
+    # The transparency log. The key file holds 64 bytes (Ed25519 key, ML-DSA-65 seed) in
+    # base64 (mode 0600); its verifier keys go into the members' root (`extra.log`).
+    log_origin: str = "msmt-broker/log"
+    log_key_file: str | None = None
+    # How long a submission waits for the integrator before answering 202 (still durable).
+    log_settle_timeout_s: float = 10.0
+    log_sweep_interval_s: float = 0.5
+    # Where to reach the member witnesses the root names: "name=https://url;name=https://url".
+    # Which witnesses count, and how many, is the members' root's decision, not this setting's.
+    witness_urls: str = ""
+    witness_timeout_s: float = 5.0
+
+    def witness_map(self) -> dict[str, str]:
+        pairs = (part.split("=", 1) for part in self.witness_urls.split(";") if "=" in part)
+        return {name.strip(): url.strip() for name, url in pairs}

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..problems import PROBLEM_MEDIA_TYPE, Problem, forbidden, unauthorized
 from ..services.auth import Caller, authenticate
+from ..services.log import Integrator
 from ..services.registry import RegistryCache
 from ..settings import Settings
 
@@ -29,6 +30,12 @@ class BrokerState:
     sessions: sessionmaker[Session]
     clock: Callable[[], int] = field(default=wall_clock_ms)
     registry: RegistryCache = field(default_factory=RegistryCache)
+    integrator: Integrator | None = None
+
+    @property
+    def log(self) -> Integrator:
+        assert self.integrator is not None
+        return self.integrator
 
 
 def get_state(request: Request) -> BrokerState:
@@ -92,7 +99,9 @@ class BodyLimit:
 
     Envelope submissions may be up to `max_envelope_bytes`; every other body (JSON, policy
     documents) up to `max_json_bytes`. A declared Content-Length over the limit is refused
-    at once; a streamed body is counted and refused when it passes the limit.
+    at once; a streamed (chunked) body is counted and refused when it passes the limit, with
+    the same 413 `body-too-large`, whoever reads it: a route's own `read_body`, or the
+    framework parsing a JSON body (which would otherwise turn the refusal into a 400).
     """
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
@@ -110,17 +119,38 @@ class BodyLimit:
                 await _send_problem(send, BodyTooLarge(limit), scope["path"])
                 return
         seen = 0
+        too_large: BodyTooLarge | None = None
+        started = replaced = False
 
         async def counted() -> Message:
-            nonlocal seen
+            nonlocal seen, too_large
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise BodyTooLarge(limit)
+                    too_large = BodyTooLarge(limit)
+                    raise too_large
             return message
 
-        await self.app(scope, counted, send)
+        async def guarded(message: Message) -> None:
+            # Once the body went over the limit, whatever the app answers becomes the 413.
+            nonlocal started, replaced
+            if too_large is not None and not started:
+                if not replaced:
+                    replaced = True
+                    await _send_problem(send, too_large, scope["path"])
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted, guarded)
+        except BodyTooLarge as exc:
+            if started:
+                raise
+            if not replaced:
+                await _send_problem(send, exc, scope["path"])
 
 
 async def _send_problem(send: Send, problem: Problem, path: str) -> None:

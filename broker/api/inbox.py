@@ -8,6 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 
+from msmt.core import canonical
+from msmt.core.errors import MsmtError
+
+from ..problems import invalid
 from ..services import inbox as inbox_service
 from . import schemas
 from .deps import CountryDep, StateDep
@@ -51,5 +55,27 @@ async def acknowledge(body: schemas.AckRequest, caller: CountryDep, state: State
             return schemas.AckResult(
                 **inbox_service.acknowledge(session, caller.owner, body.seqs, state.clock())
             )
+
+    return await run_in_threadpool(run)
+
+
+@router.post("/receipts", response_model=schemas.ReceiptsResult, responses=PROBLEMS)
+async def add_receipts(
+    body: schemas.ReceiptsIn, caller: CountryDep, state: StateDep
+) -> schemas.ReceiptsResult:
+    """Signed delivery receipts ("received and verified item X as my entry n"), kept, logged
+    and shown to each item's originator as proof of delivery. All or none."""
+    from ..store.db import transaction
+
+    try:
+        receipts = [canonical.b64decode(r, "receipt") for r in body.receipts]
+    except MsmtError as exc:
+        raise invalid("bad-receipt", exc.detail) from exc
+
+    def run() -> schemas.ReceiptsResult:
+        with transaction(state.sessions) as session:
+            registry = state.registry.get(session)
+            result = inbox_service.add_receipts(session, registry, caller.owner, receipts, state.clock())
+            return schemas.ReceiptsResult(**result)
 
     return await run_in_threadpool(run)

@@ -24,7 +24,11 @@ ItemId = Annotated[
     "",
     status_code=201,
     response_model=schemas.Receipt,
-    responses={200: {"model": schemas.Receipt, "description": "identical re-submission"}, **PROBLEMS},
+    responses={
+        200: {"model": schemas.Receipt, "description": "identical re-submission"},
+        202: {"model": schemas.Receipt, "description": "stored; the log has not integrated it yet"},
+        **PROBLEMS,
+    },
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -35,13 +39,25 @@ ItemId = Annotated[
 async def submit_item(
     request: Request, response: Response, caller: CountryDep, state: StateDep
 ) -> schemas.Receipt:
-    """Submit a sealed envelope (docs/protocol.md). 201 when stored, 200 for an identical re-submission."""
+    """Submit a sealed envelope (docs/protocol.md). 201 when stored and in the log, 200 for an
+    identical re-submission, 202 when stored but not yet integrated into the log (the item is
+    durably accepted; its log index and inbox numbers follow)."""
     data = await read_body(request, state.settings.max_envelope_bytes)
     receipt = await run_in_threadpool(
         submit_service.submit, state.sessions, state.registry, state.settings, caller, data, state.clock()
     )
+
+    def settle() -> submit_service.Receipt:
+        state.log.settle_item(receipt.item_id, state.settings.log_settle_timeout_s)
+        with state.sessions() as session:
+            return submit_service.receipt_for(session, receipt.item_id, created=receipt.created)
+
+    if receipt.log_index is None:
+        receipt = await run_in_threadpool(settle)
     if not receipt.created:
         response.status_code = 200
+    elif receipt.log_index is None:
+        response.status_code = 202
     return schemas.Receipt(**receipt.to_dict())
 
 

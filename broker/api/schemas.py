@@ -18,11 +18,17 @@ class ProblemBody(BaseModel):
     detail: str
 
 
+class ReceiptDelivery(BaseModel):
+    recipient: str
+    seq: int | None  # the recipient's inbox number, once the log integrated the item
+
+
 class Receipt(BaseModel):
     item_id: str
-    log_index: int
+    log_index: int | None  # None (with status 202) when the log had not integrated it in time
     received_ms: int
     recipients: list[str]
+    deliveries: list[ReceiptDelivery]
 
 
 class Delivery(BaseModel):
@@ -60,14 +66,26 @@ class AckResult(BaseModel):
 
 class DeliveryStatus(BaseModel):
     recipient: str
+    seq: int | None
     state: str
     created_ms: int
     acked_ms: int | None
+    receipt: str | None = None  # the recipient's signed delivery receipt (base64url), if it sent one
+
+
+class ReceiptsIn(Strict):
+    receipts: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,20000}$")]] = Field(
+        min_length=1, max_length=1000
+    )
+
+
+class ReceiptsResult(BaseModel):
+    accepted: int
 
 
 class ItemStatus(BaseModel):
     item_id: str
-    log_index: int
+    log_index: int | None
     received_ms: int
     deliveries: list[DeliveryStatus]
 
@@ -147,6 +165,22 @@ class DirectoryEntry(BaseModel):
 class Directory(BaseModel):
     countries: list[DirectoryEntry]
     generated_ms: int
+
+
+class CheckpointOut(BaseModel):
+    size: int
+    root: str
+    note: str  # the signed note exactly as signed: checkpoint text, blank line, signature lines
+
+
+class ProofOut(BaseModel):
+    proof: list[str]
+
+
+class LeafOut(BaseModel):
+    index: int
+    kind: str
+    leaf: str
 
 
 class ChainHead(BaseModel):

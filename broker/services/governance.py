@@ -23,10 +23,12 @@ from msmt.core.errors import BrokenChain, GovernanceError, MsmtError, QuorumNotM
 from ..problems import Problem, conflict, invalid, not_found
 from ..store import queries
 from ..store.models import Country, DirectoryEntry, GovernanceProposal, GroupMember, InboxCounter, Key
+from . import log as log_service
 from . import policy as policy_service
 
 log = logging.getLogger("msmt.broker.governance")
 MAX_PAGE = 1000
+FUTURE_SKEW_MS = 5 * 60 * 1000
 
 
 def _problem(exc: MsmtError) -> Problem:
@@ -112,6 +114,7 @@ def _append(
             applied_ms=now_ms,
         )
     )
+    log_service.stage(session, "directory", str(after.seq), now_ms)
     changed = sorted(after.members) if entry.type == "root" else [str(country)]
     for code in changed:
         _materialize(session, after.members[code], now_ms)
@@ -249,6 +252,7 @@ def _settle(
     try:
         gov.parse_entry(data)
         gov.check(state, entry)  # nothing inapplicable is ever stored, even as a proposal
+        gov.check_date(entry, now_ms, FUTURE_SKEW_MS)
         gaps = gov.missing(state, entry)
         if not gaps:
             after = gov.apply(state, data)

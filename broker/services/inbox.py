@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
+
+from msmt.core import canonical, errors
+from msmt.core.receipt import parse_receipt, verify_receipt
 
 from ..problems import invalid, not_found
 from ..store import queries
-from ..store.models import Delivery, Item
+from ..store.models import Delivery, DeliveryReceiptRow, Item
+from . import log as log_service
+from .registry import Registry, signing_public_key
 
 
 def delivery_view(delivery: Delivery, item: Item) -> dict[str, Any]:
@@ -46,6 +52,55 @@ def acknowledge(session: Session, recipient: str, seqs: list[int], now_ms: int) 
     return {"acknowledged": sorted(set(seqs))}
 
 
+def add_receipts(
+    session: Session, registry: Registry, recipient: str, receipts: list[bytes], now_ms: int
+) -> dict[str, Any]:
+    """Keep each signed delivery receipt that matches one of `recipient`'s deliveries; refuse
+    the whole batch (nothing kept) if any does not."""
+    accepted = 0
+    for data in receipts:
+        try:
+            receipt, key_id, _ = parse_receipt(data)
+        except errors.BadReceipt as exc:
+            raise invalid(exc.code, exc.detail) from exc
+        if receipt.recipient != recipient:
+            raise invalid(
+                "bad-receipt", f"{recipient} may only sign its own receipts, not {receipt.recipient}'s"
+            )
+        delivery = queries.delivery(session, receipt.item_id, recipient)
+        item = session.get(Item, receipt.item_id)
+        if delivery is None or item is None or delivery.seq != receipt.seq:
+            raise invalid(
+                "unknown-delivery", f"{receipt.item_id} is not entry {receipt.seq} of {recipient}'s inbox"
+            )
+        if receipt.envelope_sha256 != item.envelope_sha256 or receipt.log_index != item.log_index:
+            raise invalid(
+                "bad-receipt", f"the receipt for {receipt.item_id} describes other bytes or another log entry"
+            )
+        key = registry.usable_key(key_id, now_ms, "signing", owner=recipient)
+        if key is None:
+            raise invalid("bad-receipt", f"{key_id} is not a current signing key of {recipient}")
+        try:
+            verify_receipt(data, signing_public_key(key.raw))
+        except errors.BadReceipt as exc:
+            raise invalid(exc.code, exc.detail) from exc
+        stored = session.get(DeliveryReceiptRow, (receipt.item_id, recipient))
+        if stored is None:
+            session.add(
+                DeliveryReceiptRow(
+                    item_id=receipt.item_id,
+                    recipient=recipient,
+                    seq=receipt.seq,
+                    data=data,
+                    created_ms=now_ms,
+                )
+            )
+            session.flush()
+            log_service.stage(session, "receipt", f"{receipt.item_id}:{recipient}", now_ms)
+            accepted += 1
+    return {"accepted": accepted}
+
+
 def item_for(session: Session, caller: str, item_id: str) -> Item:
     """The item if `caller` originated it or is one of its recipients; otherwise 404."""
     item = session.get(Item, item_id)
@@ -58,12 +113,25 @@ def item_status(session: Session, caller: str, item_id: str, is_admin: bool) -> 
     item = session.get(Item, item_id)
     if item is None or (item.originator != caller and not is_admin):
         raise not_found("unknown-item", f"no item {item_id} originated by {caller}")
+    receipts = {
+        r.recipient: r.data
+        for r in session.scalars(select(DeliveryReceiptRow).where(DeliveryReceiptRow.item_id == item_id))
+    }
     return {
         "item_id": item_id,
         "log_index": item.log_index,
         "received_ms": item.received_ms,
         "deliveries": [
-            {"recipient": d.recipient, "state": d.state, "created_ms": d.created_ms, "acked_ms": d.acked_ms}
+            {
+                "recipient": d.recipient,
+                "seq": d.seq,
+                "state": d.state,
+                "created_ms": d.created_ms,
+                "acked_ms": d.acked_ms,
+                "receipt": None
+                if d.recipient not in receipts
+                else canonical.b64encode(receipts[d.recipient]),
+            }
             for d in queries.deliveries_of_item(session, item_id)
         ],
     }

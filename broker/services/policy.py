@@ -40,6 +40,7 @@ from ..store.models import (
     Item,
     PolicyVersion,
 )
+from . import log as log_service
 
 LADDER_SETTING = "ladder"
 
@@ -111,6 +112,8 @@ def snapshot_version(session: Session, version: int, actor: str, change: str, no
             sha256=hashlib.sha256(text.encode()).hexdigest(),
         )
     )
+    session.flush()
+    log_service.stage(session, "policy", str(version), now_ms)  # every policy version is logged
 
 
 def plan_document(session: Session, proposed: PolicyDocument, *, with_access: bool = True) -> Plan:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from msmt.core import canonical, check_freshness, errors, parse, verify
+from msmt.core import check_freshness, errors, parse, verify
 from msmt.core.envelope import Envelope
 from msmt.core.policy import evaluate
 
@@ -19,6 +19,7 @@ from ..settings import Settings
 from ..store import queries
 from ..store.db import transaction
 from ..store.models import Delivery, Item
+from . import log as log_service
 from .auth import Caller
 from .registry import Registry, RegistryCache, signing_public_key
 
@@ -26,10 +27,11 @@ from .registry import Registry, RegistryCache, signing_public_key
 @dataclass(frozen=True)
 class Receipt:
     item_id: str
-    log_index: int
+    log_index: int | None  # None until the log integrated it
     received_ms: int
     recipients: tuple[str, ...]
     created: bool  # False when this answers an identical re-submission
+    seqs: dict[str, int | None] = field(default_factory=dict)  # each recipient's inbox number
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -37,6 +39,7 @@ class Receipt:
             "log_index": self.log_index,
             "received_ms": self.received_ms,
             "recipients": list(self.recipients),
+            "deliveries": [{"recipient": r, "seq": self.seqs.get(r)} for r in self.recipients],
         }
 
 
@@ -45,9 +48,19 @@ def envelope_problem(exc: errors.EnvelopeError) -> Problem:
     return Problem(status, exc.code, "Envelope rejected", exc.detail)
 
 
-def leaf_data(item_id: str, envelope_sha256: str) -> bytes:
-    """What the transparency log commits to for an accepted item (RFC 9162 leaf input)."""
-    return canonical.encode({"kind": "item", "item_id": item_id, "envelope_sha256": envelope_sha256})
+def receipt_for(session: Session, item_id: str, *, created: bool) -> Receipt:
+    """The receipt as the store holds it now (log index and inbox numbers once integrated)."""
+    item = session.get(Item, item_id)
+    assert item is not None
+    deliveries = queries.deliveries_of_item(session, item_id)
+    return Receipt(
+        item_id,
+        item.log_index,
+        item.received_ms,
+        tuple(d.recipient for d in deliveries),
+        created,
+        {d.recipient: d.seq for d in deliveries},
+    )
 
 
 def _existing(session: Session, item_id: str, digest: str) -> Receipt | None:
@@ -56,8 +69,7 @@ def _existing(session: Session, item_id: str, digest: str) -> Receipt | None:
         return None
     if item.envelope_sha256 != digest:
         raise conflict("item-id-conflict", f"item {item_id} was already submitted with different bytes")
-    recipients = tuple(d.recipient for d in queries.deliveries_of_item(session, item_id))
-    return Receipt(item_id, item.log_index, item.received_ms, recipients, created=False)
+    return receipt_for(session, item_id, created=False)
 
 
 def _verify_signature(registry: Registry, envelope: Envelope, now_ms: int) -> None:
@@ -154,29 +166,24 @@ def submit(
                     f"{len(refusals)} of {len(header.recipients)} recipients may not receive this item; nothing was stored",
                     recipients=refusals,
                 )
-            log_index = queries.append_log(
-                session,
-                "item",
-                header.item_id,
-                hashlib.sha256(b"\x00" + leaf_data(header.item_id, digest)).digest(),
-                now_ms,
-            )
-            session.add(_item_row(envelope, data, digest, log_index, now_ms, caller.key_id, registry.version))
+            # No global lock here: the log index and the inbox numbers are assigned when the
+            # integrator takes this item into the log (services/log.py).
+            session.add(_item_row(envelope, data, digest, now_ms, caller.key_id, registry.version))
             session.flush()
-            seqs = queries.reserve_inbox_seqs(session, header.recipient_countries)
             session.execute(
                 insert(Delivery),
                 [
                     {
                         "item_id": header.item_id,
                         "recipient": c,
-                        "seq": seqs[c],
+                        "seq": None,
                         "state": "pending",
                         "created_ms": now_ms,
                     }
                     for c in header.recipient_countries
                 ],
             )
+            log_service.stage(session, "item", header.item_id, now_ms)
     except IntegrityError:
         # A concurrent submission of the same item won the race: answer as a re-submission.
         with factory() as session:
@@ -184,14 +191,13 @@ def submit(
         if existing is None:
             raise
         return existing
-    return Receipt(header.item_id, log_index, now_ms, header.recipient_countries, created=True)
+    return Receipt(header.item_id, None, now_ms, header.recipient_countries, created=True)
 
 
 def _item_row(
     envelope: Envelope,
     data: bytes,
     digest: str,
-    log_index: int,
     now_ms: int,
     key_id: str,
     policy_version: int,
@@ -212,7 +218,7 @@ def _item_row(
         size=len(data),
         envelope_sha256=digest,
         envelope=data,
-        log_index=log_index,
+        log_index=None,
         submitted_with_key=key_id,
         policy_version=policy_version,
     )

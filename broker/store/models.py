@@ -119,7 +119,9 @@ class Item(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     envelope_sha256: Mapped[str] = mapped_column(String(64))
     envelope: Mapped[bytes] = mapped_column(LargeBinary)  # exactly as received
-    log_index: Mapped[int] = mapped_column(BigInteger, unique=True)
+    log_index: Mapped[int | None] = mapped_column(
+        BigInteger, unique=True, nullable=True
+    )  # set by the integrator
     submitted_with_key: Mapped[str] = mapped_column(String(32))
     policy_version: Mapped[int | None] = mapped_column(
         BigInteger, nullable=True
@@ -145,7 +147,7 @@ class Delivery(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     item_id: Mapped[str] = mapped_column(ForeignKey("items.item_id"))
     recipient: Mapped[str] = mapped_column(String(3))
-    seq: Mapped[int] = mapped_column(BigInteger)
+    seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # set by the integrator
     state: Mapped[str] = mapped_column(String(16))  # pending | acknowledged
     created_ms: Mapped[int] = mapped_column(BigInteger)
     acked_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
@@ -176,6 +178,64 @@ class LogEntry(Base):
     kind: Mapped[str] = mapped_column(String(16))  # item (key and policy changes come later)
     ref: Mapped[str] = mapped_column(String(64))
     leaf_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    leaf: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # the leaf's canonical bytes
+
+
+class LogPending(Base):
+    """Accepted, durably committed, not yet in the log: the integrator's queue."""
+
+    __tablename__ = "log_pending"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    kind: Mapped[str] = mapped_column(String(16))  # item | directory | policy
+    ref: Mapped[str] = mapped_column(String(64))  # item id, directory seq, policy version
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class LogNode(Base):
+    """The hash of every perfect subtree: level 0 is the leaves. Proofs read O(log n) rows."""
+
+    __tablename__ = "log_nodes"
+
+    level: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    idx: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    hash: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class DeliveryReceiptRow(Base):
+    """A recipient's signed "received and verified item X as my inbox entry n"."""
+
+    __tablename__ = "delivery_receipts"
+
+    item_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    recipient: Mapped[str] = mapped_column(String(3), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    data: Mapped[bytes] = mapped_column(LargeBinary)  # exactly as signed
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class CheckpointCosignature(Base):
+    """A member witness's cosignature line (c2sp.org/tlog-cosignature) on a checkpoint."""
+
+    __tablename__ = "checkpoint_cosignatures"
+
+    size: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    witness: Mapped[str] = mapped_column(String(200), primary_key=True)
+    line: Mapped[str] = mapped_column(Text)
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class CheckpointRow(Base):
+    """Every checkpoint the log signed (C2SP signed note), one per integration batch."""
+
+    __tablename__ = "checkpoints"
+
+    size: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    root: Mapped[bytes] = mapped_column(LargeBinary)
+    note: Mapped[str] = mapped_column(Text)
     created_ms: Mapped[int] = mapped_column(BigInteger)
 
 

@@ -14,30 +14,34 @@ import asyncio
 import random
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from .agency import AgencyKeys
 from .auth import mint_token
-from .core import Envelope, Markings, Opened, canonical, open_envelope, parse, seal
-from .core.errors import EnvelopeError, ForeignOwnKey
+from .core import Envelope, Markings, Opened, canonical, logleaf, open_envelope, parse, seal, verify
+from .core.errors import BadReceipt, EnvelopeError, ForeignOwnKey, LeafMismatch, NotWitnessed
+from .core.note import Checkpoint
+from .core.receipt import DeliveryReceipt, parse_receipt, sign_receipt, verify_receipt
 from .directory import Directory
 from .errors import BrokerError, BrokerUnavailable, ClientError, OriginatorControlled, PolicyRefused
 from .trust import TrustStore
 
 ENVELOPE_MEDIA_TYPE = "application/vnd.msmt.envelope"
 RETRYABLE_STATUS = {500, 502, 503, 504}
+WITNESS_WAITS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.5, 1.0, 1.0, 2.0, 2.0, 3.0)  # ~10 s for the witnesses
 ORCON = "ORCON"
 
 
 @dataclass(frozen=True)
 class Receipt:
     item_id: str
-    log_index: int
+    log_index: int | None  # None when the broker stored the item but had not logged it yet (202)
     received_ms: int
     recipients: tuple[str, ...]
+    seqs: dict[str, int | None] = field(default_factory=dict)  # each recipient's inbox number
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ class Received:
 
     delivery: Delivery
     opened: Opened
+    envelope_sha256: str = ""
 
     @property
     def payload(self) -> bytes:
@@ -144,6 +149,7 @@ class _ClientCore:
 
     def _chain_page(self, data: Any, served: list[tuple[int, bytes]]) -> tuple[int, str, bool]:
         """Collect one page of `/v1/directory/entries`; returns (head seq, head hash, complete)."""
+        before = len(served)
         try:
             head = data["head"]
             for item in data["entries"]:
@@ -153,15 +159,17 @@ class _ClientCore:
             seq, digest = int(head["seq"]), str(head["hash"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ClientError(f"the broker's directory answer is malformed: {exc}") from exc
-        return seq, digest, not served or served[-1][0] >= seq
+        # a page that adds nothing ends the walk: a broker announcing more than it serves is
+        # caught by the head check in TrustStore.update, not allowed to keep us looping
+        return seq, digest, len(served) == before or served[-1][0] >= seq
 
     def _store_directory(self, head_seq: int, head_hash: str, served: list[tuple[int, bytes]]) -> Directory:
         """Verify what the broker served against the pinned chain; only then use it."""
-        self._directory = Directory(self.trust.update(head_seq, head_hash, served))
-        self._directory_at = time.monotonic()
+        directory = Directory(self.trust.update(head_seq, head_hash, served))
         if self.check_own_keys:
-            self._check_own_keys(self._directory)
-        return self._directory
+            self._check_own_keys(directory)  # before caching: the alarm cannot be skipped
+        self._directory, self._directory_at = directory, time.monotonic()
+        return directory
 
     def _check_own_keys(self, directory: Directory) -> None:
         foreign = self.foreign_own_keys(directory)
@@ -181,6 +189,62 @@ class _ClientCore:
         now_ms = int(time.time() * 1000)
         # a revoked or expired key cannot be used against us (a recovered member's lost keys)
         return sorted(k.key_id for k in member.keys if k.key_id not in known and k.usable_at(now_ms))
+
+    # --- the transparency log: what we send and receive must be in it ------------------------
+
+    def _accept_checkpoint(self, data: Any, consistency: list[str] | None) -> Checkpoint:
+        identity = self.trust.log
+        assert identity is not None
+        note = str(data["note"]).encode()
+        proof = None if consistency is None else [canonical.b64decode(p, "proof") for p in consistency]
+        checkpoint = logleaf.accept_checkpoint(identity, note, self.trust.checkpoint(), proof)
+        self.trust.save_checkpoint(note)
+        return checkpoint
+
+    def _checkpoint_params(self) -> dict[str, int]:
+        identity = self.trust.log
+        return {"min_cosignatures": identity.threshold if identity else 0}
+
+    @staticmethod
+    def _not_yet_witnessed(index: int, checkpoint: Checkpoint, delay: float | None) -> float:
+        if delay is None:
+            raise NotWitnessed(
+                f"entry {index} is not yet under a checkpoint the members' witnesses cosigned "
+                f"(the newest covers {checkpoint.size} entries); try again later"
+            )
+        return delay
+
+    def _needs_consistency(self, data: Any) -> tuple[int, int] | None:
+        """(old size, new size) when the served checkpoint is larger than the one we hold."""
+        previous = self.trust.checkpoint()
+        size = int(data["size"])
+        return None if previous is None or size <= previous.size else (previous.size, size)
+
+    def _sent_leaf(self, receipt: Receipt, envelope: bytes) -> bytes:
+        """The leaf the log must hold for what we sent: every recipient we sealed for, each
+        with its inbox number (a receipt naming fewer recipients is refused)."""
+        header = parse(envelope).header
+        seqs = {r: receipt.seqs.get(r) for r in header.recipient_countries}
+        if receipt.item_id != header.item_id or any(n is None for n in seqs.values()):
+            raise LeafMismatch(
+                f"the broker's receipt for {header.item_id} does not give an inbox entry for every recipient "
+                f"({', '.join(header.recipient_countries)})"
+            )
+        numbered = {r: n for r, n in seqs.items() if n is not None}
+        return logleaf.item_leaf(header.item_id, logleaf.envelope_digest(envelope), self.country, numbered)
+
+    def _checked_received_leaf(self, received: Received, data: bytes, leaf: Any) -> bytes:
+        raw = canonical.b64decode(leaf["leaf"], "log leaf")
+        header = received.opened.header
+        logleaf.check_item_leaf(
+            raw,
+            item_id=header.item_id,
+            envelope=data,
+            originator=header.originator,
+            recipients=header.recipient_countries,
+            own=(self.country, received.delivery.seq),
+        )
+        return raw
 
     def _recipients(
         self, directory: Directory, markings: Markings, check: Preflight, recipients: Iterable[str] | None
@@ -237,7 +301,28 @@ class _ClientCore:
         envelope = parse(data)
         if envelope.header.item_id != delivery.item_id:
             raise ClientError(f"the broker returned another item for {delivery.item_id}")
-        return Received(delivery, self._open_with(directory, envelope, delivery.received_ms))
+        opened = self._open_with(directory, envelope, delivery.received_ms)
+        return Received(delivery, opened, logleaf.envelope_digest(data))
+
+    def _receipts(self, received: Iterable[Received]) -> list[str]:
+        """Signed "received and verified" receipts, one per item (not a statement that anyone read it)."""
+        now_ms = int(time.time() * 1000)
+        return [
+            canonical.b64encode(
+                sign_receipt(
+                    DeliveryReceipt(
+                        r.opened.header.item_id,
+                        r.envelope_sha256,
+                        self.country,
+                        r.delivery.seq,
+                        r.delivery.log_index,
+                        now_ms,
+                    ),
+                    self.keys.signing,
+                )
+            )
+            for r in received
+        ]
 
     def _open_with(self, directory: Directory, data: bytes | Envelope, accepted_ms: int) -> Opened:
         envelope = data if isinstance(data, Envelope) else parse(data)  # parsed once, then verified
@@ -264,7 +349,45 @@ class _ClientCore:
 
     @staticmethod
     def _receipt(data: dict[str, Any]) -> Receipt:
-        return Receipt(data["item_id"], data["log_index"], data["received_ms"], tuple(data["recipients"]))
+        seqs = {d["recipient"]: d["seq"] for d in data.get("deliveries", [])}
+        return Receipt(
+            data["item_id"], data["log_index"], data["received_ms"], tuple(data["recipients"]), seqs
+        )
+
+    def _delivery_proofs(
+        self, directory: Directory, status: dict[str, Any], envelope: bytes
+    ) -> dict[str, str]:
+        """Each recipient we sealed for: "signed" (a receipt that verifies under its key in the
+        members' directory and names this item and its inbox entry), "missing", or "no
+        delivery" when the broker shows none at all (withheld or deleted)."""
+        header = verify(envelope, self.keys.signing.public_key).header  # our own item, unaltered
+        if header.originator != self.country:
+            raise ClientError(f"item {header.item_id} was not sent by {self.country}")
+        shown = {d["recipient"] for d in status["deliveries"]}
+        proofs: dict[str, str] = {r: "no delivery" for r in header.recipient_countries if r not in shown}
+        for d in status["deliveries"]:
+            recipient, encoded = d["recipient"], d.get("receipt")
+            if encoded is None:
+                proofs[recipient] = "missing"
+                continue
+            data = canonical.b64decode(encoded, "receipt")
+            receipt, key_id, _ = parse_receipt(data)
+            key = directory.state.signing_key(recipient, key_id, receipt.created_ms)
+            if key is None or receipt.recipient != recipient or receipt.item_id != status["item_id"]:
+                raise BadReceipt(f"{recipient}'s receipt for {status['item_id']} is not one it signed for it")
+            verify_receipt(data, key)
+            if receipt.seq != d["seq"] or receipt.log_index != status["log_index"]:
+                raise BadReceipt(
+                    f"{recipient}'s receipt names inbox entry {receipt.seq}, the broker says {d['seq']}"
+                )
+            proofs[recipient] = "signed"
+        return proofs
+
+    @staticmethod
+    def _gaps(seqs: Iterable[int]) -> list[int]:
+        """Inbox numbers missing below the highest one seen: entries withheld or deleted."""
+        seen = set(seqs)
+        return [n for n in range(1, max(seen) + 1) if n not in seen] if seen else []
 
     @staticmethod
     def _page(data: dict[str, Any]) -> InboxPage:
@@ -337,11 +460,54 @@ class Client(_ClientCore):
         )
 
     def submit(self, envelope: bytes) -> Receipt:
-        """Submit sealed envelope bytes; safe to call again with the same bytes."""
+        """Submit sealed envelope bytes; safe to call again with the same bytes.
+
+        When the members' root pins a log, the receipt is checked to be in it: the log's leaf
+        for this item must be exactly what we sent, under a checkpoint consistent with every
+        one we verified before."""
         response = self._request(
             "POST", "/v1/items", content=envelope, headers={"Content-Type": ENVELOPE_MEDIA_TYPE}
         )
-        return self._receipt(response.json())
+        receipt = self._receipt(response.json())
+        if response.status_code != 200:  # 200 answers an identical re-submission
+            self.trust.record_sent(receipt.item_id)
+        if receipt.log_index is not None and self.trust.log is not None:
+            self.prove_included(receipt.log_index, self._sent_leaf(receipt, envelope))
+        return receipt
+
+    def _newer_checkpoint(self) -> Checkpoint:
+        try:
+            return self.log_checkpoint()
+        except BrokerError as exc:
+            if exc.code != "no-checkpoint":
+                raise
+            return Checkpoint("-", 0, bytes(32))  # none witnessed yet: wait like for a short one
+
+    def log_checkpoint(self) -> Checkpoint:
+        """The log's latest checkpoint, verified against the pinned log key and consistent
+        with the last one this agency accepted (which it then replaces on disk)."""
+        data = self._request("GET", "/v1/log/checkpoint", params=self._checkpoint_params()).json()
+        sizes = self._needs_consistency(data)
+        proof = None
+        if sizes is not None:
+            params = {"first": sizes[0], "second": sizes[1]}
+            proof = self._request("GET", "/v1/log/proof/consistency", params=params).json()["proof"]
+        return self._accept_checkpoint(data, proof)
+
+    def prove_included(self, index: int, leaf: bytes) -> Checkpoint:
+        """Check that `leaf` is entry `index` of the log, under a verified (and, when the root
+        asks for it, witnessed) checkpoint; wait a little for the witnesses to catch up."""
+        checkpoint = self.trust.checkpoint()
+        delays = iter(WITNESS_WAITS)
+        while checkpoint is None or index >= checkpoint.size:
+            checkpoint = self._newer_checkpoint()
+            if index < checkpoint.size:
+                break
+            time.sleep(self._not_yet_witnessed(index, checkpoint, next(delays, None)))
+        params = {"index": index, "size": checkpoint.size}
+        proof = self._request("GET", "/v1/log/proof/inclusion", params=params).json()["proof"]
+        logleaf.check_inclusion(leaf, index, checkpoint, [canonical.b64decode(p, "proof") for p in proof])
+        return checkpoint
 
     def send(
         self,
@@ -383,14 +549,16 @@ class Client(_ClientCore):
         return self._request("GET", f"/v1/items/{item_id}").content
 
     def open(self, delivery: Delivery) -> Received:
-        """Fetch, verify (signature against the directory) and decrypt one delivery."""
+        """Fetch, verify (signature against the directory, entry in the log) and decrypt one delivery."""
         data = self.fetch(delivery.item_id)
         try:
-            return self._open(self.directory(), delivery, data)
+            received = self._open(self.directory(), delivery, data)
         except EnvelopeError:
-            return self._open(
-                self.directory(refresh=True), delivery, data
-            )  # a key may be newer than the cache
+            received = self._open(self.directory(refresh=True), delivery, data)  # a key may be newer
+        if self.trust.log is not None:
+            leaf = self._request("GET", f"/v1/log/leaves/{delivery.log_index}").json()
+            self.prove_included(delivery.log_index, self._checked_received_leaf(received, data, leaf))
+        return received
 
     def open_bytes(self, data: bytes, *, accepted_ms: int) -> Opened:
         """Verify and decrypt envelope bytes, with signing keys as they stood at `accepted_ms`."""
@@ -402,9 +570,32 @@ class Client(_ClientCore):
         ]
         return acknowledged
 
+    def confirm(self, received: Iterable[Received]) -> list[int]:
+        """Send a signed delivery receipt for each verified item, then acknowledge them."""
+        items = list(received)
+        if not items:
+            return []
+        self._request("POST", "/v1/inbox/receipts", json={"receipts": self._receipts(items)})
+        return self.acknowledge(r.delivery.seq for r in items)
+
     def status(self, item_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._request("GET", f"/v1/items/{item_id}/status").json()
         return result
+
+    def delivery_proofs(self, item_id: str) -> dict[str, str]:
+        """Per recipient: "signed" when its verified delivery receipt is there, else "missing"."""
+        return self._delivery_proofs(self.directory(), self.status(item_id), self.fetch(item_id))
+
+    def inbox_gaps(self) -> list[int]:
+        """Walk the whole inbox: the entry numbers missing below the highest one."""
+        seqs: list[int] = []
+        after = 0
+        while True:
+            page = self.inbox(after, limit=1000)
+            seqs.extend(d.seq for d in page.deliveries)
+            if not page.deliveries:
+                return self._gaps(seqs)
+            after = page.cursor
 
     # --- governance: statements about members and keys, signed by members --------------------
 
@@ -499,7 +690,39 @@ class AsyncClient(_ClientCore):
         response = await self._request(
             "POST", "/v1/items", content=envelope, headers={"Content-Type": ENVELOPE_MEDIA_TYPE}
         )
-        return self._receipt(response.json())
+        receipt = self._receipt(response.json())
+        if response.status_code != 200:
+            self.trust.record_sent(receipt.item_id)
+        if receipt.log_index is not None and self.trust.log is not None:
+            await self.prove_included(receipt.log_index, self._sent_leaf(receipt, envelope))
+        return receipt
+
+    async def log_checkpoint(self) -> Checkpoint:
+        data = (await self._request("GET", "/v1/log/checkpoint", params=self._checkpoint_params())).json()
+        sizes = self._needs_consistency(data)
+        proof = None
+        if sizes is not None:
+            params = {"first": sizes[0], "second": sizes[1]}
+            proof = (await self._request("GET", "/v1/log/proof/consistency", params=params)).json()["proof"]
+        return self._accept_checkpoint(data, proof)
+
+    async def prove_included(self, index: int, leaf: bytes) -> Checkpoint:
+        checkpoint = self.trust.checkpoint()
+        delays = iter(WITNESS_WAITS)
+        while checkpoint is None or index >= checkpoint.size:
+            try:
+                checkpoint = await self.log_checkpoint()
+            except BrokerError as exc:
+                if exc.code != "no-checkpoint":
+                    raise
+                checkpoint = Checkpoint("-", 0, bytes(32))
+            if index < checkpoint.size:
+                break
+            await asyncio.sleep(self._not_yet_witnessed(index, checkpoint, next(delays, None)))
+        params = {"index": index, "size": checkpoint.size}
+        proof = (await self._request("GET", "/v1/log/proof/inclusion", params=params)).json()["proof"]
+        logleaf.check_inclusion(leaf, index, checkpoint, [canonical.b64decode(p, "proof") for p in proof])
+        return checkpoint
 
     async def send(
         self,
@@ -536,9 +759,13 @@ class AsyncClient(_ClientCore):
     async def open(self, delivery: Delivery) -> Received:
         data = await self.fetch(delivery.item_id)
         try:
-            return self._open(await self.directory(), delivery, data)
+            received = self._open(await self.directory(), delivery, data)
         except EnvelopeError:
-            return self._open(await self.directory(refresh=True), delivery, data)
+            received = self._open(await self.directory(refresh=True), delivery, data)
+        if self.trust.log is not None:
+            leaf = (await self._request("GET", f"/v1/log/leaves/{delivery.log_index}")).json()
+            await self.prove_included(delivery.log_index, self._checked_received_leaf(received, data, leaf))
+        return received
 
     async def open_bytes(self, data: bytes, *, accepted_ms: int) -> Opened:
         return self._open_with(await self.directory(), data, accepted_ms)
@@ -547,6 +774,13 @@ class AsyncClient(_ClientCore):
         response = await self._request("POST", "/v1/inbox/ack", json={"seqs": list(seqs)})
         acknowledged: list[int] = response.json()["acknowledged"]
         return acknowledged
+
+    async def confirm(self, received: Iterable[Received]) -> list[int]:
+        items = list(received)
+        if not items:
+            return []
+        await self._request("POST", "/v1/inbox/receipts", json={"receipts": self._receipts(items)})
+        return await self.acknowledge(r.delivery.seq for r in items)
 
     async def status(self, item_id: str) -> dict[str, Any]:
         result: dict[str, Any] = (await self._request("GET", f"/v1/items/{item_id}/status")).json()

@@ -17,9 +17,13 @@ from pathlib import Path
 
 from .core import governance as gov
 from .core.errors import DirectoryFork, DirectoryRollback, GovernanceError
+from .core.logleaf import LogIdentity, accept_checkpoint
+from .core.note import Checkpoint
 from .errors import ClientError
 
 CHAIN_FILE = "directory-chain.txt"
+CHECKPOINT_FILE = "log-checkpoint.txt"
+SENT_FILE = "sent-items.txt"
 FUTURE_SKEW_MS = 60 * 60 * 1000  # clients' clocks drift more than servers'
 
 
@@ -36,6 +40,37 @@ class TrustStore:
         self._entries = list(entries)
         self._state = gov.verify_chain(self._entries)
         self.folder = folder
+        self.checkpoint_note: bytes | None = None
+        self.sent_items: list[str] = []
+        if folder is not None and (folder / SENT_FILE).exists():
+            self.sent_items = (folder / SENT_FILE).read_text().split()
+        if folder is not None and (folder / CHECKPOINT_FILE).exists():
+            self.checkpoint_note = (folder / CHECKPOINT_FILE).read_bytes()
+
+    @property
+    def log(self) -> LogIdentity | None:
+        """The transparency log the members' root pins, if it pins one."""
+        return LogIdentity.from_root_extra(self._state.extra)
+
+    def checkpoint(self) -> Checkpoint | None:
+        """The last checkpoint this agency verified (re-checked against the pinned log key)."""
+        identity = self.log
+        if identity is None or self.checkpoint_note is None:
+            return None
+        return accept_checkpoint(identity, self.checkpoint_note, None, None)
+
+    def record_sent(self, item_id: str) -> None:
+        """Remember an item this agency sent, so `msmt audit` can ask for its receipts."""
+        self.sent_items.append(item_id)
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with (self.folder / SENT_FILE).open("a") as out:
+                out.write(item_id + "\n")
+
+    def save_checkpoint(self, note: bytes) -> None:
+        self.checkpoint_note = note
+        if self.folder is not None:
+            self._write(CHECKPOINT_FILE, note.decode())
 
     @classmethod
     def pin(cls, root: bytes, folder: Path | None = None) -> TrustStore:
@@ -109,16 +144,19 @@ class TrustStore:
     def _save(self) -> None:
         if self.folder is None:
             return
+        self._write(CHAIN_FILE, "".join(base64.b64encode(e).decode("ascii") + "\n" for e in self._entries))
+
+    def _write(self, name: str, text: str) -> None:
+        assert self.folder is not None
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        text = "".join(base64.b64encode(e).decode("ascii") + "\n" for e in self._entries)
-        # write-then-rename: a crash leaves the old verified chain, never half of a new one
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".chain-")
+        # write-then-rename: a crash leaves the old verified state, never half of a new one
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-")
         try:
-            with os.fdopen(fd, "w", encoding="ascii") as out:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
                 out.write(text)
                 out.flush()
                 os.fsync(out.fileno())
-            os.replace(tmp, self.folder / CHAIN_FILE)
+            os.replace(tmp, self.folder / name)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

@@ -23,8 +23,15 @@ def free_port() -> int:
 @contextmanager
 def broker_process(database_url: str, audience: str, log_path: Path) -> Iterator[str]:
     """Start `msmt-broker serve` in its own process; yield its base URL; stop it."""
+    from tests.integration.conftest import log_key_file
+
     port = free_port()
-    env = {**os.environ, "MSMT_DATABASE_URL": database_url, "MSMT_AUDIENCE": audience}
+    env = {
+        **os.environ,
+        "MSMT_DATABASE_URL": database_url,
+        "MSMT_AUDIENCE": audience,
+        "MSMT_LOG_KEY_FILE": log_key_file(log_path.parent),  # the key the members' root pins
+    }
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "broker.cli", "serve", "--port", str(port), "--log-level", "warning"],

@@ -5,6 +5,7 @@ With CI=true an unreachable PostgreSQL fails the run instead of skipping it.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import uuid
@@ -37,6 +38,7 @@ from msmt.core import (
     seal,
 )
 from msmt.core import governance as gov
+from msmt.core.logleaf import LogIdentity, LogSigner
 from msmt.trust import TrustStore
 
 PG_BASE = os.environ.get("MSMT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -106,6 +108,16 @@ _KEYS = {
     for code in MEMBERS
 }
 ADMIN_KEY = ApiPrivateKey.from_seed(_seed("admin alice", 32))
+LOG_SEED = _seed("log key", 64)
+LOG_SIGNER = LogSigner.from_seed("msmt-broker/log", LOG_SEED)
+
+
+def log_key_file(folder: Path) -> str:
+    """The broker's log key as `msmt-broker init` writes it (base64 of the 64-byte seed)."""
+    path = folder / "log.key"
+    path.write_text(base64.b64encode(LOG_SEED).decode())
+    path.chmod(0o600)
+    return str(path)
 
 
 class Clock:
@@ -165,6 +177,12 @@ class World:
         assert r.status_code == 200, r.text
         return gov.verify_chain(canonical.b64decode(e["entry"]) for e in r.json()["entries"])
 
+    def settle(self) -> None:
+        """Integrate whatever is queued for the log now, instead of when the sweeper wakes."""
+        integrator = self.client.app.state.broker.log  # type: ignore[attr-defined]
+        while integrator.run_once() is not None:
+            pass
+
     def root_bytes(self) -> bytes:
         r = self.client.get("/v1/directory/entries", headers=self.auth(RELAY))
         return canonical.b64decode(r.json()["entries"][0]["entry"])
@@ -213,7 +231,9 @@ class World:
         )
 
 
-def founders_root(countries: Any, now_ms: int, keys: dict[str, AgencyKeys] | None = None) -> bytes:
+def founders_root(
+    countries: Any, now_ms: int, keys: dict[str, AgencyKeys] | None = None, log: LogIdentity | None = None
+) -> bytes:
     """A genesis root for `countries` (policy-document country entries), signed by every founder."""
     keys = keys or _KEYS
     members = {
@@ -230,13 +250,17 @@ def founders_root(countries: Any, now_ms: int, keys: dict[str, AgencyKeys] | Non
         )
         for code, entry in countries.items()
     }
-    signed = gov.root_statement(members, now_ms)
+    log = log or LOG_SIGNER.identity()
+    signed = gov.root_statement(members, now_ms, extra={"log": log.to_root_extra()})
     return gov.signed_entry(signed, [(code, keys[code].signing) for code in sorted(members)])
 
 
-def found(session: Any, document: policydoc.PolicyDocument, now_ms: int) -> None:
+def found(
+    session: Any, document: policydoc.PolicyDocument, now_ms: int, log: LogIdentity | None = None
+) -> None:
     """Install a root made from the document's countries, then the rest of the document."""
-    governance_service.install_root(session, "test", founders_root(document.countries, now_ms), now_ms)
+    root = founders_root(document.countries, now_ms, log=log)
+    governance_service.install_root(session, "test", root, now_ms)
     policy_service.apply_document(session, "test", document, now_ms, with_access=False)
 
 
@@ -250,7 +274,7 @@ def root_of(url: str) -> bytes:
         engine.dispose()
 
 
-def bootstrap(url: str, now_ms: int) -> None:
+def bootstrap(url: str, now_ms: int, log: LogIdentity | None = None) -> None:
     """Found the directory with the 11 members (a root they all sign), then an admin and a
     few agreements as one policy document."""
     migrate(url)
@@ -280,19 +304,23 @@ def bootstrap(url: str, now_ms: int) -> None:
     engine = make_engine(url)
     factory = make_sessionmaker(engine)
     with transaction(factory) as s:
-        found(s, document, now_ms - 1000)
+        found(s, document, now_ms - 1000, log)
         admin_service.create_admin(s, "test", "alice", now_ms - 1000)
         admin_service.add_key(s, "test", "admin:alice", "admin", ADMIN_KEY.public_key.raw, now_ms - 1000)
     engine.dispose()
 
 
 @pytest.fixture
-def world(database_url: str) -> Iterator[World]:
+def world(database_url: str, tmp_path: Path) -> Iterator[World]:
     clock = Clock()
     bootstrap(database_url, clock.ms)
-    app = create_app(
-        Settings(database_url=database_url, audience=AUDIENCE, inbox_poll_interval_s=0.05), clock=clock
+    settings = Settings(
+        database_url=database_url,
+        audience=AUDIENCE,
+        inbox_poll_interval_s=0.05,
+        log_key_file=log_key_file(tmp_path),
     )
+    app = create_app(settings, clock=clock)
     with TestClient(app, raise_server_exceptions=False) as client:
         yield World(database_url, client, clock)
     app.state.engine.dispose()

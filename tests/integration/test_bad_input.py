@@ -50,6 +50,7 @@ MARKINGS = Markings.create("RESTRICTED", "AMBER", ["ALL"], topics=["maritime"])
 
 def snapshot(world: World) -> dict[str, list[tuple[Any, ...]]]:
     """Everything a request could change, except the single-use token record."""
+    world.settle()  # background integration is not a change made by the request
     queries = {
         "items": "SELECT item_id, envelope_sha256 FROM items",
         "deliveries": "SELECT item_id, recipient, seq, state, acked_ms FROM deliveries",

@@ -44,10 +44,11 @@ def forwarding(
 
 
 def client(world: World, country: str, transport: httpx.BaseTransport | None = None, **kw: object) -> Client:
+    trust = kw.pop("trust", None) or world.trust()
     return Client(
         "http://testserver",
         world.members[country],
-        trust=world.trust(),
+        trust=trust,
         audience=AUDIENCE,
         transport=transport or forwarding(world),
         backoff_s=0.001,
@@ -96,11 +97,13 @@ def test_lost_response_is_retried_without_a_double_submission(world: World) -> N
         if n == 3:  # 1 preflight, 2 directory, 3 submit
             raise httpx.ReadTimeout("answer lost")
 
+    logged_before = world.count("log_entries") + world.count("log_pending")
     with client(world, "KOR", forwarding(world, after=lose_first_submit_answer)) as kor:
         receipt = kor.send(b"once", content_type="text/plain", markings=MARKINGS, recipients=["USA"])
     assert world.count("items") == 1
     assert world.count("deliveries") == 1
-    assert receipt.log_index == 0
+    assert receipt.log_index == logged_before
+    assert world.count("log_entries WHERE kind = 'item'") == 1
 
 
 def test_connection_errors_are_retried_then_reported(world: World) -> None:

@@ -34,11 +34,15 @@ from msmt.core import (
     Markings,
     SigningPrivateKey,
     canonical,
+    logleaf,
+    merkle,
     public_key_document,
 )
 from msmt.core import governance as gov
+from msmt.core.note import Checkpoint, open_checkpoint
+from msmt.core.receipt import DeliveryReceipt, sign_receipt
 
-from .conftest import AUDIENCE, MEMBERS, World
+from .conftest import AUDIENCE, LOG_SIGNER, MEMBERS, World
 
 ADMIN = "admin:alice"
 PROBLEM = "urn:msmt:problem:"
@@ -68,10 +72,15 @@ MATRIX: dict[str, tuple[str, str, str]] = {
     "GET /v1/items/{id}/status":              ("200",              "404 unknown-item",        "200"),
     "GET /v1/inbox":                          ("200",              "200",                     "403 country-only"),
     "POST /v1/inbox/ack":                     ("200",              "422 unknown-delivery",    "403 country-only"),
+    "POST /v1/inbox/receipts":                ("200",              "422 bad-receipt",         "403 country-only"),
     "GET /v1/directory":                      ("200",              "200",                     "200"),
     "GET /v1/directory/entries":              ("200",              "200",                     "200"),
     "POST /v1/governance/proposals":          ("201",              "201",                     "201"),
     "GET /v1/governance/proposals":           ("200",              "200",                     "200"),
+    "GET /v1/log/checkpoint":                 ("200",              "200",                     "200"),
+    "GET /v1/log/proof/inclusion":            ("200",              "200",                     "200"),
+    "GET /v1/log/proof/consistency":          ("200",              "200",                     "200"),
+    "GET /v1/log/leaves/{index}":             ("200",              "404 unknown-leaf",        "200"),
     "GET /v1/governance/proposals/{id}":      ("200",              "200",                     "200"),
     "POST /v1/governance/proposals/{id}/signatures": ("200",       "200",                     "200"),
     "POST /v1/preflight":                     ("200",              "200",                     "403 country-only"),
@@ -163,6 +172,7 @@ SNAPSHOT = {
 
 def snapshot(world: World) -> dict[str, list[tuple[Any, ...]]]:
     """Everything a request could change, except the single-use token record."""
+    world.settle()  # background integration is not a change made by the request
     engine = make_engine(world.url)
     try:
         with engine.connect() as conn:
@@ -258,7 +268,8 @@ def submitted(scene: Scene, who: str, r: httpx.Response) -> None:
     assert receipt["recipients"] == ["USA"]
     assert (receipt["item_id"], "KOR") in rows(scene.world, "SELECT item_id, originator FROM items")
     world = scene.world
-    assert (world.count("items"), world.count("deliveries"), world.count("log_entries")) == (3, 4, 3)
+    items_logged = world.count("log_entries WHERE kind = 'item'")
+    assert (world.count("items"), world.count("deliveries"), items_logged) == (3, 4, 3)
 
 
 def envelope_returned(scene: Scene, who: str, r: httpx.Response) -> None:
@@ -322,6 +333,68 @@ def explained(scene: Scene, who: str, r: httpx.Response) -> None:
 
 def countries_listed(scene: Scene, who: str, r: httpx.Response) -> None:
     assert [c["code"] for c in r.json()] == sorted(MEMBERS)
+
+
+def _usa_receipt(s: Scene) -> Call:
+    (digest, index) = rows(
+        s.world, f"SELECT envelope_sha256, log_index FROM items WHERE item_id = '{s.item_id}'"
+    )[0]
+    receipt = DeliveryReceipt(s.item_id, str(digest), "USA", s.usa_seq, int(index), s.world.clock.ms)  # type: ignore[call-overload]
+    data = sign_receipt(receipt, s.world.members["USA"].signing)
+    return Call("POST", "/v1/inbox/receipts", json={"receipts": [canonical.b64encode(data)]})
+
+
+def receipt_kept(scene: Scene, who: str, r: httpx.Response) -> None:
+    assert r.json() == {"accepted": 1}
+    assert rows(scene.world, "SELECT item_id, recipient FROM delivery_receipts") == [(scene.item_id, "USA")]
+
+
+def _log_size(s: Scene) -> int:
+    (size,) = rows(s.world, "SELECT size FROM log_state")[0]
+    return int(size)
+
+
+def _item_index(s: Scene) -> int:
+    (index,) = rows(s.world, f"SELECT log_index FROM items WHERE item_id = '{s.item_id}'")[0]
+    return int(index)
+
+
+def _checkpoint(s: Scene) -> Checkpoint:
+    note = s.world.client.get("/v1/log/checkpoint", headers=s.world.auth("JPN")).json()["note"]
+    checkpoint, _ = open_checkpoint(
+        note.encode(), LOG_SIGNER.identity().verifiers(), origin=LOG_SIGNER.origin
+    )
+    return checkpoint
+
+
+def checkpoint_returned(scene: Scene, who: str, r: httpx.Response) -> None:
+    checkpoint, _ = open_checkpoint(r.json()["note"].encode(), LOG_SIGNER.identity().verifiers())
+    assert checkpoint.size == r.json()["size"] == _log_size(scene)
+
+
+def inclusion_returned(scene: Scene, who: str, r: httpx.Response) -> None:
+    checkpoint = _checkpoint(scene)
+    (leaf,) = rows(scene.world, f"SELECT leaf_hash FROM log_entries WHERE log_index = {_item_index(scene)}")[
+        0
+    ]
+    proof = [canonical.b64decode(p) for p in r.json()["proof"]]
+    merkle.verify_inclusion(bytes(leaf), _item_index(scene), checkpoint.size, proof, checkpoint.root_hash)
+
+
+def consistency_returned(scene: Scene, who: str, r: httpx.Response) -> None:
+    checkpoint = _checkpoint(scene)
+    proof = [canonical.b64decode(p) for p in r.json()["proof"]]
+    tree_first = merkle.leaf_hash(
+        bytes(rows(scene.world, "SELECT leaf FROM log_entries WHERE log_index = 0")[0][0])
+    )
+    merkle.verify_consistency(1, checkpoint.size, proof, tree_first, checkpoint.root_hash)
+
+
+def leaf_returned(scene: Scene, who: str, r: httpx.Response) -> None:
+    body = r.json()
+    assert body["kind"] == "item"
+    item_id, _, originator, deliveries = logleaf.parse_item_leaf(canonical.b64decode(body["leaf"]))
+    assert (item_id, originator, sorted(deliveries)) == (scene.item_id, "KOR", ["JPN", "USA"])
 
 
 def chain_returned(scene: Scene, who: str, r: httpx.Response) -> None:
@@ -541,6 +614,7 @@ ENDPOINTS: dict[str, Endpoint] = {
         acknowledged,
         writes=True,
     ),
+    "POST /v1/inbox/receipts": Endpoint("USA", "NZL", "USA", _usa_receipt, receipt_kept, writes=True),
     "GET /v1/directory": Endpoint(
         "KOR", "NZL", "KOR", lambda s: Call("GET", "/v1/directory"), directory_returned
     ),
@@ -562,6 +636,26 @@ ENDPOINTS: dict[str, Endpoint] = {
         "KOR", "NZL", "KOR", lambda s: Call("GET", "/v1/directory/entries"), chain_returned
     ),
     "POST /v1/governance/proposals": Endpoint("KOR", "NZL", "KOR", _rotation, rotation_applied, writes=True),
+    "GET /v1/log/checkpoint": Endpoint(
+        "KOR", "NZL", "KOR", lambda s: Call("GET", "/v1/log/checkpoint"), checkpoint_returned
+    ),
+    "GET /v1/log/proof/inclusion": Endpoint(
+        "KOR",
+        "NZL",
+        "KOR",
+        lambda s: Call("GET", f"/v1/log/proof/inclusion?index={_item_index(s)}&size={_log_size(s)}"),
+        inclusion_returned,
+    ),
+    "GET /v1/log/proof/consistency": Endpoint(
+        "KOR",
+        "NZL",
+        "KOR",
+        lambda s: Call("GET", f"/v1/log/proof/consistency?first=1&second={_log_size(s)}"),
+        consistency_returned,
+    ),
+    "GET /v1/log/leaves/{index}": Endpoint(
+        "KOR", "NZL", "KOR", lambda s: Call("GET", f"/v1/log/leaves/{_item_index(s)}"), leaf_returned
+    ),
     "GET /v1/governance/proposals": Endpoint(
         "KOR",
         "NZL",
@@ -679,10 +773,15 @@ def test_the_matrix_covers_every_route_of_the_app(world: World) -> None:
         "GET /v1/items/{id}/status": "GET /v1/items/{item_id}/status",
         "GET /v1/inbox": "GET /v1/inbox",
         "POST /v1/inbox/ack": "POST /v1/inbox/ack",
+        "POST /v1/inbox/receipts": "POST /v1/inbox/receipts",
         "GET /v1/directory": "GET /v1/directory",
         "GET /v1/directory/entries": "GET /v1/directory/entries",
         "POST /v1/governance/proposals": "POST /v1/governance/proposals",
         "GET /v1/governance/proposals": "GET /v1/governance/proposals",
+        "GET /v1/log/checkpoint": "GET /v1/log/checkpoint",
+        "GET /v1/log/proof/inclusion": "GET /v1/log/proof/inclusion",
+        "GET /v1/log/proof/consistency": "GET /v1/log/proof/consistency",
+        "GET /v1/log/leaves/{index}": "GET /v1/log/leaves/{index}",
         "GET /v1/governance/proposals/{id}": "GET /v1/governance/proposals/{pid}",
         "POST /v1/governance/proposals/{id}/signatures": "POST /v1/governance/proposals/{pid}/signatures",
         "POST /v1/preflight": "POST /v1/preflight",

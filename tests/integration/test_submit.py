@@ -4,14 +4,18 @@ from msmt.core import Markings, open_envelope
 
 from .conftest import World
 
+ITEM_LEAVES = "log_entries WHERE kind = 'item'"
+
 
 def test_submit_fan_out_and_open(world: World) -> None:
     data = world.seal("KOR", ["USA", "JPN", "GBR"], b"ship-to-ship transfer")
+    logged_before = world.count("log_entries") + world.count("log_pending")  # directory, policy
     r = world.submit("KOR", data)
     assert r.status_code == 201, r.text
     receipt = r.json()
     assert receipt["recipients"] == ["GBR", "JPN", "USA"]
-    assert receipt["log_index"] == 0
+    assert receipt["log_index"] == logged_before  # the next leaf after what was queued
+    assert {(d["recipient"], d["seq"]) for d in receipt["deliveries"]} == {("GBR", 1), ("JPN", 1), ("USA", 1)}
     for country in ("USA", "JPN", "GBR"):
         page = world.client.get("/v1/inbox", headers=world.auth(country)).json()
         assert [d["item_id"] for d in page["deliveries"]] == [receipt["item_id"]]
@@ -56,4 +60,4 @@ def test_one_forbidden_recipient_fails_everything(world: World) -> None:
     assert [d["rule"] for d in problem["recipients"]["FRA"]] == ["above-agreement-ceiling"]
     for country in ("USA", "JPN"):
         assert world.client.get("/v1/inbox", headers=world.auth(country)).json()["deliveries"] == []
-    assert world.count("items") == world.count("deliveries") == world.count("log_entries") == 0
+    assert world.count("items") == world.count("deliveries") == world.count(ITEM_LEAVES) == 0

@@ -232,3 +232,39 @@ class ForeignOwnKey(GovernanceError):
     """The verified directory lists a key for this agency's own country that it did not make."""
 
     code = "foreign-own-key"
+
+
+class NonCanonicalPublicKey(InvalidPublicKey):
+    """A public key's bytes are not the one canonical encoding of its point (a value >= p)."""
+
+    code = "non-canonical-public-key"
+
+
+class SmallOrderPublicKey(InvalidPublicKey):
+    """A public key is the identity or another low-order point: it proves or protects nothing."""
+
+    code = "small-order-public-key"
+
+
+class LogRollback(LogError):
+    """The log showed a smaller tree, or another root for the same size, than one already verified."""
+
+    code = "log-rollback"
+
+
+class LeafMismatch(LogError):
+    """The log's leaf for an item does not describe the item we hold."""
+
+    code = "log-leaf-mismatch"
+
+
+class NotWitnessed(LogError):
+    """Fewer member witnesses cosigned the checkpoint than the members' root requires."""
+
+    code = "not-witnessed"
+
+
+class BadReceipt(MsmtError):
+    """A signed delivery receipt is malformed, mis-signed, or does not match its delivery."""
+
+    code = "bad-receipt"
