@@ -85,12 +85,30 @@ def _print(args: argparse.Namespace, value: Any) -> None:
 # --- commands ----------------------------------------------------------------------------
 
 
+def _init_refusal(args: argparse.Namespace) -> str | None:
+    """Why `init` must not start (one sentence), or None: checked before anything is written."""
+    if not admin_service.ADMIN_NAME_RE.fullmatch(args.admin):
+        return (
+            f"error: {args.admin!r} is not a valid admin name: use 1 to 64 characters, a lowercase "
+            "letter first, then lowercase letters, digits, '.', '_' or '-'"
+        )
+    data = Path(args.data_dir)
+    for name in ("broker-signing.key", f"admin-{args.admin}.key"):
+        if (data / name).exists():
+            return f"error: {data / name} exists already: init never overwrites a private key"
+    return None
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     """Create the schema, the broker's signing key and the first admin with its key."""
-    data = Path(args.data_dir)
-    data.mkdir(parents=True, exist_ok=True)
-    migrate(args.database_url)
+    refusal = _init_refusal(args)
+    if refusal is not None:
+        print(refusal, file=sys.stderr)
+        return EXIT_USAGE
     passphrase = _passphrase(args.passphrase_env, "passphrase for the new private keys")
+    data = Path(args.data_dir)
+    data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    migrate(args.database_url)
     broker_key = SigningPrivateKey.generate()
     write_private_key(data / "broker-signing.key", broker_key, "broker", passphrase)
     (data / "broker-signing.pub").write_bytes(public_key_document("broker", broker_key.public_key))

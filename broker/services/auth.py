@@ -1,18 +1,26 @@
 """API authentication: short-lived, single-use EdDSA JWTs signed with a registered key.
 
 Token rules: header `alg` EdDSA and `kid` = the key id of one of the caller's registered
-API keys (admin keys for admins); claims `iss` = the key's owner, `aud` = this broker,
-`iat`, `exp` (at most `token_max_lifetime_s` after `iat`) and a unique `jti`. A key that is
-revoked or past its validity is refused from the next request on; a `jti` is accepted once.
+API keys (admin keys for admins); claims `iss` = the key's owner, `aud` = this broker (one
+string, not a list), `iat`, `exp` (after `iat`, at most `token_max_lifetime_s` after it) and a
+unique `jti`. No name may repeat in the header or in the claims. A key that is revoked or past
+its validity is refused from the next request on; a `jti` is accepted once. Times are judged by
+the broker's clock; when a token or its key starts after the broker's "now", the answer says
+so, so that a wrong clock is not mistaken for a wrong key.
 """
 
 from __future__ import annotations
 
+import binascii
+import json
 import re
 import secrets
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeGuard
 
 import jwt
+from jwt.utils import base64url_decode
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -38,11 +46,78 @@ class Caller:
         return self.owner.startswith(ADMIN_PREFIX)
 
 
+class _Repeated(ValueError):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in seen:
+            raise _Repeated(name)
+        seen[name] = value
+    return seen
+
+
+def _segment(text: str, what: str) -> dict[str, Any]:
+    """One JSON object of a compact JWS, parsed with every name at most once."""
+    try:
+        value = json.loads(base64url_decode(text.encode("ascii")), object_pairs_hook=_no_repeats)
+    except _Repeated as exc:
+        raise unauthorized("invalid-token", f"the token's {what} repeats {exc.name!r}") from exc
+    except (ValueError, binascii.Error, UnicodeError) as exc:
+        code = "malformed-token" if what == "header" else "invalid-token"
+        raise unauthorized(code, f"the token's {what} is not base64url JSON") from exc
+    if not isinstance(value, dict):
+        code = "malformed-token" if what == "header" else "invalid-token"
+        raise unauthorized(code, f"the token's {what} is not a JSON object")
+    return value
+
+
+def _is_time(value: object) -> TypeGuard[int | float]:
+    return not isinstance(value, bool) and isinstance(value, int | float) and 0 < value < 2**40
+
+
+def _utc(ms: float) -> str:
+    try:
+        return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (ValueError, OverflowError, OSError):  # past year 9999
+        return f"Unix time {ms / 1000:.0f}"
+
+
+def _precheck(token: str, settings: Settings, now_ms: int) -> dict[str, Any]:
+    """Checks on the token's shape and times that need no key: return its header."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise unauthorized("malformed-token", "the bearer token is not a JWT")
+    header = _segment(parts[0], "header")
+    claims = _segment(parts[1], "claims")
+    if "aud" in claims and not isinstance(claims["aud"], str):
+        raise unauthorized(
+            "invalid-token", f"aud must be one string, this broker's identity ({settings.audience})"
+        )
+    iat, exp = claims.get("iat"), claims.get("exp")
+    if not _is_time(iat):
+        return header  # refused below, once the signature is known good
+    if _is_time(exp) and exp <= iat:
+        raise unauthorized("invalid-token", "the token's exp must come after its iat")
+    if iat * 1000 > now_ms + settings.token_leeway_s * 1000:
+        raise unauthorized(
+            "invalid-token",
+            f"the token was issued at {_utc(iat * 1000)} but the broker's clock says {_utc(now_ms)}: "
+            "check both clocks",
+        )
+    return header
+
+
 def authenticate(
     factory: sessionmaker[Session], registry_cache: RegistryCache, settings: Settings, token: str, now_ms: int
 ) -> Caller:
+    header = _precheck(token, settings, now_ms)
     try:
-        header = jwt.get_unverified_header(token)
+        jwt.get_unverified_header(token)
     except jwt.PyJWTError as exc:
         raise unauthorized("malformed-token", "the bearer token is not a JWT") from exc
     if header.get("alg") != "EdDSA":
@@ -54,6 +129,17 @@ def authenticate(
     with factory() as session:
         registry = registry_cache.get(session)
     record = registry.keys.get(kid)
+    if (
+        record is not None
+        and record.kind in ("api", "admin")
+        and record.valid_from_ms > now_ms
+        and (record.revoked_ms is None or record.revoked_ms > now_ms)
+    ):
+        raise unauthorized(
+            "key-not-yet-valid",
+            f"the token's key is valid from {_utc(record.valid_from_ms)} but the broker's clock says "
+            f"{_utc(now_ms)}: check both clocks",
+        )
     if record is None or record.kind not in ("api", "admin") or not record.usable(now_ms):
         raise unauthorized("unknown-key", "the token's key is unknown, revoked or expired")
     owner = record.owner
@@ -88,8 +174,14 @@ def authenticate(
 
     iat, exp, jti = claims["iat"], claims["exp"], claims["jti"]
     for value in (iat, exp):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 2**40:
+        if not _is_time(value):
             raise unauthorized("invalid-token", "iat and exp must be Unix times in seconds")
+    if exp <= iat:
+        raise unauthorized("invalid-token", "the token's exp must come after its iat")
+    if not isinstance(claims["aud"], str):
+        raise unauthorized(
+            "invalid-token", f"aud must be one string, this broker's identity ({settings.audience})"
+        )
     leeway_ms = settings.token_leeway_s * 1000
     if exp * 1000 + leeway_ms <= now_ms:
         raise unauthorized("expired-token", "the token has expired")
@@ -99,7 +191,11 @@ def authenticate(
     if exp - iat > settings.token_max_lifetime_s:
         raise unauthorized("token-lifetime", f"tokens may live at most {settings.token_max_lifetime_s} s")
     if iat * 1000 > now_ms + leeway_ms:
-        raise unauthorized("invalid-token", "the token is issued in the future")
+        raise unauthorized(
+            "invalid-token",
+            f"the token was issued at {_utc(iat * 1000)} but the broker's clock says {_utc(now_ms)}: "
+            "check both clocks",
+        )
     if not isinstance(jti, str) or not JTI_RE.fullmatch(jti):
         raise unauthorized("invalid-token", "jti must be 8 to 64 characters of A-Z a-z 0-9 . _ ~ + / = -")
     if not active:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,11 +22,45 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+PRIVATE_FOLDER_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+SQLITE_SIDE_FILES = ("", "-wal", "-shm", "-journal")
+
+
+def _private_sqlite_file(path: Path) -> None:
+    """Create the database's missing folders (0700) and the file itself (0600) before SQLite
+    does: SQLite creates files by the process umask (often world-readable) and gives its -wal
+    and -shm files the database file's mode."""
+    missing = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir(mode=PRIVATE_FOLDER_MODE)
+            os.chmod(folder, PRIVATE_FOLDER_MODE)  # mkdir's mode is narrowed by the umask only
+    # an empty file is an empty database to SQLite; an existing one is left as it is
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
+    _tighten(path)
+
+
+def _tighten(path: Path) -> None:
+    """Make the database and its side files owner-only (a file made earlier may be wider)."""
+    for suffix in SQLITE_SIDE_FILES:
+        file = Path(f"{path}{suffix}")
+        with contextlib.suppress(OSError):  # absent, or owned by someone else: nothing to do
+            if file.stat().st_mode & 0o077:
+                os.chmod(file, PRIVATE_FILE_MODE)
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     if is_sqlite(url):
-        path = make_url(url).database
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        database = make_url(url).database
+        path = (
+            Path(database)
+            if database and database != ":memory:" and not database.startswith("file:")
+            else None
+        )
+        if path is not None:
+            _private_sqlite_file(path)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
 
         @event.listens_for(engine, "connect")
@@ -36,6 +72,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cursor.execute("PRAGMA synchronous=FULL")  # a 2xx means durably committed
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
+            if path is not None:
+                _tighten(path)  # -wal and -shm exist now
 
         @event.listens_for(engine, "begin")
         def _on_begin(connection: Any) -> None:

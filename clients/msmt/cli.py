@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import hashlib
 import json
 import os
+import secrets
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -19,7 +21,7 @@ from typing import Any
 from . import __version__, tables
 from .agency import AgencyKeys
 from .client import Client, Delivery
-from .core import KeyKind, Markings, errors, short_fingerprint, verify
+from .core import KeyKind, Markings, errors, is_item_id, short_fingerprint, verify
 from .core.markings import TLP_LEVELS, TOPICS
 from .errors import BrokerError, BrokerUnavailable, ClientError, PolicyRefused
 from .trust import TrustStore
@@ -304,36 +306,167 @@ def cmd_inbox(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+QUARANTINE_FOLDER = "quarantine"
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_FOLDER_MODE = 0o700
+
+
+def _printable(text: str, limit: int = 500) -> str:
+    """Text from the broker, safe to print on a terminal (no control sequences)."""
+    return "".join(c if c.isprintable() else "?" for c in text[:limit])
+
+
+def _is_seq(value: object) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _delivery_stem(delivery: Delivery) -> str:
+    """The start of the names written for a delivery, made only from validated values: the
+    sequence number and the item id when both have their format, else a hash of them."""
+    if _is_seq(delivery.seq) and is_item_id(delivery.item_id):
+        return f"{delivery.seq:08d}-{delivery.item_id}"
+    digest = hashlib.sha256(json.dumps([repr(delivery.seq), repr(delivery.item_id)]).encode()).hexdigest()
+    return f"invalid-id-{digest[:32]}"
+
+
+def _private_folder(folder: Path) -> None:
+    """Create the folder (and missing parents) owner-only; an existing folder is left as it is."""
+    if not folder.is_dir():
+        folder.mkdir(parents=True, exist_ok=True, mode=PRIVATE_FOLDER_MODE)
+        os.chmod(folder, PRIVATE_FOLDER_MODE)
+
+
+def _write_private(folder: Path, name: str, data: bytes) -> Path:
+    """Write FOLDER/NAME, mode 0600, atomically; NAME must be a plain file name in FOLDER.
+
+    The file is made new and renamed over NAME, so a link planted at NAME is replaced, not
+    followed, and a reader never sees half a file."""
+    if name in ("", ".", "..") or Path(name).name != name or any(c in name for c in "/\\\0"):
+        raise ValueError(f"refusing to write {name!r}: not a plain file name")
+    target = folder / name
+    temporary = folder / f".{name}.{secrets.token_hex(6)}.part"
+    fd = os.open(
+        temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), PRIVATE_FILE_MODE
+    )
+    try:
+        os.fchmod(fd, PRIVATE_FILE_MODE)  # whatever the umask
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def _cannot_open(exc: Exception) -> bool:
+    """Whether an error is about this one delivery (quarantine it and go on) rather than about
+    the broker, the network or the directory (stop; the delivery is tried again next time)."""
+    if isinstance(exc, errors.EnvelopeError | errors.KeyMaterialError):
+        return True
+    if isinstance(exc, BrokerUnavailable):
+        return False
+    if isinstance(exc, BrokerError):
+        return 400 <= exc.status < 500 and exc.status not in (401, 408, 429)
+    return isinstance(exc, ClientError)
+
+
+def _quarantine(
+    client: Client, folder: Path, stem: str, delivery: Delivery, code: str, detail: str, fetch: bool
+) -> Path:
+    """Keep what could not be opened: the envelope bytes (when the broker gives them) and a
+    JSON reason, 0600, in FOLDER/quarantine/. It is reported, and not acknowledged."""
+    quarantine = folder / QUARANTINE_FOLDER
+    _private_folder(quarantine)
+    envelope: str | None = None
+    if fetch:
+        try:
+            data = client.fetch(delivery.item_id)
+        except ClientError:
+            data = None
+        if data is not None:
+            envelope = _write_private(quarantine, f"{stem}.envelope", data).name
+    item_id = delivery.item_id if isinstance(delivery.item_id, str) else repr(delivery.item_id)
+    reason = {
+        "item_id": item_id[:200],
+        "seq": delivery.seq if _is_seq(delivery.seq) else None,
+        "originator": delivery.originator if isinstance(delivery.originator, str) else None,
+        "error": code,
+        "detail": detail,
+        "envelope": envelope,
+        "quarantined_ms": int(time.time() * 1000),
+        "acknowledged": False,
+    }
+    path = _write_private(quarantine, f"{stem}.reason.json", json.dumps(reason, indent=2).encode())
+    after = f" (`msmt ack {delivery.seq}` once it is dealt with)" if _is_seq(delivery.seq) else ""
+    print(
+        f"item {_printable(item_id, 200)} REJECTED: {_printable(detail)} ({code}); quarantined in {path}, "
+        f"not acknowledged{after}",
+        file=sys.stderr,
+    )
+    return path
+
+
+def _pull_one(client: Client, folder: Path, delivery: Delivery) -> bool:
+    """Save one delivery (payload and header), or quarantine it: True when saved."""
+    stem = _delivery_stem(delivery)
+    if not (_is_seq(delivery.seq) and is_item_id(delivery.item_id)):
+        detail = "the broker listed a delivery whose item id or sequence number is not in their format"
+        _quarantine(client, folder, stem, delivery, "invalid-delivery", detail, fetch=False)
+        return False
+    try:
+        received = client.open(delivery)
+    except Exception as exc:
+        if not _cannot_open(exc):
+            raise
+        code = getattr(exc, "code", "client-error")
+        _quarantine(client, folder, stem, delivery, str(code), getattr(exc, "detail", str(exc)), fetch=True)
+        return False
+    header = received.opened.header
+    _write_private(folder, stem + EXTENSIONS.get(header.content_type, ".bin"), received.payload)
+    _write_private(
+        folder, f"{stem}.header.json", json.dumps(header_view(header.to_dict()), indent=2).encode()
+    )
+    return True
+
+
 def _pull_once(client: Client, folder: Path, args: argparse.Namespace, wait: float) -> tuple[int, int]:
-    """Pull one page after the saved cursor; return (saved, failed)."""
+    """Pull one page after the saved cursor; return (saved, rejected).
+
+    A delivery that cannot be opened (sealed to a key not in this key folder, a signature or
+    digest that fails, an id that is not an item id) is quarantined and not acknowledged; the
+    cursor moves past it all the same, so no single delivery can block the inbox. Only saved
+    items are acknowledged. An error that is not about one delivery (the broker unreachable,
+    the directory) stops the pull: what was handled is acknowledged and the cursor kept after it.
+    """
+    _private_folder(folder)
     cursor_path = folder / CURSOR_FILE
     cursor = int(cursor_path.read_text()) if cursor_path.exists() else 0
     client.directory(refresh=True)  # every poll: the chain still extends ours, and no foreign key of ours
     page = client.inbox(cursor, limit=args.limit, wait=wait)
     progress = Progress(len(page.deliveries), "pulling")
-    saved = failed = 0
-    done: list[int] = []
-    for delivery in page.deliveries:
-        stem = f"{delivery.seq:08d}-{delivery.item_id}"
-        try:
-            received = client.open(delivery)
-        except errors.EnvelopeError as exc:
-            failed += 1
-            (folder / f"{stem}.rejected.json").write_text(
-                json.dumps({"item_id": delivery.item_id, "error": exc.code, "detail": exc.detail}, indent=2)
-            )
-            print(f"item {delivery.item_id} REJECTED: {exc.detail} ({exc.code})", file=sys.stderr)
-        else:
-            header = received.opened.header
-            (folder / (stem + EXTENSIONS.get(header.content_type, ".bin"))).write_bytes(received.payload)
-            (folder / f"{stem}.header.json").write_text(json.dumps(header_view(header.to_dict()), indent=2))
-            saved += 1
-        done.append(delivery.seq)
-        progress.step()
-    progress.close()
-    if done and not args.no_ack:
-        client.acknowledge(done)
-    cursor_path.write_text(str(page.cursor))
+    saved = failed = handled = 0
+    reached = cursor
+    to_acknowledge: list[int] = []
+    try:
+        for delivery in page.deliveries:
+            if _pull_one(client, folder, delivery):
+                saved += 1
+                to_acknowledge.append(delivery.seq)
+            else:
+                failed += 1
+            handled += 1
+            if _is_seq(delivery.seq):
+                reached = max(reached, delivery.seq)
+            progress.step()
+    finally:
+        progress.close()
+        if to_acknowledge and not args.no_ack:
+            client.acknowledge(to_acknowledge)
+        if handled == len(page.deliveries):
+            reached = page.cursor
+        if reached != cursor:
+            _write_private(folder, CURSOR_FILE, str(reached).encode())
     return saved, failed
 
 
@@ -346,7 +479,7 @@ def header_view(header: dict[str, Any]) -> dict[str, Any]:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     folder = Path(args.folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    _private_folder(folder)
     total_saved = total_failed = 0
     with _client(args) as client:
         while True:
@@ -360,7 +493,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     folder = Path(args.folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    _private_folder(folder)
     print(f"watching the inbox; new items go to {folder} (Ctrl-C to stop)", file=sys.stderr)
     failed_any = False
     with _client(args) as client:

@@ -20,7 +20,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa, mlkem, x25519
 
-from .errors import BadSignature, InvalidPrivateKey, InvalidPublicKey
+from .errors import (
+    BadSignature,
+    InvalidPrivateKey,
+    InvalidPublicKey,
+    NonCanonicalPublicKey,
+    SmallOrderPublicKey,
+)
 
 
 class KeyKind(StrEnum):
@@ -50,6 +56,55 @@ def short_fingerprint(key_id: str) -> str:
     """A form to read aloud during enrolment: the first 80 bits in base32, groups of four."""
     text = base64.b32encode(bytes.fromhex(key_id)[:10]).decode("ascii")
     return "-".join(text[i : i + 4] for i in range(0, len(text), 4))
+
+
+# --- strict import of the curve25519 halves ----------------------------------------------
+#
+# The library loads any 32 bytes as an Ed25519 or X25519 public key. Import is stricter: every
+# key has one encoding (so one key id), and no key is a low-order point, which would let any
+# signature verify (Ed25519) or make every shared secret zero (X25519).
+
+_P = 2**255 - 19
+_D = (-121665 * pow(121666, -1, _P)) % _P
+_SQRT_M1 = pow(2, (_P - 1) // 4, _P)
+# y of the 8 points of the Ed25519 8-torsion subgroup: the identity (1), order 2 (-1), order 4
+# (0, two points) and order 8 (the four points with y = +-2707...022)
+_ED_ORDER8_Y = 2707385501144840649318225287225658788936804267575313519463743609750303402022
+_ED_SMALL_ORDER_Y = frozenset({0, 1, _P - 1, _ED_ORDER8_Y, _P - _ED_ORDER8_Y})
+# u of the X25519 points of order 1, 2, 4 and 8 (RFC 7748: u is read mod p, top bit ignored)
+_X_SMALL_ORDER_U = frozenset(
+    {
+        0,
+        1,
+        _P - 1,
+        325606250916557431795983626356110631294008115727848805560023387167927233504,
+        39382357235489614581723060781553021112529911719440698176882885853963445705823,
+    }
+)
+
+
+def check_ed25519_public(raw: bytes, what: str) -> None:
+    """Refuse an Ed25519 public key that is low-order, not canonically encoded, or off the curve."""
+    value = int.from_bytes(raw, "little")
+    y = value & ((1 << 255) - 1)
+    if y % _P in _ED_SMALL_ORDER_Y:
+        raise SmallOrderPublicKey(f"{what} is a point of small order (the identity or an 8-torsion point)")
+    if y >= _P:
+        raise NonCanonicalPublicKey(f"{what} is not canonically encoded (its y is not below 2^255 - 19)")
+    u, v = (y * y - 1) % _P, (_D * y * y + 1) % _P
+    x2 = u * pow(v, -1, _P) % _P
+    x = pow(x2, (_P + 3) // 8, _P)
+    if x * x % _P != x2 and (x * _SQRT_M1) ** 2 % _P != x2:
+        raise InvalidPublicKey(f"{what} is not a point on the Ed25519 curve")
+
+
+def check_x25519_public(raw: bytes, what: str) -> None:
+    """Refuse an X25519 public key of small order (in any encoding) or not canonically encoded."""
+    value = int.from_bytes(raw, "little")
+    if (value & ((1 << 255) - 1)) % _P in _X_SMALL_ORDER_U:
+        raise SmallOrderPublicKey(f"{what} is a point of small order: every shared secret would be zero")
+    if value >= _P:
+        raise NonCanonicalPublicKey(f"{what} is not canonically encoded (its u is not below 2^255 - 19)")
 
 
 # --- composite signature ----------------------------------------------------------------
@@ -91,6 +146,7 @@ class SigningPublicKey:
             ed = ed25519.Ed25519PublicKey.from_public_bytes(raw[1952:])
         except ValueError as exc:
             raise InvalidPublicKey("the signing public key is not a valid ML-DSA-65 + Ed25519 key") from exc
+        check_ed25519_public(raw[1952:], "the Ed25519 half of the signing public key")
         return cls(raw, ml, ed, compute_key_id(KeyKind.SIGNING, raw))
 
     def verify(self, signature: bytes, message: bytes, context: bytes) -> None:
@@ -158,6 +214,7 @@ class EncryptionPublicKey:
             xk = x25519.X25519PublicKey.from_public_bytes(raw[1184:])
         except ValueError as exc:
             raise InvalidPublicKey("the encryption public key is not a valid X-Wing key") from exc
+        check_x25519_public(raw[1184:], "the X25519 half of the encryption public key")
         return cls(raw, hpke.MLKEM768X25519PublicKey(ml, xk), compute_key_id(KeyKind.ENCRYPTION, raw))
 
 
@@ -206,6 +263,7 @@ class ApiPublicKey:
             key = ed25519.Ed25519PublicKey.from_public_bytes(raw)
         except ValueError as exc:
             raise InvalidPublicKey("the API public key is not a valid Ed25519 key") from exc
+        check_ed25519_public(raw, "the API public key")
         return cls(raw, key, compute_key_id(KeyKind.API, raw))
 
 
