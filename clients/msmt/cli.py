@@ -20,7 +20,7 @@ from typing import Any
 
 from . import __version__, tables
 from .agency import AgencyKeys
-from .client import Client, Delivery
+from .client import Client, Delivery, Received
 from .core import KeyKind, Markings, errors, is_item_id, short_fingerprint, verify
 from .core.markings import TLP_LEVELS, TOPICS
 from .errors import BrokerError, BrokerUnavailable, ClientError, PolicyRefused
@@ -34,6 +34,7 @@ EXIT_REFUSED = 3  # sharing policy does not allow a recipient
 EXIT_UNAVAILABLE = 4  # the broker cannot be reached
 EXIT_INVALID_ITEM = 5  # an envelope failed verification or decryption
 EXIT_KEYS = 6  # keys missing, wrong passphrase, damaged key file
+EXIT_AUDIT = 8  # msmt audit found a missing inbox entry, delivery or receipt
 
 EPILOG = f"""\
 environment:
@@ -48,6 +49,7 @@ exit codes:
   {EXIT_REFUSED} policy refused a recipient   {EXIT_UNAVAILABLE} broker unreachable
   {EXIT_INVALID_ITEM} an item failed verification or decryption   {EXIT_KEYS} key problem
   7 ALARM: the members' directory lists a key of yours that you did not make
+  8 msmt audit found a missing inbox entry, delivery or receipt
 """
 
 CURSOR_FILE = ".msmt-cursor"
@@ -407,13 +409,13 @@ def _quarantine(
     return path
 
 
-def _pull_one(client: Client, folder: Path, delivery: Delivery) -> bool:
-    """Save one delivery (payload and header), or quarantine it: True when saved."""
+def _pull_one(client: Client, folder: Path, delivery: Delivery) -> Received | None:
+    """Save one delivery (payload and header), or quarantine it: the item when saved."""
     stem = _delivery_stem(delivery)
     if not (_is_seq(delivery.seq) and is_item_id(delivery.item_id)):
         detail = "the broker listed a delivery whose item id or sequence number is not in their format"
         _quarantine(client, folder, stem, delivery, "invalid-delivery", detail, fetch=False)
-        return False
+        return None
     try:
         received = client.open(delivery)
     except Exception as exc:
@@ -421,13 +423,13 @@ def _pull_one(client: Client, folder: Path, delivery: Delivery) -> bool:
             raise
         code = getattr(exc, "code", "client-error")
         _quarantine(client, folder, stem, delivery, str(code), getattr(exc, "detail", str(exc)), fetch=True)
-        return False
+        return None
     header = received.opened.header
     _write_private(folder, stem + EXTENSIONS.get(header.content_type, ".bin"), received.payload)
     _write_private(
         folder, f"{stem}.header.json", json.dumps(header_view(header.to_dict()), indent=2).encode()
     )
-    return True
+    return received
 
 
 def _pull_once(client: Client, folder: Path, args: argparse.Namespace, wait: float) -> tuple[int, int]:
@@ -447,12 +449,13 @@ def _pull_once(client: Client, folder: Path, args: argparse.Namespace, wait: flo
     progress = Progress(len(page.deliveries), "pulling")
     saved = failed = handled = 0
     reached = cursor
-    to_acknowledge: list[int] = []
+    to_acknowledge: list[Received] = []
     try:
         for delivery in page.deliveries:
-            if _pull_one(client, folder, delivery):
+            received = _pull_one(client, folder, delivery)
+            if received is not None:
                 saved += 1
-                to_acknowledge.append(delivery.seq)
+                to_acknowledge.append(received)
             else:
                 failed += 1
             handled += 1
@@ -462,7 +465,7 @@ def _pull_once(client: Client, folder: Path, args: argparse.Namespace, wait: flo
     finally:
         progress.close()
         if to_acknowledge and not args.no_ack:
-            client.acknowledge(to_acknowledge)
+            client.confirm(to_acknowledge)  # signed "received and verified" receipts, then acks
         if handled == len(page.deliveries):
             reached = page.cursor
         if reached != cursor:
@@ -539,17 +542,58 @@ def cmd_ack(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     with _client(args) as client:
         result = client.status(args.item_id)
+        proofs = client.delivery_proofs(args.item_id)
     rows = [
         {
             "recipient": d["recipient"],
             "state": d["state"],
+            "inbox_entry": d.get("seq") or "-",
             "delivered": _ms(d["created_ms"]),
             "acknowledged": _ms(d["acked_ms"]),
+            "receipt": proofs.get(d["recipient"], "missing"),
         }
         for d in result["deliveries"]
     ]
-    emit(args, result, rows)
-    return EXIT_OK
+    rows += [
+        {
+            "recipient": r,
+            "state": p,
+            "inbox_entry": "-",
+            "delivered": "-",
+            "acknowledged": "-",
+            "receipt": "missing",
+        }
+        for r, p in sorted(proofs.items())
+        if p == "no delivery"
+    ]
+    emit(args, {**result, "proofs": proofs}, rows)
+    return EXIT_ERROR if "no delivery" in proofs.values() else EXIT_OK
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """What this agency can check alone: gaps in its inbox, receipts for what it sent."""
+    overdue_ms = args.overdue_hours * 3600 * 1000
+    now = int(time.time() * 1000)
+    problems: list[str] = []
+    with _client(args) as client:
+        if client.trust.log is not None:
+            client.log_checkpoint()  # the log is consistent with every checkpoint seen before
+        for seq in client.inbox_gaps():
+            problems.append(f"inbox entry {seq} is missing: withheld or deleted by the broker")
+        sent = client.trust.sent_items
+        for item_id in sent:
+            status = client.status(item_id)
+            for recipient, proof in sorted(client.delivery_proofs(item_id).items()):
+                if proof == "no delivery":
+                    problems.append(f"{item_id}: the broker shows no delivery to {recipient}")
+                elif proof == "missing" and now - int(status["received_ms"]) > overdue_ms:
+                    problems.append(
+                        f"{item_id}: no signed receipt from {recipient} after {args.overdue_hours} h"
+                    )
+    for problem in problems:
+        print(f"AUDIT: {problem}", file=sys.stderr)
+    emit(args, {"problems": problems, "items_checked": len(sent)})
+    return EXIT_AUDIT if problems else EXIT_OK
 
 
 def cmd_directory(args: argparse.Namespace) -> int:
@@ -725,8 +769,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("ack", "acknowledge deliveries by sequence number", cmd_ack)
     p.add_argument("seq", type=int, nargs="+", help="sequence numbers from your inbox")
 
-    p = command("status", "delivery state per recipient of an item you sent", cmd_status)
+    p = command("status", "delivery state and signed receipt per recipient of an item you sent", cmd_status)
     p.add_argument("item_id", help="the id of an item you sent")
+    p = command(
+        "audit",
+        f"check your inbox for gaps and your sent items for receipts (exit {8} on a finding)",
+        cmd_audit,
+    )
+    p.add_argument(
+        "--overdue-hours", type=float, default=24.0, help="a receipt missing after this is a finding"
+    )
 
     command("directory", "list members and key fingerprints from the verified directory", cmd_directory)
     cli_governance.register(sub, ksub)
