@@ -402,6 +402,9 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 def cmd_history(args: argparse.Namespace) -> int:
     store = TrustStore.load(cli.trust_folder(args))
+    if args.broker:  # bring the verified copy up to date first; without a broker, show what we have
+        with cli.client_for(args, store) as client:
+            client.directory(refresh=True)
     code = (args.country or "").upper()
     rows = []
     for data in store.entries:

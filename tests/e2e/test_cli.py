@@ -149,3 +149,61 @@ def test_send_refuse_pull_and_status(setup: dict[str, object]) -> None:
 
     unreachable = {**env, "MSMT_BROKER_URL": "http://127.0.0.1:9", "MSMT_KEYS": str(tmp / "KOR")}
     run("inbox", env=unreachable, expect=4)
+
+
+def test_governance_rotation_and_audit_from_the_command_line(setup: dict[str, object]) -> None:
+    from sqlalchemy import create_engine, text
+
+    tmp, db, env = Path(str(setup["tmp"])), str(setup["db"]), dict(setup["env"])  # type: ignore[call-overload]
+    report = tmp / "audit.md"
+    report.write_text("# For the audit\n")
+    with broker_process(db, AUDIENCE, tmp / "broker-2.log") as base:
+        kor, usa, nzl = (
+            {**env, "MSMT_BROKER_URL": base, "MSMT_KEYS": str(tmp / c)} for c in ("KOR", "USA", "NZL")
+        )
+
+        assert "is now" in run("keys", "rotate", "--kind", "encryption", "--overlap", "1h", env=kor).stdout
+        history = json.loads(run("--json", "keys", "history", "--country", "KOR", env=kor).stdout)
+        assert (history[-1]["type"], history[-1]["signed_by"]) == ("rotate-key", "KOR")
+        assert run("keys", "check", env=kor).stdout.startswith("ok:")
+
+        # suspending NZL needs 2 of the 3 founders: USA proposes (and signs), KOR approves
+        proposed = json.loads(
+            run("--json", "governance", "propose", "update", "NZL", "--status", "suspended", env=usa).stdout
+        )
+        assert proposed["state"] == "pending" and proposed["signers"] == ["USA"]
+        approved = json.loads(run("--json", "governance", "approve", proposed["id"][:12], env=kor).stdout)
+        assert approved["state"] == "applied"
+        assert "suspended" in run("inbox", env=nzl, expect=1).stderr
+
+        sent = [
+            json.loads(
+                run(
+                    "--json",
+                    "submit",
+                    str(report),
+                    "-c",
+                    "RESTRICTED",
+                    "--tlp",
+                    "AMBER",
+                    "-r",
+                    "USA",
+                    env=kor,
+                ).stdout
+            )["item_id"]
+            for _ in range(2)
+        ]
+        engine = create_engine(db)  # the operator deletes USA's first new delivery
+        with engine.begin() as conn:
+            deleted = conn.execute(
+                text("SELECT seq FROM deliveries WHERE item_id = :i"), {"i": sent[0]}
+            ).scalar_one()
+            conn.execute(text("DELETE FROM deliveries WHERE item_id = :i"), {"i": sent[0]})
+        engine.dispose()
+        usa_audit = run("--json", "audit", env=usa, expect=8)
+        assert f"inbox entry {deleted} is missing" in usa_audit.stderr
+        kor_audit = run("--json", "audit", "--overdue-hours", "0", env=kor, expect=8)
+        assert f"{sent[0]}: the broker shows no delivery to USA" in kor_audit.stderr
+        assert f"{sent[1]}: no signed receipt from USA" in kor_audit.stderr
+        status = json.loads(run("--json", "status", sent[0], env=kor, expect=1).stdout)
+        assert status["proofs"] == {"USA": "no delivery"}

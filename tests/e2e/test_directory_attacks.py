@@ -35,6 +35,7 @@ from msmt.core.errors import (
     DirectoryFork,
     DirectoryRollback,
     EnvelopeError,
+    ForeignOwnKey,
     GovernanceError,
     QuorumNotMet,
 )
@@ -466,3 +467,17 @@ def _served(d: Deployment) -> list[tuple[int, str]]:
     token = mint_token(_KEYS["USA"].api, "USA", AUDIENCE)
     body = httpx.get(d.base + "/v1/directory/entries", headers={"Authorization": f"Bearer {token}"}).json()
     return [(int(e["seq"]), str(e["entry"])) for e in body["entries"]]
+
+
+def test_a_key_of_ours_we_did_not_make_raises_the_alarm(deployment: Deployment) -> None:
+    """Someone holding a copy of KOR's signing key rotates KOR's encryption key to one of
+    theirs: every rule is met, so only KOR itself can tell. Its own client refuses to work."""
+    thief_key = EncryptionPrivateKey.generate()
+    with deployment.client("USA") as usa:
+        state = usa.directory().state
+        signed = gov.rotate_key(state, "KOR", thief_key.public_key, state.updated_ms + 1)
+        assert usa.propose(gov.signed_entry(signed, [("KOR", _KEYS["KOR"].signing)]))["state"] == "applied"
+    with deployment.client("KOR") as kor, pytest.raises(ForeignOwnKey, match=thief_key.key_id):
+        kor.directory()
+    with deployment.client("KOR") as kor, pytest.raises(ForeignOwnKey):
+        kor.send(b"x", content_type="text/plain", markings=MARKINGS, recipients=["USA"])
