@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -180,8 +181,12 @@ class World:
     def settle(self) -> None:
         """Integrate whatever is queued for the log now, instead of when the sweeper wakes."""
         integrator = self.client.app.state.broker.log  # type: ignore[attr-defined]
-        while integrator.run_once() is not None:
-            pass
+        # until nothing is queued: on PostgreSQL the background sweeper may hold the integrator
+        # lock (run_once then returns None at once); its commit empties the queue
+        deadline = time.monotonic() + 30
+        while integrator.pending() and time.monotonic() < deadline:
+            if integrator.run_once() is None:
+                time.sleep(0.01)
 
     def root_bytes(self) -> bytes:
         r = self.client.get("/v1/directory/entries", headers=self.auth(RELAY))
