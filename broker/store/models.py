@@ -129,7 +129,7 @@ class Item(Base):
 
 
 class InboxCounter(Base):
-    """Per-recipient sequence; its row lock orders concurrent commits to one inbox."""
+    """Per-recipient sequence, advanced only by the integrator in log order."""
 
     __tablename__ = "inbox_counters"
 
@@ -154,7 +154,7 @@ class Delivery(Base):
 
 
 class LogState(Base):
-    """Single row: the size of the log; its row lock serialises log appends."""
+    """Single row: the size of the log, written only by the integrator (services/log.py)."""
 
     __tablename__ = "log_state"
 

@@ -12,10 +12,7 @@ from .models import (
     AdminAction,
     Delivery,
     GroupMember,
-    InboxCounter,
     Item,
-    LogEntry,
-    LogState,
     RegistryState,
     UsedToken,
 )
@@ -26,46 +23,6 @@ def groups_by_country(session: Session) -> dict[str, set[str]]:
     for row in session.scalars(select(GroupMember)):
         result.setdefault(row.country, set()).add(row.group_name)
     return result
-
-
-def append_log(session: Session, kind: str, ref: str, leaf_hash: bytes, now_ms: int) -> int:
-    """Reserve the next log index; the row lock orders concurrent appends."""
-    size = session.execute(
-        update(LogState)
-        .where(LogState.id == 1)
-        .values(size=LogState.size + 1)
-        .returning(LogState.size)
-        .execution_options(synchronize_session=False)
-    ).scalar_one()
-    index = int(size) - 1
-    session.add(LogEntry(log_index=index, kind=kind, ref=ref, leaf_hash=leaf_hash, created_ms=now_ms))
-    return index
-
-
-def reserve_inbox_seqs(session: Session, recipients: Sequence[str]) -> dict[str, int]:
-    """Next sequence number of each recipient's inbox, locked until this transaction ends.
-
-    The counter rows are locked in sorted order first (no deadlock between submissions with
-    overlapping recipients), then incremented in one statement. A later transaction for the
-    same recipient waits on the row lock, so sequence order is commit order and a consumer
-    reading `seq > cursor` never skips a row that commits late. SQLite has no row locks; its
-    single writer (BEGIN IMMEDIATE) gives the same guarantee.
-    """
-    ordered = sorted(recipients)
-    session.execute(
-        select(InboxCounter.recipient)
-        .where(InboxCounter.recipient.in_(ordered))
-        .order_by(InboxCounter.recipient)
-        .with_for_update()
-    )
-    rows = session.execute(
-        update(InboxCounter)
-        .where(InboxCounter.recipient.in_(ordered))
-        .values(last_seq=InboxCounter.last_seq + 1)
-        .returning(InboxCounter.recipient, InboxCounter.last_seq)
-        .execution_options(synchronize_session=False)
-    ).all()
-    return {recipient: int(seq) for recipient, seq in rows}
 
 
 def inbox_page(session: Session, recipient: str, after: int, limit: int) -> Sequence[tuple[Delivery, Item]]:
