@@ -218,6 +218,7 @@ class World:
 
     def suspend(self, code: str, status: str = "suspended") -> None:
         self.govern("update-member", self.quorum(code), country=code, changes={"status": status})
+        self.settle()  # the entry's log leaf is integrated now, not while a test reads the log
 
     def revoke_own(self, code: str, key_id: str) -> None:
         self.govern("revoke-key", [code], country=code, key_id=key_id)
