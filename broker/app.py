@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from msmt.core.logleaf import LogIdentity, LogSigner
@@ -19,8 +20,10 @@ from msmt.core.logleaf import LogIdentity, LogSigner
 from .api import admin, directory, governance, inbox, items, preflight
 from .api import log as log_api
 from .api.deps import BodyLimit, BrokerState, wall_clock_ms
-from .problems import PROBLEM_MEDIA_TYPE, Problem
+from .problems import PROBLEM_MEDIA_TYPE, Problem, database_unavailable
 from .services.log import Integrator
+from .services.notify import notify_in_transaction
+from .services.sequencer import Sequencer
 from .settings import Settings
 from .store.db import make_engine, make_sessionmaker
 
@@ -29,6 +32,8 @@ log = logging.getLogger("msmt.broker")
 
 def _problem_response(request: Request, problem: Problem) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if problem.status == 401 else None
+    if problem.status == 503:
+        headers = {"Retry-After": "1"}
     return JSONResponse(
         problem.to_dict(instance=request.url.path),
         status_code=problem.status,
@@ -66,6 +71,13 @@ def _install_error_handlers(app: FastAPI) -> None:
             response.headers[name] = value
         return response
 
+    @app.exception_handler(DBAPIError)
+    async def on_database(request: Request, exc: DBAPIError) -> JSONResponse:
+        if not isinstance(exc, OperationalError | InterfaceError):
+            return await on_unexpected(request, exc)
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc.orig)
+        return _problem_response(request, database_unavailable())
+
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
@@ -78,11 +90,13 @@ def _install_error_handlers(app: FastAPI) -> None:
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     broker: BrokerState = app.state.broker
-    broker.log.start(broker.settings.log_sweep_interval_s)
+    broker.notifier.start(broker.settings.database_url)  # PostgreSQL: other processes' wake-ups
+    broker.writer.start()
     try:
         yield
     finally:
-        broker.log.stop()
+        broker.writer.stop()
+        broker.notifier.stop()
 
 
 def load_log_signer(settings: Settings) -> LogSigner | None:
@@ -119,6 +133,17 @@ def create_app(settings: Settings | None = None, clock: Callable[[], int] | None
         identity=pinned_log,
         witness_urls=settings.witness_map(),
         witness_timeout_s=settings.witness_timeout_s,
+    )
+    # Long-polls wake when their recipient's inbox grows: in this process after the commit,
+    # in the others by a NOTIFY that commits with the integration (services/notify.py).
+    broker.integrator.in_transaction.append(notify_in_transaction)
+    broker.integrator.after_commit.append(lambda result: broker.notifier.publish(result.recipients))
+    broker.sequencer = Sequencer(
+        sessions,
+        broker.registry,
+        broker.integrator,
+        max_batch=settings.submit_max_batch,
+        interval_s=settings.log_sweep_interval_s,
     )
     app.state.broker = broker
     app.state.engine = engine

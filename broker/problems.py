@@ -50,3 +50,15 @@ def invalid(code: str, detail: str, **extra: Any) -> Problem:
 
 def conflict(code: str, detail: str) -> Problem:
     return Problem(409, code, "Conflict", detail)
+
+
+def database_unavailable() -> Problem:
+    """The store could not be reached or failed mid-request. For a write, whether it took
+    effect is unknown: every write of the API is safe to repeat with the same body."""
+    return Problem(
+        503,
+        "database-unavailable",
+        "Service unavailable",
+        "the broker's database is unavailable; retry shortly (repeating the same request is safe: "
+        "a submission already stored is answered as a re-submission)",
+    )

@@ -20,7 +20,12 @@ class Settings(BaseSettings):
     max_clock_skew_s: int = 300
     inbox_max_limit: int = 1000
     inbox_max_wait_s: float = 30.0
-    inbox_poll_interval_s: float = 0.2
+    # A long-poll wakes when the integrator publishes its recipient (services/notify.py); it
+    # also re-checks the database this often, so a missed notification never hides an item.
+    inbox_poll_interval_s: float = 2.0
+    # With `include=envelope`, a page stops before its envelopes exceed this many bytes (a
+    # single larger envelope still comes alone).
+    inbox_max_page_bytes: int = 16 * 1024 * 1024
     # The transparency log. The key file holds 64 bytes (Ed25519 key, ML-DSA-65 seed) in
     # base64 (mode 0600); its verifier keys go into the members' root (`extra.log`).
     log_origin: str = "msmt-broker/log"
@@ -28,6 +33,10 @@ class Settings(BaseSettings):
     # How long a submission waits for the integrator before answering 202 (still durable).
     log_settle_timeout_s: float = 10.0
     log_sweep_interval_s: float = 0.5
+    # Group commit: at most this many queued submissions share one transaction.
+    submit_max_batch: int = 512
+    # POST /v1/items/batch: at most this many envelopes per request
+    submit_batch_max_items: int = 1000
     # Where to reach the member witnesses the root names: "name=https://url;name=https://url".
     # Which witnesses count, and how many, is the members' root's decision, not this setting's.
     witness_urls: str = ""

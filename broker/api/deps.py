@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import time
 from collections.abc import Callable
@@ -14,9 +17,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..problems import PROBLEM_MEDIA_TYPE, Problem, forbidden, unauthorized
-from ..services.auth import Caller, authenticate
+from ..services.auth import Caller, ReplayCache, Target, authenticate
 from ..services.log import Integrator
+from ..services.notify import InboxNotifier
 from ..services.registry import RegistryCache
+from ..services.sequencer import Sequencer
 from ..settings import Settings
 
 
@@ -30,12 +35,21 @@ class BrokerState:
     sessions: sessionmaker[Session]
     clock: Callable[[], int] = field(default=wall_clock_ms)
     registry: RegistryCache = field(default_factory=RegistryCache)
+    replays: ReplayCache = field(default_factory=ReplayCache)
     integrator: Integrator | None = None
+    # wakes inbox long-polls; the integrator publishes the recipients of what it commits
+    notifier: InboxNotifier = field(default_factory=InboxNotifier)
+    sequencer: Sequencer | None = None
 
     @property
     def log(self) -> Integrator:
         assert self.integrator is not None
         return self.integrator
+
+    @property
+    def writer(self) -> Sequencer:
+        assert self.sequencer is not None
+        return self.sequencer
 
 
 def get_state(request: Request) -> BrokerState:
@@ -46,14 +60,47 @@ def get_state(request: Request) -> BrokerState:
 StateDep = Annotated[BrokerState, Depends(get_state)]
 
 
+SHARED_REPLAY_PREFIXES = ("/v1/admin", "/v1/governance")
+SUBMIT_PATHS = ("/v1/items", "/v1/items/batch")  # bodies of envelopes: the envelope size limit
+
+
+def request_target(request: Request) -> Target:
+    """Method, and path and query exactly as sent: what a bound token must name."""
+    raw: bytes = request.scope.get("raw_path") or request.scope["path"].encode()
+    query: bytes = request.scope.get("query_string", b"")
+    path = (raw + (b"?" + query if query else b"")).decode("latin-1")
+    shared = request.scope["path"].startswith(SHARED_REPLAY_PREFIXES)
+    return Target(request.method, path, shared_replay_check=shared)
+
+
 async def current_caller(request: Request, state: StateDep) -> Caller:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise unauthorized("missing-token", "send 'Authorization: Bearer <JWT>' signed with your API key")
-    return await run_in_threadpool(
-        authenticate, state.sessions, state.registry, state.settings, token.strip(), state.clock()
+    caller = await run_in_threadpool(
+        authenticate,
+        state.sessions,
+        state.registry,
+        state.settings,
+        token.strip(),
+        state.clock(),
+        request_target(request),
+        state.replays,
     )
+    if caller.body_sha256 is not None:
+        # The token is good; only now is the body read (within the route's size limit).
+        limit = (
+            state.settings.max_envelope_bytes
+            if request.method == "POST" and request.scope["path"].rstrip("/") in SUBMIT_PATHS
+            else state.settings.max_json_bytes
+        )
+        body = await read_body(request, limit)
+        request._body = body
+        digest = base64.urlsafe_b64encode(hashlib.sha256(body).digest()).rstrip(b"=").decode()
+        if not hmac.compare_digest(digest, caller.body_sha256):
+            raise unauthorized("token-binding", "the token was minted for another request body")
+    return caller
 
 
 CallerDep = Annotated[Caller, Depends(current_caller)]
@@ -112,7 +159,7 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        is_submit = scope["method"] == "POST" and scope["path"].rstrip("/") == "/v1/items"
+        is_submit = scope["method"] == "POST" and scope["path"].rstrip("/") in SUBMIT_PATHS
         limit = self.settings.max_envelope_bytes if is_submit else self.settings.max_json_bytes
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > limit:

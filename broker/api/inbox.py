@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
@@ -21,28 +21,51 @@ router = APIRouter(prefix="/v1/inbox", tags=["inbox"])
 MAX_SEQ = 2**63 - 1
 
 
-@router.get("", response_model=schemas.InboxPage, responses=PROBLEMS)
+@router.get("", response_model=schemas.InboxPage, response_model_exclude_none=True, responses=PROBLEMS)
 async def list_inbox(
     caller: CountryDep,
     state: StateDep,
     after: Annotated[int, Query(ge=0, le=MAX_SEQ, description="cursor: the last seq already seen")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     wait: Annotated[float, Query(ge=0, le=30, description="seconds to wait for new deliveries")] = 0,
+    include: Annotated[
+        Literal["envelope"] | None,
+        Query(
+            description="`envelope`: each delivery also carries its envelope (the page is capped in bytes)"
+        ),
+    ] = None,
+    proofs: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=2**62,
+            description="a log size: each delivery in that tree also carries its leaf and inclusion proof",
+        ),
+    ] = None,
 ) -> schemas.InboxPage:
     """Deliveries with seq > after, in seq order. With `wait`, returns as soon as any arrive."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + min(wait, state.settings.inbox_max_wait_s)
+    max_bytes = state.settings.inbox_max_page_bytes if include == "envelope" else None
 
     def load() -> schemas.InboxPage:
         with state.sessions() as session:
-            return schemas.InboxPage(**inbox_service.list_inbox(session, caller.owner, after, limit))
+            page = inbox_service.list_inbox(
+                session, caller.owner, after, limit, max_envelope_bytes=max_bytes, proofs_at=proofs
+            )
+            return schemas.InboxPage(**page)
 
     while True:
+        # taken before the check: deliveries published after it end the wait below at once
+        seen = state.notifier.generation(caller.owner)
         page = await run_in_threadpool(load)
         remaining = deadline - loop.time()
         if page.deliveries or remaining <= 0:
             return page
-        await asyncio.sleep(min(state.settings.inbox_poll_interval_s, remaining))
+        # woken by the integrator's publish; the timeout is only the safety re-check
+        await state.notifier.wait(
+            caller.owner, min(state.settings.inbox_poll_interval_s, remaining), since=seen
+        )
 
 
 @router.post("/ack", response_model=schemas.AckResult, responses=PROBLEMS)

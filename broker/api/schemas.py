@@ -43,11 +43,24 @@ class Delivery(BaseModel):
     size: int
     log_index: int
     state: str
+    envelope: str | None = Field(
+        default=None,
+        description="with `include=envelope` only: the envelope bytes exactly as submitted, base64url "
+        "without padding; untrusted until the recipient verified them like fetched bytes",
+    )
+    leaf: str | None = Field(
+        default=None, description="with `proofs=N`, if log_index < N: the log leaf (base64url)"
+    )
+    inclusion: list[str] | None = Field(
+        default=None, description="with `proofs=N`, if log_index < N: its inclusion proof in the tree of N"
+    )
 
 
 class InboxPage(BaseModel):
     deliveries: list[Delivery]
-    cursor: int
+    cursor: int = Field(
+        description="the seq of the last delivery in this page (else `after`): the next `after`"
+    )
 
 
 Seq = Annotated[StrictInt, Field(ge=1, le=2**63 - 1)]
@@ -56,8 +69,11 @@ PlainText = Field(
 )  # no NUL or control characters
 
 
+MAX_ACK_SEQS = 1000
+
+
 class AckRequest(Strict):
-    seqs: list[Seq] = Field(min_length=1, max_length=1000)
+    seqs: list[Seq] = Field(min_length=1, max_length=MAX_ACK_SEQS)  # more: 422, nothing acknowledged
 
 
 class AckResult(BaseModel):
@@ -285,3 +301,15 @@ class ItemExplanation(BaseModel):
     registry_version: int
     policy_version: int
     decisions: list[RecipientDecision]
+
+
+class BatchResult(BaseModel):
+    """One envelope of a batch: its own status, and its receipt or its problem (RFC 9457)."""
+
+    status: int
+    receipt: Receipt | None = None
+    problem: dict[str, Any] | None = None
+
+
+class BatchResults(BaseModel):
+    results: list[BatchResult]

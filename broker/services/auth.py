@@ -12,9 +12,11 @@ so, so that a wrong clock is not mistaken for a wrong key.
 from __future__ import annotations
 
 import binascii
+import heapq
 import json
 import re
 import secrets
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeGuard
@@ -24,14 +26,12 @@ from jwt.utils import base64url_decode
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from msmt.core import ApiPublicKey
-
 from ..problems import forbidden, unauthorized
 from ..settings import Settings
 from ..store import queries
 from ..store.db import transaction
 from ..store.models import UsedToken
-from .registry import ADMIN_PREFIX, RegistryCache
+from .registry import ADMIN_PREFIX, RegistryCache, api_public_key
 
 JTI_RE = re.compile(r"[A-Za-z0-9._~+/=-]{8,64}")
 
@@ -40,10 +40,50 @@ JTI_RE = re.compile(r"[A-Za-z0-9._~+/=-]{8,64}")
 class Caller:
     owner: str  # country code, or "admin:<name>"
     key_id: str
+    body_sha256: str | None = None  # the `bh` claim of a bound token: the body must match it
 
     @property
     def is_admin(self) -> bool:
         return self.owner.startswith(ADMIN_PREFIX)
+
+
+@dataclass(frozen=True)
+class Target:
+    """The request a token is presented with: a bound token names exactly this."""
+
+    method: str
+    path: str  # path and query as sent ("/v1/inbox?after=3"), undecoded
+    # replays of this request are refused across broker processes, not only in this one
+    # (admin routes and governance: repeating them could undo a later change)
+    shared_replay_check: bool = False
+
+
+class ReplayCache:
+    """The `jti`s of bound tokens this process accepted, until they expire (at most the
+    token lifetime plus leeway). A bound token can only repeat its own request, and every
+    request it can be bound to without the shared check is one that is safe to repeat, so a
+    replay to another broker process changes nothing; within this process it is refused."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, int] = {}
+        self._expiry: list[tuple[int, str]] = []
+        self._lock = threading.Lock()
+
+    def add(self, jti: str, expires_ms: int, now_ms: int) -> bool:
+        """Record `jti`; False if it was already there."""
+        with self._lock:
+            while self._expiry and self._expiry[0][0] < now_ms:
+                _, old = heapq.heappop(self._expiry)
+                if self._seen.get(old, now_ms) < now_ms:
+                    del self._seen[old]
+            if jti in self._seen:
+                return False
+            self._seen[jti] = expires_ms
+            heapq.heappush(self._expiry, (expires_ms, jti))
+            return True
+
+    def __len__(self) -> int:
+        return len(self._seen)
 
 
 class _Repeated(ValueError):
@@ -112,8 +152,40 @@ def _precheck(token: str, settings: Settings, now_ms: int) -> dict[str, Any]:
     return header
 
 
+BINDING_CLAIMS = ("htm", "htu", "bh")
+B64URL_SHA256 = re.compile(r"[A-Za-z0-9_-]{43}")
+
+
+def _binding(claims: dict[str, Any], target: Target | None) -> str | None:
+    """Check a bound token against the request: its `bh` if bound, None if not bound."""
+    present = [name for name in BINDING_CLAIMS if name in claims]
+    if not present:
+        return None
+    if len(present) != len(BINDING_CLAIMS):
+        raise unauthorized("invalid-token", "a bound token carries all of htm, htu and bh")
+    htm, htu, bh = claims["htm"], claims["htu"], claims["bh"]
+    if not (isinstance(htm, str) and isinstance(htu, str) and isinstance(bh, str)):
+        raise unauthorized("invalid-token", "htm, htu and bh must be strings")
+    if not B64URL_SHA256.fullmatch(bh):
+        raise unauthorized("invalid-token", "bh must be the unpadded base64url SHA-256 of the body")
+    if target is None:
+        return bh
+    if htm != target.method or htu != target.path:
+        raise unauthorized(
+            "token-binding",
+            f"the token was minted for {htm} {htu[:200]}, not {target.method} {target.path[:200]}",
+        )
+    return bh
+
+
 def authenticate(
-    factory: sessionmaker[Session], registry_cache: RegistryCache, settings: Settings, token: str, now_ms: int
+    factory: sessionmaker[Session],
+    registry_cache: RegistryCache,
+    settings: Settings,
+    token: str,
+    now_ms: int,
+    target: Target | None = None,
+    replays: ReplayCache | None = None,
 ) -> Caller:
     header = _precheck(token, settings, now_ms)
     try:
@@ -144,7 +216,7 @@ def authenticate(
         raise unauthorized("unknown-key", "the token's key is unknown, revoked or expired")
     owner = record.owner
     active = registry.owner_active(owner)
-    public = ApiPublicKey.from_bytes(record.raw)
+    public = api_public_key(record.raw)
 
     try:
         claims = jwt.decode(
@@ -200,8 +272,21 @@ def authenticate(
         raise unauthorized("invalid-token", "jti must be 8 to 64 characters of A-Z a-z 0-9 . _ ~ + / = -")
     if not active:
         raise forbidden("suspended", f"{owner} is suspended and may not use the broker")
+    bh = _binding(claims, target)
 
     expires_ms = int((exp + settings.token_leeway_s) * 1000)
+    cheap = (
+        bh is not None
+        and replays is not None
+        and target is not None
+        and not target.shared_replay_check
+        and not owner.startswith(ADMIN_PREFIX)
+    )
+    if cheap:
+        assert replays is not None
+        if not replays.add(f"{kid}:{jti}", expires_ms, now_ms):
+            raise unauthorized("replayed-token", "this token was already used; mint a new one per request")
+        return Caller(owner, kid, bh)
     try:
         with transaction(factory) as session:
             session.add(UsedToken(jti=f"{kid}:{jti}", key_id=kid, expires_ms=expires_ms))
@@ -211,4 +296,4 @@ def authenticate(
         raise unauthorized(
             "replayed-token", "this token was already used; mint a new one per request"
         ) from exc
-    return Caller(owner, kid)
+    return Caller(owner, kid, bh)

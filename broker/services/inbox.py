@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import RowMapping, select
 from sqlalchemy.orm import Session
 
 from msmt.core import canonical, errors
@@ -12,31 +13,80 @@ from msmt.core.receipt import parse_receipt, verify_receipt
 
 from ..problems import invalid, not_found
 from ..store import queries
-from ..store.models import Delivery, DeliveryReceiptRow, Item
+from ..store.models import DeliveryReceiptRow, Item
 from . import log as log_service
 from .registry import Registry, signing_public_key
 
 
-def delivery_view(delivery: Delivery, item: Item) -> dict[str, Any]:
+def delivery_view(row: RowMapping) -> dict[str, Any]:
+    """A delivery as the inbox shows it, from a row of `queries.inbox_page`."""
     return {
-        "seq": delivery.seq,
-        "item_id": item.item_id,
-        "originator": item.originator,
-        "created_ms": item.created_ms,
-        "received_ms": item.received_ms,
-        "classification": item.classification,
-        "tlp": item.tlp,
-        "content_type": item.content_type,
-        "size": item.size,
-        "log_index": item.log_index,
-        "state": delivery.state,
+        "seq": row["seq"],
+        "item_id": row["item_id"],
+        "originator": row["originator"],
+        "created_ms": row["created_ms"],
+        "received_ms": row["received_ms"],
+        "classification": row["classification"],
+        "tlp": row["tlp"],
+        "content_type": row["content_type"],
+        "size": row["size"],
+        "log_index": row["log_index"],
+        "state": row["state"],
     }
 
 
-def list_inbox(session: Session, recipient: str, after: int, limit: int) -> dict[str, Any]:
+def list_inbox(
+    session: Session,
+    recipient: str,
+    after: int,
+    limit: int,
+    *,
+    max_envelope_bytes: int | None = None,
+    proofs_at: int | None = None,
+) -> dict[str, Any]:
+    page = _list_inbox(session, recipient, after, limit, max_envelope_bytes=max_envelope_bytes)
+    if proofs_at is not None:
+        # each delivery already in the tree of `proofs_at` leaves: its leaf and inclusion proof,
+        # so that the recipient checks a whole page against one checkpoint (docs §14.14)
+        proven = log_service.inclusions(session, [d["log_index"] for d in page["deliveries"]], proofs_at)
+        for delivery in page["deliveries"]:
+            found = proven.get(delivery["log_index"])
+            if found is not None:
+                delivery["leaf"] = canonical.b64encode(found[0])
+                delivery["inclusion"] = [canonical.b64encode(h) for h in found[1]]
+    return page
+
+
+def _list_inbox(
+    session: Session, recipient: str, after: int, limit: int, *, max_envelope_bytes: int | None = None
+) -> dict[str, Any]:
+    """Deliveries after the cursor. With `max_envelope_bytes`, each also carries its envelope
+    (base64url, 1.3), and the page ends before its envelopes would exceed that many bytes
+    (at least one delivery, however large); the cursor is the last delivery returned."""
     rows = queries.inbox_page(session, recipient, after, limit)
-    deliveries = [delivery_view(d, i) for d, i in rows]
+    if max_envelope_bytes is not None and rows:
+        rows = _within(rows, max_envelope_bytes)
+        envelopes = queries.inbox_envelopes(session, recipient, after, int(rows[-1]["seq"]))
+        deliveries = []
+        for row in rows:
+            envelope = envelopes.get(int(row["seq"]))
+            if envelope is None:  # deleted since the first query: end the page before it
+                break
+            deliveries.append({**delivery_view(row), "envelope": canonical.b64encode(envelope)})
+    else:
+        deliveries = [delivery_view(row) for row in rows]
     return {"deliveries": deliveries, "cursor": deliveries[-1]["seq"] if deliveries else after}
+
+
+def _within(rows: Sequence[RowMapping], max_bytes: int) -> Sequence[RowMapping]:
+    """The longest prefix whose envelopes (`size` is the envelope's length) fit in `max_bytes`,
+    and never less than the first row."""
+    total = 0
+    for count, row in enumerate(rows):
+        total += int(row["size"])
+        if total > max_bytes:
+            return rows[: max(count, 1)]
+    return rows
 
 
 def acknowledge(session: Session, recipient: str, seqs: list[int], now_ms: int) -> dict[str, Any]:

@@ -17,12 +17,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from msmt.core import SigningPublicKey
+from msmt.core import ApiPublicKey, SigningPublicKey
 from msmt.core import governance as gov
 from msmt.core.policy import Member, PolicySnapshot
 
@@ -57,6 +57,12 @@ def signing_public_key(raw: bytes) -> SigningPublicKey:
     return SigningPublicKey.from_bytes(raw)
 
 
+@lru_cache(maxsize=4096)
+def api_public_key(raw: bytes) -> ApiPublicKey:
+    """Parsed (and checked: canonical, not of small order) once per key, not per request."""
+    return ApiPublicKey.from_bytes(raw)
+
+
 @dataclass(frozen=True)
 class Registry:
     version: int
@@ -81,14 +87,23 @@ class Registry:
 
     def current_key(self, owner: str, kind: str, now_ms: int) -> KeyRecord | None:
         """The owner's newest usable key of `kind`: the one senders must use."""
-        candidates = [
-            k for k in self.keys.values() if k.owner == owner and k.kind == kind and k.usable(now_ms)
-        ]
-        return max(candidates, key=lambda k: (k.valid_from_ms, k.created_ms), default=None)
+        for key in reversed(self._by_owner.get((owner, kind), ())):
+            if key.usable(now_ms):
+                return key
+        return None
 
     def keys_of(self, owner: str, kind: str) -> list[KeyRecord]:
-        found = [k for k in self.keys.values() if k.owner == owner and k.kind == kind]
-        return sorted(found, key=lambda k: (k.valid_from_ms, k.created_ms))
+        """Oldest first (by validity start, then creation)."""
+        return list(self._by_owner.get((owner, kind), ()))
+
+    @cached_property
+    def _by_owner(self) -> dict[tuple[str, str], list[KeyRecord]]:
+        index: dict[tuple[str, str], list[KeyRecord]] = {}
+        for key in self.keys.values():
+            index.setdefault((key.owner, key.kind), []).append(key)
+        for found in index.values():
+            found.sort(key=lambda k: (k.valid_from_ms, k.created_ms))
+        return index
 
 
 def read_version(session: Session, *, share_lock: bool = False) -> int:
@@ -151,6 +166,11 @@ class RegistryCache:
     def __init__(self) -> None:
         self._current: Registry | None = None
         self._lock = threading.Lock()
+
+    def latest(self) -> Registry | None:
+        """The newest registry this process has read, without reading the database (for
+        checks that are made again, under a share lock, before anything is stored)."""
+        return self._current
 
     def get(self, session: Session, *, share_lock: bool = False) -> Registry:
         """The registry as of `session`'s view; `share_lock` blocks admin changes until commit."""

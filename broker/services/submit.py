@@ -1,12 +1,14 @@
-"""Submit: verify an envelope, check every recipient, and commit it in one transaction."""
+"""Submit: verify an envelope, check every recipient, and store it (in batches)."""
 
 from __future__ import annotations
 
 import hashlib
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import Table, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -18,10 +20,13 @@ from ..problems import Problem, conflict, forbidden, invalid
 from ..settings import Settings
 from ..store import queries
 from ..store.db import transaction
-from ..store.models import Delivery, Item
-from . import log as log_service
+from ..store.models import Delivery, Item, LogPending
 from .auth import Caller
 from .registry import Registry, RegistryCache, signing_public_key
+
+ITEMS: Table = Item.__table__  # type: ignore[assignment]
+DELIVERIES: Table = Delivery.__table__  # type: ignore[assignment]
+PENDING: Table = LogPending.__table__  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,17 @@ class Receipt:
         }
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """An envelope that passed every check that needs no write."""
+
+    envelope: Envelope
+    data: bytes
+    digest: str  # SHA-256 of `data`, hex
+    now_ms: int
+    key_id: str  # the API key the caller authenticated with
+
+
 def envelope_problem(exc: errors.EnvelopeError) -> Problem:
     status = 413 if isinstance(exc, errors.OversizedField) else 422
     return Problem(status, exc.code, "Envelope rejected", exc.detail)
@@ -61,15 +77,6 @@ def receipt_for(session: Session, item_id: str, *, created: bool) -> Receipt:
         created,
         {d.recipient: d.seq for d in deliveries},
     )
-
-
-def _existing(session: Session, item_id: str, digest: str) -> Receipt | None:
-    item = session.get(Item, item_id)
-    if item is None:
-        return None
-    if item.envelope_sha256 != digest:
-        raise conflict("item-id-conflict", f"item {item_id} was already submitted with different bytes")
-    return receipt_for(session, item_id, created=False)
 
 
 def _verify_signature(registry: Registry, envelope: Envelope, now_ms: int) -> None:
@@ -111,15 +118,46 @@ def _recipient_refusals(
     return refusals
 
 
-def submit(
+FRAME_HEADER = 4  # each envelope of a batch: its length as 4 bytes big-endian, then the bytes
+
+
+def split_batch(data: bytes, max_items: int) -> list[bytes]:
+    """The envelopes of a batch body (docs/protocol.md §4.5); the whole batch is refused,
+    nothing stored, unless its frames cover the body exactly."""
+    envelopes: list[bytes] = []
+    offset = 0
+    while offset < len(data):
+        if len(envelopes) == max_items:
+            raise invalid("batch-too-large", f"a batch holds at most {max_items} envelopes")
+        if offset + FRAME_HEADER > len(data):
+            raise invalid("bad-batch", f"the batch ends inside a frame header at byte {offset}")
+        size = int.from_bytes(data[offset : offset + FRAME_HEADER], "big")
+        start = offset + FRAME_HEADER
+        if size == 0 or start + size > len(data):
+            raise invalid(
+                "bad-batch", f"frame {len(envelopes)} declares {size} bytes; {len(data) - start} remain"
+            )
+        envelopes.append(data[start : start + size])
+        offset = start + size
+    if not envelopes:
+        raise invalid("bad-batch", "the batch holds no envelope")
+    return envelopes
+
+
+def join_batch(envelopes: Sequence[bytes]) -> bytes:
+    return b"".join(len(e).to_bytes(FRAME_HEADER, "big") + e for e in envelopes)
+
+
+def prepare(
     factory: sessionmaker[Session],
     registry_cache: RegistryCache,
     settings: Settings,
     caller: Caller,
     data: bytes,
     now_ms: int,
-) -> Receipt:
-    """Accept the envelope or raise a Problem; nothing is written unless every check passes."""
+) -> Prepared:
+    """Every check that needs no write: parse, originator, freshness, signature (against the
+    registry as it stands now; checked again when the batch commits). Raises a Problem."""
     try:
         envelope = parse(data)
     except errors.EnvelopeError as exc:
@@ -130,14 +168,6 @@ def submit(
             "originator-mismatch",
             f"{caller.owner} may not submit an item whose originator is {header.originator}",
         )
-    digest = hashlib.sha256(data).hexdigest()
-
-    with factory() as session:
-        existing = _existing(session, header.item_id, digest)
-        registry = registry_cache.get(session)
-    if existing is not None:
-        return existing
-
     try:
         check_freshness(
             header,
@@ -147,78 +177,145 @@ def submit(
         )
     except errors.StaleEnvelope as exc:
         raise invalid(exc.code, exc.detail) from exc
-    _verify_signature(registry, envelope, now_ms)
-
-    try:
-        with transaction(factory) as session:
-            # Checked again under a share lock on the registry version: no admin change can
-            # commit between these checks and this transaction's commit.
-            registry = registry_cache.get(session, share_lock=True)
-            if (
-                registry.usable_key(header.originator_key_id, now_ms, "signing", owner=header.originator)
-                is None
-            ):
-                raise forbidden("unknown-signing-key", "the originator's signing key was revoked")
-            refusals = _recipient_refusals(registry, envelope, now_ms)
-            if refusals:
-                raise forbidden(
-                    "recipients-refused",
-                    f"{len(refusals)} of {len(header.recipients)} recipients may not receive this item; nothing was stored",
-                    recipients=refusals,
-                )
-            # No global lock here: the log index and the inbox numbers are assigned when the
-            # integrator takes this item into the log (services/log.py).
-            session.add(_item_row(envelope, data, digest, now_ms, caller.key_id, registry.version))
-            session.flush()
-            session.execute(
-                insert(Delivery),
-                [
-                    {
-                        "item_id": header.item_id,
-                        "recipient": c,
-                        "seq": None,
-                        "state": "pending",
-                        "created_ms": now_ms,
-                    }
-                    for c in header.recipient_countries
-                ],
-            )
-            log_service.stage(session, "item", header.item_id, now_ms)
-    except IntegrityError:
-        # A concurrent submission of the same item won the race: answer as a re-submission.
+    registry = registry_cache.latest()  # as read moments ago to authenticate the caller
+    if registry is None:
         with factory() as session:
-            existing = _existing(session, header.item_id, digest)
-        if existing is None:
-            raise
-        return existing
-    return Receipt(header.item_id, None, now_ms, header.recipient_countries, created=True)
+            registry = registry_cache.get(session)
+    _verify_signature(registry, envelope, now_ms)
+    return Prepared(envelope, data, hashlib.sha256(data).hexdigest(), now_ms, caller.key_id)
 
 
-def _item_row(
-    envelope: Envelope,
-    data: bytes,
-    digest: str,
-    now_ms: int,
-    key_id: str,
-    policy_version: int,
-) -> Item:
-    header = envelope.header
-    return Item(
-        item_id=header.item_id,
-        originator=header.originator,
-        originator_key_id=header.originator_key_id,
-        created_ms=header.created_ms,
-        received_ms=now_ms,
-        classification=header.markings.classification,
-        tlp=header.markings.tlp,
-        content_type=header.content_type,
-        supersedes=header.supersedes,
-        in_reply_to=header.in_reply_to,
-        expires_ms=header.expires_ms,
-        size=len(data),
-        envelope_sha256=digest,
-        envelope=data,
-        log_index=None,
-        submitted_with_key=key_id,
-        policy_version=policy_version,
+def accept_batch(
+    session: Session, registry_cache: RegistryCache, batch: Sequence[Prepared]
+) -> list[Receipt | Problem]:
+    """Store every acceptable item of `batch` in the caller's transaction (items, their
+    deliveries without inbox numbers, and their log staging rows): one answer per entry, in
+    order. An identical re-submission (earlier, or earlier in the same batch) is answered with
+    the stored receipt; different bytes under a known id are a conflict.
+
+    No global lock is taken: the log index and inbox numbers are assigned when the integrator
+    takes these items into the log (services/log.py). The registry is read under a share
+    lock, so no directory or policy change can commit between these checks and the commit."""
+    registry = registry_cache.get(session, share_lock=True)
+    ids = list({p.envelope.header.item_id for p in batch})
+    stored = dict(
+        session.execute(
+            select(ITEMS.c.item_id, ITEMS.c.envelope_sha256).where(ITEMS.c.item_id.in_(ids))
+        ).all()
     )
+    answers: list[Receipt | Problem | None] = [None] * len(batch)
+    existing: dict[str, list[int]] = defaultdict(list)  # stored before this batch: receipts read below
+    fresh: dict[str, int] = {}  # item id -> position of the entry that stores it in this batch
+    items: list[dict[str, Any]] = []
+    deliveries: list[dict[str, Any]] = []
+    pending: list[dict[str, Any]] = []
+    for position, prepared in enumerate(batch):
+        header = prepared.envelope.header
+        item_id = header.item_id
+        known = stored.get(item_id)
+        if known is None and item_id in fresh:
+            known = batch[fresh[item_id]].digest
+        if known is not None:
+            if known != prepared.digest:
+                answers[position] = conflict(
+                    "item-id-conflict", f"item {item_id} was already submitted with different bytes"
+                )
+            elif item_id in fresh:
+                first = batch[fresh[item_id]]
+                answers[position] = Receipt(
+                    item_id, None, first.now_ms, header.recipient_countries, created=False
+                )
+            else:
+                existing[item_id].append(position)
+            continue
+        try:
+            _check_again(registry, prepared)
+        except Problem as problem:
+            answers[position] = problem
+            continue
+        fresh[item_id] = position
+        items.append(_item_row(prepared, registry.version))
+        deliveries.extend(
+            {
+                "item_id": item_id,
+                "recipient": c,
+                "seq": None,
+                "state": "pending",
+                "created_ms": prepared.now_ms,
+            }
+            for c in header.recipient_countries
+        )
+        pending.append({"kind": "item", "ref": item_id, "created_ms": prepared.now_ms})
+        answers[position] = Receipt(item_id, None, prepared.now_ms, header.recipient_countries, created=True)
+    if items:
+        session.execute(insert(ITEMS), items)
+        session.execute(insert(DELIVERIES), deliveries)
+        session.execute(insert(PENDING), pending)
+    for item_id, positions in existing.items():
+        receipt = receipt_for(session, item_id, created=False)
+        for position in positions:
+            answers[position] = receipt
+    assert all(a is not None for a in answers)
+    return [a for a in answers if a is not None]
+
+
+def _check_again(registry: Registry, prepared: Prepared) -> None:
+    header = prepared.envelope.header
+    if (
+        registry.usable_key(header.originator_key_id, prepared.now_ms, "signing", owner=header.originator)
+        is None
+    ):
+        raise forbidden("unknown-signing-key", "the originator's signing key was revoked")
+    refusals = _recipient_refusals(registry, prepared.envelope, prepared.now_ms)
+    if refusals:
+        raise forbidden(
+            "recipients-refused",
+            f"{len(refusals)} of {len(header.recipients)} recipients may not receive this item; nothing was stored",
+            recipients=refusals,
+        )
+
+
+def submit(
+    factory: sessionmaker[Session],
+    registry_cache: RegistryCache,
+    settings: Settings,
+    caller: Caller,
+    data: bytes,
+    now_ms: int,
+) -> Receipt:
+    """Accept one envelope in its own transaction, or raise a Problem; nothing is written
+    unless every check passes. (The broker batches submissions: services/sequencer.py.)"""
+    prepared = prepare(factory, registry_cache, settings, caller, data, now_ms)
+    for _ in range(2):
+        try:
+            with transaction(factory) as session:
+                (answer,) = accept_batch(session, registry_cache, [prepared])
+        except IntegrityError:
+            continue  # a concurrent submission of the same item won the race: look again
+        if isinstance(answer, Problem):
+            raise answer
+        return answer
+    raise conflict("item-id-conflict", "the item was being stored concurrently; submit it again")
+
+
+def _item_row(prepared: Prepared, policy_version: int) -> dict[str, Any]:
+    header = prepared.envelope.header
+    return {
+        "item_id": header.item_id,
+        "originator": header.originator,
+        "originator_key_id": header.originator_key_id,
+        "created_ms": header.created_ms,
+        "received_ms": prepared.now_ms,
+        "classification": header.markings.classification,
+        "tlp": header.markings.tlp,
+        "content_type": header.content_type,
+        "supersedes": header.supersedes,
+        "in_reply_to": header.in_reply_to,
+        "expires_ms": header.expires_ms,
+        "size": len(prepared.data),
+        "envelope_sha256": prepared.digest,
+        "envelope": prepared.data,
+        "log_index": None,
+        "submitted_with_key": prepared.key_id,
+        "policy_version": policy_version,
+    }

@@ -15,6 +15,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+WRITE_OPTION = "msmt_write"
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 
 
@@ -77,8 +78,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _on_begin(connection: Any) -> None:
-            # Take the write lock up front: no deadlocked read-to-write upgrades.
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            # A unit of work takes the write lock up front (no deadlocked read-to-write
+            # upgrades); a read begins a plain snapshot and never waits for a writer (WAL).
+            write = connection.get_execution_options().get(WRITE_OPTION, False)
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)
@@ -90,8 +93,10 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """One unit of work: commit on success, roll back on any exception."""
+    """One unit of work: commit on success, roll back on any exception. (A session used
+    without this only reads: on SQLite it never takes the write lock.)"""
     with factory() as session, session.begin():
+        session.connection(execution_options={WRITE_OPTION: True})
         yield session
 
 

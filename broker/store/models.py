@@ -9,7 +9,6 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     ForeignKey,
-    Index,
     Integer,
     LargeBinary,
     String,
@@ -298,6 +297,3 @@ class BrokerSetting(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
-
-
-Index("ix_deliveries_item", Delivery.item_id)

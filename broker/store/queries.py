@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import RowMapping, delete, select, update
 from sqlalchemy.orm import Session
 
 from .models import (
@@ -25,15 +25,46 @@ def groups_by_country(session: Session) -> dict[str, set[str]]:
     return result
 
 
-def inbox_page(session: Session, recipient: str, after: int, limit: int) -> Sequence[tuple[Delivery, Item]]:
+# What an inbox page shows of each delivery: never `items.envelope` (envelopes are loaded
+# separately, and only when asked for, by `inbox_envelopes`).
+INBOX_COLUMNS = (
+    Delivery.seq,
+    Delivery.state,
+    Item.item_id,
+    Item.originator,
+    Item.created_ms,
+    Item.received_ms,
+    Item.classification,
+    Item.tlp,
+    Item.content_type,
+    Item.size,
+    Item.log_index,
+)
+
+
+def inbox_page(session: Session, recipient: str, after: int, limit: int) -> Sequence[RowMapping]:
+    """The recipient's numbered deliveries after `after`, in seq order, without envelopes."""
+    return (
+        session.execute(
+            select(*INBOX_COLUMNS)
+            .join(Item, Item.item_id == Delivery.item_id)
+            .where(Delivery.recipient == recipient, Delivery.seq > after)
+            .order_by(Delivery.seq)
+            .limit(limit)
+        )
+        .mappings()
+        .all()
+    )
+
+
+def inbox_envelopes(session: Session, recipient: str, after: int, last: int) -> dict[int, bytes]:
+    """The envelope bytes of the recipient's deliveries with after < seq <= last, by seq."""
     rows = session.execute(
-        select(Delivery, Item)
+        select(Delivery.seq, Item.envelope)
         .join(Item, Item.item_id == Delivery.item_id)
-        .where(Delivery.recipient == recipient, Delivery.seq > after)
-        .order_by(Delivery.seq)
-        .limit(limit)
+        .where(Delivery.recipient == recipient, Delivery.seq > after, Delivery.seq <= last)
     ).all()
-    return [(d, i) for d, i in rows]
+    return {int(seq): bytes(envelope) for seq, envelope in rows if seq is not None}
 
 
 def deliveries_of_item(session: Session, item_id: str) -> Sequence[Delivery]:
@@ -49,16 +80,21 @@ def delivery(session: Session, item_id: str, recipient: str) -> Delivery | None:
 
 
 def acknowledge(session: Session, recipient: str, seqs: Sequence[int], now_ms: int) -> list[int]:
-    """Mark the given deliveries acknowledged; returns the seqs not in `recipient`'s inbox."""
+    """Mark the given deliveries acknowledged; returns the seqs not in `recipient`'s inbox.
+
+    Two statements whatever the number of seqs (the API caps a batch at 1000): one to find
+    them, and, only when all are there, one to acknowledge the pending ones."""
+    wanted = sorted(set(seqs))
     found = set(
-        session.scalars(select(Delivery.seq).where(Delivery.recipient == recipient, Delivery.seq.in_(seqs)))
+        session.scalars(select(Delivery.seq).where(Delivery.recipient == recipient, Delivery.seq.in_(wanted)))
     )
-    missing = sorted(set(seqs) - found)
+    missing = [seq for seq in wanted if seq not in found]
     if not missing:
         session.execute(
             update(Delivery)
-            .where(Delivery.recipient == recipient, Delivery.seq.in_(seqs), Delivery.state == "pending")
+            .where(Delivery.recipient == recipient, Delivery.seq.in_(wanted), Delivery.state == "pending")
             .values(state="acknowledged", acked_ms=now_ms)
+            .execution_options(synchronize_session=False)
         )
     return missing
 

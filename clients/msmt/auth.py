@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import secrets
 import time
 
@@ -12,6 +14,11 @@ from .core import ApiPrivateKey
 DEFAULT_LIFETIME_S = 120
 
 
+def body_hash(body: bytes) -> str:
+    """The `bh` claim: unpadded base64url of the body's SHA-256."""
+    return base64.urlsafe_b64encode(hashlib.sha256(body).digest()).rstrip(b"=").decode()
+
+
 def mint_token(
     key: ApiPrivateKey,
     issuer: str,
@@ -19,14 +26,23 @@ def mint_token(
     *,
     lifetime_s: int = DEFAULT_LIFETIME_S,
     now: float | None = None,
+    method: str | None = None,
+    target: str | None = None,
+    body: bytes = b"",
 ) -> str:
-    """A token for one request: `iss` is the country code (or "admin:<name>"), `kid` the key id."""
+    """A token for one request: `iss` is the country code (or "admin:<name>"), `kid` the key id.
+
+    With `method` and `target` (path and query exactly as sent) the token is bound to that
+    one request and its body (claims `htm`, `htu`, `bh`, docs/protocol.md): it is good for
+    nothing else, so the broker need not record it in its database to refuse a replay."""
     issued = int(time.time() if now is None else now)
-    claims = {
+    claims: dict[str, str | int] = {
         "iss": issuer,
         "aud": audience,
         "iat": issued,
         "exp": issued + lifetime_s,
         "jti": secrets.token_urlsafe(18),
     }
+    if method is not None and target is not None:
+        claims.update(htm=method.upper(), htu=target, bh=body_hash(body))
     return jwt.encode(claims, key.ed_key, algorithm="EdDSA", headers={"kid": key.key_id})

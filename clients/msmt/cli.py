@@ -20,7 +20,7 @@ from typing import Any
 
 from . import __version__, tables
 from .agency import AgencyKeys
-from .client import Client, Delivery, Received
+from .client import Client, Delivery, InboxPage, Received, rejects_delivery
 from .core import KeyKind, Markings, errors, is_item_id, short_fingerprint, verify
 from .core.markings import TLP_LEVELS, TOPICS
 from .errors import BrokerError, BrokerUnavailable, ClientError, PolicyRefused
@@ -364,28 +364,31 @@ def _write_private(folder: Path, name: str, data: bytes) -> Path:
 def _cannot_open(exc: Exception) -> bool:
     """Whether an error is about this one delivery (quarantine it and go on) rather than about
     the broker, the network or the directory (stop; the delivery is tried again next time)."""
-    if isinstance(exc, errors.EnvelopeError | errors.KeyMaterialError):
-        return True
-    if isinstance(exc, BrokerUnavailable):
-        return False
-    if isinstance(exc, BrokerError):
-        return 400 <= exc.status < 500 and exc.status not in (401, 408, 429)
-    return isinstance(exc, ClientError)
+    return rejects_delivery(exc)
 
 
 def _quarantine(
-    client: Client, folder: Path, stem: str, delivery: Delivery, code: str, detail: str, fetch: bool
+    client: Client,
+    folder: Path,
+    stem: str,
+    delivery: Delivery,
+    code: str,
+    detail: str,
+    fetch: bool,
+    data: bytes | None = None,
 ) -> Path:
-    """Keep what could not be opened: the envelope bytes (when the broker gives them) and a
-    JSON reason, 0600, in FOLDER/quarantine/. It is reported, and not acknowledged."""
+    """Keep what could not be opened: the envelope bytes (those the inbox page carried, else
+    fetched when the broker gives them) and a JSON reason, 0600, in FOLDER/quarantine/. It is
+    reported, and not acknowledged."""
     quarantine = folder / QUARANTINE_FOLDER
     _private_folder(quarantine)
     envelope: str | None = None
     if fetch:
-        try:
-            data = client.fetch(delivery.item_id)
-        except ClientError:
-            data = None
+        if data is None:
+            try:
+                data = client.fetch(delivery.item_id)
+            except ClientError:
+                data = None
         if data is not None:
             envelope = _write_private(quarantine, f"{stem}.envelope", data).name
     item_id = delivery.item_id if isinstance(delivery.item_id, str) else repr(delivery.item_id)
@@ -409,20 +412,27 @@ def _quarantine(
     return path
 
 
-def _pull_one(client: Client, folder: Path, delivery: Delivery) -> Received | None:
-    """Save one delivery (payload and header), or quarantine it: the item when saved."""
+def _pull_one(client: Client, folder: Path, page: InboxPage, index: int) -> Received | None:
+    """Save one delivery of the page (payload and header), or quarantine it: the item when saved.
+
+    The envelope is the one the page carries (fetched only when it carries none), verified
+    exactly like fetched bytes."""
+    delivery = page.deliveries[index]
     stem = _delivery_stem(delivery)
     if not (_is_seq(delivery.seq) and is_item_id(delivery.item_id)):
         detail = "the broker listed a delivery whose item id or sequence number is not in their format"
         _quarantine(client, folder, stem, delivery, "invalid-delivery", detail, fetch=False)
         return None
+    data: bytes | None = None
     try:
-        received = client.open(delivery)
+        data = page.envelope(index)
+        received = client.open(delivery, data=data)
     except Exception as exc:
         if not _cannot_open(exc):
             raise
         code = getattr(exc, "code", "client-error")
-        _quarantine(client, folder, stem, delivery, str(code), getattr(exc, "detail", str(exc)), fetch=True)
+        detail = getattr(exc, "detail", str(exc))
+        _quarantine(client, folder, stem, delivery, str(code), detail, fetch=True, data=data)
         return None
     header = received.opened.header
     _write_private(folder, stem + EXTENSIONS.get(header.content_type, ".bin"), received.payload)
@@ -430,6 +440,11 @@ def _pull_one(client: Client, folder: Path, delivery: Delivery) -> Received | No
         folder, f"{stem}.header.json", json.dumps(header_view(header.to_dict()), indent=2).encode()
     )
     return received
+
+
+def _cursor(folder: Path) -> int:
+    cursor_path = folder / CURSOR_FILE
+    return int(cursor_path.read_text()) if cursor_path.exists() else 0
 
 
 def _pull_once(client: Client, folder: Path, args: argparse.Namespace, wait: float) -> tuple[int, int]:
@@ -442,17 +457,17 @@ def _pull_once(client: Client, folder: Path, args: argparse.Namespace, wait: flo
     the directory) stops the pull: what was handled is acknowledged and the cursor kept after it.
     """
     _private_folder(folder)
-    cursor_path = folder / CURSOR_FILE
-    cursor = int(cursor_path.read_text()) if cursor_path.exists() else 0
+    cursor = _cursor(folder)
     client.directory(refresh=True)  # every poll: the chain still extends ours, and no foreign key of ours
-    page = client.inbox(cursor, limit=args.limit, wait=wait)
+    # one request for the page and its envelopes (capped in bytes by the broker)
+    page = client.inbox(cursor, limit=args.limit, wait=wait, envelopes=True)
     progress = Progress(len(page.deliveries), "pulling")
     saved = failed = handled = 0
     reached = cursor
     to_acknowledge: list[Received] = []
     try:
-        for delivery in page.deliveries:
-            received = _pull_one(client, folder, delivery)
+        for index, delivery in enumerate(page.deliveries):
+            received = _pull_one(client, folder, page, index)
             if received is not None:
                 saved += 1
                 to_acknowledge.append(received)
@@ -486,9 +501,12 @@ def cmd_pull(args: argparse.Namespace) -> int:
     total_saved = total_failed = 0
     with _client(args) as client:
         while True:
+            before = _cursor(folder)
             saved, failed = _pull_once(client, folder, args, wait=0)
             total_saved, total_failed = total_saved + saved, total_failed + failed
-            if saved + failed < args.limit:
+            # until a page is empty (a short page is not the end: pages are capped in bytes)
+            # or brings the cursor no further
+            if saved + failed == 0 or _cursor(folder) == before:
                 break
     emit(args, {"saved": total_saved, "rejected": total_failed, "folder": str(folder)})
     return EXIT_INVALID_ITEM if total_failed else EXIT_OK

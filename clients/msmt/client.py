@@ -22,7 +22,14 @@ import httpx
 from .agency import AgencyKeys
 from .auth import mint_token
 from .core import Envelope, Markings, Opened, canonical, logleaf, open_envelope, parse, seal, verify
-from .core.errors import BadReceipt, EnvelopeError, ForeignOwnKey, LeafMismatch, NotWitnessed
+from .core.errors import (
+    BadReceipt,
+    EnvelopeError,
+    ForeignOwnKey,
+    KeyMaterialError,
+    LeafMismatch,
+    NotWitnessed,
+)
 from .core.note import Checkpoint
 from .core.receipt import DeliveryReceipt, parse_receipt, sign_receipt, verify_receipt
 from .directory import Directory
@@ -33,6 +40,10 @@ ENVELOPE_MEDIA_TYPE = "application/vnd.msmt.envelope"
 RETRYABLE_STATUS = {500, 502, 503, 504}
 WITNESS_WAITS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.5, 1.0, 1.0, 2.0, 2.0, 3.0)  # ~10 s for the witnesses
 ORCON = "ORCON"
+MAX_ACK_SEQS = 1000  # the broker's cap on one acknowledgement (and one receipts request)
+# receipts are ~6.4 KB each in base64url: keep a receipts request under the broker's default
+# 1 MiB JSON body limit (a page of 100 is one request)
+RECEIPTS_REQUEST_CHARS = 900_000
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,19 @@ class Delivery:
 class InboxPage:
     deliveries: tuple[Delivery, ...]
     cursor: int
+    # with `inbox(envelopes=True)`: each delivery's envelope as the broker sent it (base64url),
+    # None where it sent none; untrusted until `open` verified it
+    envelopes: tuple[str | None, ...] = ()
+    # with `inbox(proofs=N)`: (leaf, inclusion proof in the tree of N) for deliveries in it
+    proofs: tuple[tuple[str, tuple[str, ...]] | None, ...] = ()
+
+    def proof(self, index: int) -> tuple[str, tuple[str, ...]] | None:
+        return self.proofs[index] if index < len(self.proofs) else None
+
+    def envelope(self, index: int) -> bytes | None:
+        """The envelope bytes the page carries for delivery `index` (unverified), or None."""
+        text = self.envelopes[index] if index < len(self.envelopes) else None
+        return None if text is None else canonical.b64decode(text, "the envelope in the inbox page")
 
 
 @dataclass(frozen=True)
@@ -76,6 +100,55 @@ class Received:
     @property
     def payload(self) -> bytes:
         return self.opened.payload
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A delivery that could not be opened: the error, and the bytes the broker served."""
+
+    delivery: Delivery
+    error: Exception
+    envelope: bytes | None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One inbox page, opened: what verified and decrypted, and what was refused."""
+
+    page: InboxPage
+    received: tuple[Received, ...]
+    rejected: tuple[Rejected, ...]
+
+    @property
+    def cursor(self) -> int:
+        return self.page.cursor
+
+
+def rejects_delivery(exc: BaseException) -> bool:
+    """Whether an error is about one delivery (refuse it and go on) rather than about the
+    broker, the network, the directory or the log (stop; try the delivery again later)."""
+    if isinstance(exc, EnvelopeError | KeyMaterialError):
+        return True
+    if isinstance(exc, BrokerUnavailable):
+        return False
+    if isinstance(exc, BrokerError):
+        return 400 <= exc.status < 500 and exc.status not in (401, 408, 429)
+    return isinstance(exc, ClientError)
+
+
+def _receipt_requests(receipts: list[str]) -> list[list[str]]:
+    """Receipts in as few requests as fit the broker's body and count limits."""
+    requests: list[list[str]] = [[]]
+    size = 0
+    for receipt in receipts:
+        if requests[-1] and (
+            size + len(receipt) + 3 > RECEIPTS_REQUEST_CHARS or len(requests[-1]) >= MAX_ACK_SEQS
+        ):
+            requests.append([])
+            size = 0
+        requests[-1].append(receipt)
+        size += len(receipt) + 3
+    return requests if requests[0] else []
 
 
 @dataclass(frozen=True)
@@ -112,9 +185,18 @@ class _ClientCore:
     def country(self) -> str:
         return self.keys.country
 
-    def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        token = mint_token(self.keys.api, self.keys.country, self.audience)
-        return {"Authorization": f"Bearer {token}", **(extra or {})}
+    def _authorize(self, request: httpx.Request) -> httpx.Request:
+        """Sign a token bound to exactly this request: method, path and query as sent, body."""
+        token = mint_token(
+            self.keys.api,
+            self.keys.country,
+            self.audience,
+            method=request.method,
+            target=request.url.raw_path.decode("ascii"),
+            body=request.read(),
+        )
+        request.headers["Authorization"] = f"Bearer {token}"
+        return request
 
     def _delay(self, attempt: int) -> float:
         delay: float = min(self.backoff_s * 2**attempt, 8.0)
@@ -391,7 +473,52 @@ class _ClientCore:
 
     @staticmethod
     def _page(data: dict[str, Any]) -> InboxPage:
-        return InboxPage(tuple(Delivery(**d) for d in data["deliveries"]), int(data["cursor"]))
+        deliveries: list[Delivery] = []
+        envelopes: list[str | None] = []
+        proofs: list[tuple[str, tuple[str, ...]] | None] = []
+        for d in data["deliveries"]:
+            fields = dict(d)
+            envelope = fields.pop("envelope", None)
+            leaf, inclusion = fields.pop("leaf", None), fields.pop("inclusion", None)
+            deliveries.append(Delivery(**fields))
+            envelopes.append(envelope if isinstance(envelope, str) else None)  # else: fetch it
+            well_formed = isinstance(leaf, str) and isinstance(inclusion, list)
+            proofs.append((str(leaf), tuple(map(str, inclusion))) if well_formed else None)
+        return InboxPage(tuple(deliveries), int(data["cursor"]), tuple(envelopes), tuple(proofs))
+
+    def _proven_here(
+        self,
+        received: Received,
+        data: bytes,
+        proof: tuple[str, tuple[str, ...]] | None,
+        at: Checkpoint | None,
+    ) -> bool:
+        """Check a delivery's entry in the log from the page's own leaf and inclusion proof
+        against `at`, a checkpoint already verified; False if the page has none for it (then
+        the caller asks the log itself). A proof that is there and wrong raises."""
+        index = received.delivery.log_index
+        if proof is None or at is None or index >= at.size:
+            return False
+        leaf = self._checked_received_leaf(received, data, {"leaf": proof[0]})
+        hashes = [canonical.b64decode(h, "inclusion proof") for h in proof[1]]
+        logleaf.check_inclusion(leaf, index, at, hashes)
+        return True
+
+    @staticmethod
+    def _inbox_params(
+        after: int, limit: int, wait: float, envelopes: bool, proofs: int | None = None
+    ) -> dict[str, int | float | str]:
+        params: dict[str, int | float | str] = {"after": after, "limit": limit, "wait": wait}
+        if envelopes:
+            params["include"] = "envelope"
+        if proofs:
+            params["proofs"] = proofs
+        return params
+
+    @staticmethod
+    def _acks(seqs: Iterable[int]) -> list[list[int]]:
+        values = list(seqs)
+        return [values[i : i + MAX_ACK_SEQS] for i in range(0, len(values), MAX_ACK_SEQS)]
 
     @staticmethod
     def _preflight(data: dict[str, Any]) -> Preflight:
@@ -428,7 +555,8 @@ class Client(_ClientCore):
         for attempt in range(self.retries + 1):
             response: httpx.Response | None = None
             try:
-                response = self._http.request(method, path, headers=self._headers(headers), **kwargs)
+                request = self._http.build_request(method, path, headers=headers, **kwargs)
+                response = self._http.send(self._authorize(request))
             except httpx.TransportError as exc:
                 if attempt == self.retries:
                     raise BrokerUnavailable(f"cannot reach the broker at {self.base_url}: {exc}") from exc
@@ -541,41 +669,87 @@ class Client(_ClientCore):
             in_reply_to=received.opened.header.item_id,
         )
 
-    def inbox(self, after: int = 0, *, limit: int = 100, wait: float = 0) -> InboxPage:
-        params: dict[str, int | float] = {"after": after, "limit": limit, "wait": wait}
+    def inbox(
+        self,
+        after: int = 0,
+        *,
+        limit: int = 100,
+        wait: float = 0,
+        envelopes: bool = False,
+        proofs: int | None = None,
+    ) -> InboxPage:
+        """Deliveries after the cursor; with `envelopes`, each with its (unverified) envelope
+        bytes, in a page the broker caps in bytes: go on from `cursor`. With `proofs` (a log
+        size), each delivery in that tree also carries its leaf and inclusion proof."""
+        params = self._inbox_params(after, limit, wait, envelopes, proofs)
         return self._page(self._request("GET", "/v1/inbox", params=params, timeout=wait + 30).json())
 
     def fetch(self, item_id: str) -> bytes:
         return self._request("GET", f"/v1/items/{item_id}").content
 
-    def open(self, delivery: Delivery) -> Received:
-        """Fetch, verify (signature against the directory, entry in the log) and decrypt one delivery."""
-        data = self.fetch(delivery.item_id)
+    def open(
+        self,
+        delivery: Delivery,
+        *,
+        data: bytes | None = None,
+        proof: tuple[str, tuple[str, ...]] | None = None,
+        at: Checkpoint | None = None,
+    ) -> Received:
+        """Verify (signature against the directory, entry in the log) and decrypt one delivery:
+        `data` from an inbox page, else fetched; its log entry from the page's `proof` against
+        the verified checkpoint `at`, else asked of the log. Either way the bytes are the
+        broker's word, checked in full."""
+        if data is None:
+            data = self.fetch(delivery.item_id)
         try:
             received = self._open(self.directory(), delivery, data)
         except EnvelopeError:
             received = self._open(self.directory(refresh=True), delivery, data)  # a key may be newer
-        if self.trust.log is not None:
+        if self.trust.log is not None and not self._proven_here(received, data, proof, at):
             leaf = self._request("GET", f"/v1/log/leaves/{delivery.log_index}").json()
             self.prove_included(delivery.log_index, self._checked_received_leaf(received, data, leaf))
         return received
+
+    def receive(self, after: int = 0, *, limit: int = 100, wait: float = 0) -> Batch:
+        """One inbox page with its envelopes (one request), each delivery verified and
+        decrypted from the page's bytes exactly as `open` does. A delivery that cannot be
+        opened (`rejects_delivery`) is in `rejected`; any other error raises. Then `confirm`
+        the received ones and go on from `cursor`."""
+        at = self._newer_checkpoint() if self.trust.log is not None else None  # one for the page
+        page = self.inbox(after, limit=limit, wait=wait, envelopes=True, proofs=at.size if at else None)
+        received: list[Received] = []
+        rejected: list[Rejected] = []
+        for index, delivery in enumerate(page.deliveries):
+            data: bytes | None = None
+            try:
+                data = page.envelope(index)
+                received.append(self.open(delivery, data=data, proof=page.proof(index), at=at))
+            except Exception as exc:
+                if not rejects_delivery(exc):
+                    raise
+                rejected.append(Rejected(delivery, exc, data))
+        return Batch(page, tuple(received), tuple(rejected))
 
     def open_bytes(self, data: bytes, *, accepted_ms: int) -> Opened:
         """Verify and decrypt envelope bytes, with signing keys as they stood at `accepted_ms`."""
         return self._open_with(self.directory(), data, accepted_ms)
 
     def acknowledge(self, seqs: Iterable[int]) -> list[int]:
-        acknowledged: list[int] = self._request("POST", "/v1/inbox/ack", json={"seqs": list(seqs)}).json()[
-            "acknowledged"
-        ]
+        acknowledged: list[int] = []
+        for chunk in self._acks(seqs):
+            acknowledged += self._request("POST", "/v1/inbox/ack", json={"seqs": chunk}).json()[
+                "acknowledged"
+            ]
         return acknowledged
 
     def confirm(self, received: Iterable[Received]) -> list[int]:
-        """Send a signed delivery receipt for each verified item, then acknowledge them."""
+        """Send a signed delivery receipt for each verified item, then acknowledge them (a page
+        of up to 100: one receipts request, one acknowledgement)."""
         items = list(received)
         if not items:
             return []
-        self._request("POST", "/v1/inbox/receipts", json={"receipts": self._receipts(items)})
+        for receipts in _receipt_requests(self._receipts(items)):
+            self._request("POST", "/v1/inbox/receipts", json={"receipts": receipts})
         return self.acknowledge(r.delivery.seq for r in items)
 
     def status(self, item_id: str) -> dict[str, Any]:
@@ -660,7 +834,8 @@ class AsyncClient(_ClientCore):
         for attempt in range(self.retries + 1):
             response: httpx.Response | None = None
             try:
-                response = await self._http.request(method, path, headers=self._headers(headers), **kwargs)
+                request = self._http.build_request(method, path, headers=headers, **kwargs)
+                response = await self._http.send(self._authorize(request))
             except httpx.TransportError as exc:
                 if attempt == self.retries:
                     raise BrokerUnavailable(f"cannot reach the broker at {self.base_url}: {exc}") from exc
@@ -706,6 +881,14 @@ class AsyncClient(_ClientCore):
             proof = (await self._request("GET", "/v1/log/proof/consistency", params=params)).json()["proof"]
         return self._accept_checkpoint(data, proof)
 
+    async def _newer_checkpoint(self) -> Checkpoint:
+        try:
+            return await self.log_checkpoint()
+        except BrokerError as exc:
+            if exc.code != "no-checkpoint":
+                raise
+            return Checkpoint("-", 0, bytes(32))
+
     async def prove_included(self, index: int, leaf: bytes) -> Checkpoint:
         checkpoint = self.trust.checkpoint()
         delays = iter(WITNESS_WAITS)
@@ -748,38 +931,73 @@ class AsyncClient(_ClientCore):
             in_reply_to=received.opened.header.item_id,
         )
 
-    async def inbox(self, after: int = 0, *, limit: int = 100, wait: float = 0) -> InboxPage:
-        params: dict[str, int | float] = {"after": after, "limit": limit, "wait": wait}
+    async def inbox(
+        self,
+        after: int = 0,
+        *,
+        limit: int = 100,
+        wait: float = 0,
+        envelopes: bool = False,
+        proofs: int | None = None,
+    ) -> InboxPage:
+        params = self._inbox_params(after, limit, wait, envelopes, proofs)
         response = await self._request("GET", "/v1/inbox", params=params, timeout=wait + 30)
         return self._page(response.json())
 
     async def fetch(self, item_id: str) -> bytes:
         return (await self._request("GET", f"/v1/items/{item_id}")).content
 
-    async def open(self, delivery: Delivery) -> Received:
-        data = await self.fetch(delivery.item_id)
+    async def open(
+        self,
+        delivery: Delivery,
+        *,
+        data: bytes | None = None,
+        proof: tuple[str, tuple[str, ...]] | None = None,
+        at: Checkpoint | None = None,
+    ) -> Received:
+        if data is None:
+            data = await self.fetch(delivery.item_id)
         try:
             received = self._open(await self.directory(), delivery, data)
         except EnvelopeError:
             received = self._open(await self.directory(refresh=True), delivery, data)
-        if self.trust.log is not None:
+        if self.trust.log is not None and not self._proven_here(received, data, proof, at):
             leaf = (await self._request("GET", f"/v1/log/leaves/{delivery.log_index}")).json()
             await self.prove_included(delivery.log_index, self._checked_received_leaf(received, data, leaf))
         return received
+
+    async def receive(self, after: int = 0, *, limit: int = 100, wait: float = 0) -> Batch:
+        at = await self._newer_checkpoint() if self.trust.log is not None else None
+        page = await self.inbox(after, limit=limit, wait=wait, envelopes=True, proofs=at.size if at else None)
+        received: list[Received] = []
+        rejected: list[Rejected] = []
+        for index, delivery in enumerate(page.deliveries):
+            data: bytes | None = None
+            try:
+                data = page.envelope(index)
+                received.append(await self.open(delivery, data=data, proof=page.proof(index), at=at))
+            except Exception as exc:
+                if not rejects_delivery(exc):
+                    raise
+                rejected.append(Rejected(delivery, exc, data))
+        return Batch(page, tuple(received), tuple(rejected))
 
     async def open_bytes(self, data: bytes, *, accepted_ms: int) -> Opened:
         return self._open_with(await self.directory(), data, accepted_ms)
 
     async def acknowledge(self, seqs: Iterable[int]) -> list[int]:
-        response = await self._request("POST", "/v1/inbox/ack", json={"seqs": list(seqs)})
-        acknowledged: list[int] = response.json()["acknowledged"]
+        acknowledged: list[int] = []
+        for chunk in self._acks(seqs):
+            response = await self._request("POST", "/v1/inbox/ack", json={"seqs": chunk})
+            acknowledged += response.json()["acknowledged"]
         return acknowledged
 
     async def confirm(self, received: Iterable[Received]) -> list[int]:
         items = list(received)
         if not items:
             return []
-        await self._request("POST", "/v1/inbox/receipts", json={"receipts": self._receipts(items)})
+        for receipts in _receipt_requests(self._receipts(items)):
+            await self._request("POST", "/v1/inbox/receipts", json={"receipts": receipts})
         return await self.acknowledge(r.delivery.seq for r in items)
 
     async def status(self, item_id: str) -> dict[str, Any]:

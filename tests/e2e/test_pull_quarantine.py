@@ -22,7 +22,7 @@ from broker.store.db import make_engine
 from msmt import cli
 from msmt.agency import AgencyKeys
 from msmt.client import Client
-from msmt.core import EncryptionPrivateKey, Markings
+from msmt.core import EncryptionPrivateKey, Markings, canonical
 from msmt.core import governance as gov
 from msmt.trust import TrustStore
 
@@ -206,11 +206,21 @@ def test_an_envelope_failing_verification_is_quarantined_not_acknowledged(
     bad = send(deployment, b"tampered with by the broker")
     good = send(deployment, b"intact")
 
+    def flip(data: bytes) -> bytes:
+        changed = bytearray(data)
+        changed[-1] ^= 1
+        return bytes(changed)
+
     def tamper(request: httpx.Request, response: httpx.Response) -> httpx.Response:
+        # wherever the envelope travels: fetched alone, or in the inbox page (what pull uses)
         if request.method == "GET" and request.url.path == f"/v1/items/{bad}":
-            data = bytearray(response.content)
-            data[-1] ^= 1
-            return _answer(response, bytes(data))
+            return _answer(response, flip(response.content))
+        if request.url.path == "/v1/inbox" and response.status_code == 200:
+            page = response.json()
+            for d in page["deliveries"]:
+                if d["item_id"] == bad and "envelope" in d:
+                    d["envelope"] = canonical.b64encode(flip(canonical.b64decode(d["envelope"])))
+            return _answer(response, json.dumps(page).encode())
         return response
 
     folder = deployment.tmp / "usa-inbox"

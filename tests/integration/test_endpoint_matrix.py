@@ -24,6 +24,7 @@ from sqlalchemy import text
 
 from broker import policydoc
 from broker.services import policy as policy_service
+from broker.services.submit import join_batch
 from broker.store.db import make_engine, make_sessionmaker
 from msmt.agency import AgencyKeys
 from msmt.auth import mint_token
@@ -68,6 +69,7 @@ CALLERS = (
 MATRIX: dict[str, tuple[str, str, str]] = {
     # route                                   own                  other                      admin
     "POST /v1/items":                         ("201",              "403 originator-mismatch", "403 country-only"),
+    "POST /v1/items/batch":                   ("200",              "403 originator-mismatch", "403 country-only"),
     "GET /v1/items/{id}":                     ("200",              "404 unknown-item",        "403 country-only"),
     "GET /v1/items/{id}/status":              ("200",              "404 unknown-item",        "200"),
     "GET /v1/inbox":                          ("200",              "200",                     "403 country-only"),
@@ -270,6 +272,12 @@ def submitted(scene: Scene, who: str, r: httpx.Response) -> None:
     world = scene.world
     items_logged = world.count("log_entries WHERE kind = 'item'")
     assert (world.count("items"), world.count("deliveries"), items_logged) == (3, 4, 3)
+
+
+def batch_submitted(scene: Scene, who: str, r: httpx.Response) -> None:
+    (result,) = r.json()["results"]
+    assert result["status"] == 201, result
+    submitted(scene, who, httpx.Response(201, json=result["receipt"]))
 
 
 def envelope_returned(scene: Scene, who: str, r: httpx.Response) -> None:
@@ -599,6 +607,19 @@ ENDPOINTS: dict[str, Endpoint] = {
         submitted,
         writes=True,
     ),
+    "POST /v1/items/batch": Endpoint(
+        "KOR",
+        "NZL",
+        "KOR",
+        lambda s: Call(
+            "POST",
+            "/v1/items/batch",
+            content=join_batch([s.world.seal("KOR", ["USA"])]),
+            headers={"Content-Type": "application/vnd.msmt.envelope-batch"},
+        ),
+        batch_submitted,
+        writes=True,
+    ),
     "GET /v1/items/{id}": Endpoint(
         "KOR", "NZL", "KOR", lambda s: Call("GET", f"/v1/items/{s.item_id}"), envelope_returned
     ),
@@ -769,6 +790,7 @@ def test_the_matrix_covers_every_route_of_the_app(world: World) -> None:
     }
     rows_ = {
         "POST /v1/items": "POST /v1/items",
+        "POST /v1/items/batch": "POST /v1/items/batch",
         "GET /v1/items/{id}": "GET /v1/items/{item_id}",
         "GET /v1/items/{id}/status": "GET /v1/items/{item_id}/status",
         "GET /v1/inbox": "GET /v1/inbox",

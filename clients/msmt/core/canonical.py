@@ -21,6 +21,9 @@ from .errors import DuplicateKey, InvalidHeader, MalformedEnvelope, NonCanonical
 
 MAX_SAFE_INTEGER = 2**53 - 1
 _B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
+_B64URL_VALUE = {
+    c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+}
 
 JsonValue = Any  # str | int | list[JsonValue] | dict[str, JsonValue]
 
@@ -109,6 +112,9 @@ def b64decode(text: str, what: str = "value") -> bytes:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError) as exc:
         raise InvalidHeader(f"{what} is not unpadded base64url") from exc
-    if b64encode(raw) != text:
+    # Canonical iff the unused low bits of the last character are zero (RFC 4648 §3.5):
+    # 4 bits when the text ends 2 characters into a quantum, 2 bits when it ends 3 into one.
+    unused = {2: 0b1111, 3: 0b11}.get(len(text) % 4, 0)
+    if unused and _B64URL_VALUE[text[-1]] & unused:
         raise NonCanonicalEncoding(f"{what} is not canonical base64url (non-zero padding bits)")
     return raw

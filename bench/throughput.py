@@ -1,0 +1,225 @@
+"""Accepted submissions per second, and broker CPU per submission (issue 14's figures).
+
+    .venv/bin/python bench/throughput.py [--items 3000] [--backend sqlite|postgresql|both]
+                                         [--brokers N] [--load-procs 2] [--threads 8]
+
+Real `msmt-broker serve` processes (SQLite: one; PostgreSQL: `--brokers`, default 2, the load
+split between them), 1 KiB payloads sealed for 11 recipients and their tokens minted (bound to
+their request, docs/protocol.md) BEFORE the clock starts: the figures are the broker's — HTTP,
+authentication, parsing, signature verification, policy, group commit and log integration
+with a signed checkpoint per batch. The load comes from `--load-procs` processes of plain
+keep-alive HTTP/1.1 connections on the same 2 cores as the brokers, so read the rate as a
+floor; the broker's CPU time per accepted submission is read from /proc and set beside the
+cost of verifying one envelope's signatures in this process (the one cost the broker cannot
+avoid).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import multiprocessing as mp
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.broker import ROSTER, enrol_observer, seal_items
+from broker.services.submit import join_batch
+from msmt.auth import mint_token
+from msmt.core import parse, verify
+from tests.e2e.servers import broker_server
+from tests.integration.conftest import _KEYS, AUDIENCE, bootstrap, postgresql_schema
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def _requests(work: list[tuple[str, bytes]], batch: int) -> list[tuple[str, bytes, str, int]]:
+    """(path, body, token, envelopes) per request: one envelope each, or batches of one
+    originator's envelopes (POST /v1/items/batch)."""
+    if batch <= 1:
+        return [
+            (
+                "/v1/items",
+                envelope,
+                mint_token(
+                    _KEYS[origin].api, origin, AUDIENCE, method="POST", target="/v1/items", body=envelope
+                ),
+                1,
+            )
+            for origin, envelope in work
+        ]
+    by_origin: dict[str, list[bytes]] = {}
+    for origin, envelope in work:
+        by_origin.setdefault(origin, []).append(envelope)
+    out = []
+    for origin, envelopes in by_origin.items():
+        for i in range(0, len(envelopes), batch):
+            body = join_batch(envelopes[i : i + batch])
+            token = mint_token(
+                _KEYS[origin].api, origin, AUDIENCE, method="POST", target="/v1/items/batch", body=body
+            )
+            out.append(("/v1/items/batch", body, token, len(envelopes[i : i + batch])))
+    return out
+
+
+def _load(base: str, work: list[tuple[str, bytes]], threads: int, batch: int, ready: Any, out: Any) -> None:
+    """One load process: mint every token first, then POST as fast as the broker answers."""
+    requests = _requests(work, batch)
+    parts = urlsplit(base)
+    statuses: Counter[int] = Counter()
+    lock = threading.Lock()
+
+    def run(chunk: list[tuple[str, bytes, str, int]]) -> None:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
+        seen: Counter[int] = Counter()
+        for path, body, token, _ in chunk:
+            kind = "envelope-batch" if path.endswith("batch") else "envelope"
+            conn.request(
+                "POST",
+                path,
+                body=body,
+                headers={"Authorization": f"Bearer {token}", "Content-Type": f"application/vnd.msmt.{kind}"},
+            )
+            response = conn.getresponse()
+            answer = response.read()
+            if path.endswith("batch") and response.status == 200:
+                for result in json.loads(answer)["results"]:
+                    seen[result["status"]] += 1
+            else:
+                seen[response.status] += 1
+        conn.close()
+        with lock:
+            statuses.update(seen)
+
+    workers = [threading.Thread(target=run, args=(requests[i::threads],)) for i in range(threads)]
+    ready.wait()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    out.put(dict(statuses))
+
+
+def verify_cost(items: list[tuple[str, bytes]], repeat: int = 200) -> float:
+    """Seconds of CPU to verify one envelope's signatures (parse excluded)."""
+    envelopes = [parse(e) for _, e in items[:repeat]]
+    keys = {c: ROSTER[c].signing.public_key for c in ROSTER}
+    start = time.process_time()
+    for envelope in envelopes:
+        verify(envelope, keys[envelope.header.originator])
+    return (time.process_time() - start) / len(envelopes)
+
+
+def run(
+    url: str,
+    items: list[tuple[str, bytes]],
+    brokers: int,
+    procs: int,
+    threads: int,
+    batch: int,
+    workdir: Path,
+) -> dict[str, float]:
+    bootstrap(url, int(time.time() * 1000))
+    enrol_observer(url)
+    with ExitStack() as stack:
+        servers = [
+            stack.enter_context(broker_server(url, AUDIENCE, workdir / f"bench-{i}.log"))
+            for i in range(brokers)
+        ]
+        ctx = mp.get_context("spawn")
+        ready = ctx.Barrier(procs + 1)
+        out = ctx.Queue()
+        loaders = [
+            ctx.Process(
+                target=_load,
+                args=(servers[i % brokers][0], items[i::procs], threads, batch, ready, out),
+            )
+            for i in range(procs)
+        ]
+        for loader in loaders:
+            loader.start()
+        cpu_before = sum(cpu_seconds(proc.pid) for _, proc in servers)
+        ready.wait()
+        start = time.perf_counter()
+        statuses: Counter[int] = Counter()
+        for _ in loaders:
+            statuses.update(out.get())
+        elapsed = time.perf_counter() - start
+        cpu = sum(cpu_seconds(proc.pid) for _, proc in servers) - cpu_before
+        for loader in loaders:
+            loader.join()
+    accepted = statuses[201] + statuses[202]
+    if accepted != len(items):
+        print(f"  not every submission was accepted: {dict(statuses)}", file=sys.stderr)
+    return {
+        "rate": accepted / elapsed,
+        "cpu_ms": 1000 * cpu / max(accepted, 1),
+        "logged": statuses[201] / max(accepted, 1),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--items", type=int, default=3000)
+    parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument("--brokers", type=int, default=2, help="broker processes on PostgreSQL")
+    parser.add_argument("--load-procs", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=8, help="connections per load process")
+    parser.add_argument(
+        "--batch", type=int, default=1, help="envelopes per request (>1: POST /v1/items/batch)"
+    )
+    args = parser.parse_args()
+    print(f"machine: {os.cpu_count()} cores, {platform.machine()}, {platform.system()} {platform.release()}")
+    print(
+        f"python {platform.python_version()}; {args.items} items of 1 KiB to 11 recipients, "
+        f"{args.load_procs} load processes x {args.threads} connections, "
+        f"{args.batch} envelope(s) per request, same machine"
+    )
+    items = seal_items(args.items)
+    verify_ms = 1000 * verify_cost(items)
+    print(f"verifying one envelope's signatures (Ed25519 + ML-DSA-65): {verify_ms:.3f} ms of CPU")
+    backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
+    with tempfile.TemporaryDirectory() as tmp:
+        for backend in backends:
+            if backend == "sqlite":
+                brokers = 1
+                figures = run(
+                    f"sqlite:///{tmp}/bench.db",
+                    items,
+                    1,
+                    args.load_procs,
+                    args.threads,
+                    args.batch,
+                    Path(tmp),
+                )
+            else:
+                brokers = args.brokers
+                with postgresql_schema() as url:
+                    figures = run(url, items, brokers, args.load_procs, args.threads, args.batch, Path(tmp))
+            print(
+                f"{backend:>10} ({brokers} broker process{'es' if brokers > 1 else ''}): "
+                f"{figures['rate']:7.1f} accepted submissions/s | broker CPU {figures['cpu_ms']:.2f} ms "
+                f"per submission = {figures['cpu_ms'] / verify_ms:.1f}x signature verification | "
+                f"{100 * figures['logged']:.0f}% answered 201 (in the log)"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,244 @@
+"""The sequencer: group commit and log integration, one writer thread per broker process.
+
+A submit request does everything that needs no write on its own thread (parse, freshness,
+signature, against the registry as it stands) and queues the envelope. The writer takes
+whatever is queued (up to `max_batch` envelopes), and in ONE transaction stores the batch
+(items, deliveries without inbox numbers, log staging rows; the policy and key checks are
+made again under a share lock on the registry) and, if it holds the integration lock,
+integrates everything pending into the Merkle log: log indexes, each recipient's inbox
+numbers, the stored subtrees and one signed checkpoint. One commit, one fsync and one
+checkpoint signature serve the whole batch; each caller is answered only after it.
+
+Several broker processes (PostgreSQL): acceptance takes no global lock, so every process
+stores its batches concurrently; the integration lock (an advisory lock) decides which one
+integrates. A process whose items another process integrated learns it by reading their log
+indexes (every few milliseconds while it has callers waiting, never otherwise).
+
+Without submissions the writer wakes every `interval_s`, or when `kick()`ed after a directory
+statement, policy version or receipt was staged, and integrates what is pending (including
+whatever a crashed process left staged). A second thread asks the member witnesses to
+cosign new checkpoints, so that slow witnesses never hold up integration.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from ..problems import Problem
+from ..store.db import transaction
+from ..store.models import Item
+from .log import Integrated, Integrator
+from .registry import RegistryCache
+from .submit import Prepared, Receipt, accept_batch, receipt_for
+
+log = logging.getLogger("msmt.broker.sequencer")
+POLL_S = 0.003  # how often a process looks for its items in another process's integration
+FORGET_S = 120.0  # callers stop waiting long before this; then their tickets are dropped
+
+
+@dataclass
+class Ticket:
+    """One queued envelope: `stored` resolves when its batch commits (or with the Problem that
+    refused it), `logged` when it is in the log (with its index and inbox numbers)."""
+
+    prepared: Prepared
+    stored: Future[Receipt] = field(default_factory=Future)
+    logged: Future[Receipt] = field(default_factory=Future)
+    since: float = field(default_factory=time.monotonic)
+
+
+_KICK = object()
+
+
+class Stopping(Exception):
+    """The broker is shutting down."""
+
+
+class Sequencer:
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        registry_cache: RegistryCache,
+        integrator: Integrator,
+        *,
+        max_batch: int = 512,
+        interval_s: float = 0.5,
+    ) -> None:
+        self.factory = factory
+        self.registry_cache = registry_cache
+        self.integrator = integrator
+        self.max_batch = max_batch
+        self.interval_s = interval_s
+        self._queue: queue.SimpleQueue[Ticket | object] = queue.SimpleQueue()
+        self._waiting: dict[str, list[Ticket]] = {}  # stored, not yet seen in the log
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._failing = False
+        self.batches = 0  # statistics for benchmarks and tests
+        self.stored = 0
+
+    # --- callers ---------------------------------------------------------------------
+
+    def enqueue(self, prepared: Prepared) -> Ticket:
+        ticket = Ticket(prepared)
+        self._queue.put(ticket)
+        return ticket
+
+    def kick(self) -> None:
+        """Something was staged for the log outside a submission: integrate it soon."""
+        self._queue.put(_KICK)
+
+    # --- the writer ------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._threads = [
+            threading.Thread(target=self._write_loop, name="msmt-sequencer", daemon=True),
+            threading.Thread(target=self._witness_loop, name="msmt-witnessing", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._queue.put(_KICK)
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._threads = []
+        # Whoever still waits is told (503: stored or not is unknown to them; re-submitting
+        # the same bytes tells) rather than left hanging through the shutdown.
+        while True:
+            try:
+                left = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(left, Ticket) and not left.stored.done():
+                left.stored.set_exception(Stopping())
+        for tickets in self._waiting.values():
+            for ticket in tickets:
+                if not ticket.logged.done():
+                    ticket.logged.set_exception(Stopping())
+        self._waiting.clear()
+
+    def _take(self) -> tuple[list[Ticket], bool]:
+        """The next batch (possibly empty) and whether to integrate now."""
+        timeout = POLL_S if self._waiting else self.interval_s
+        try:
+            first = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return [], True
+        batch: list[Ticket] = []
+        if isinstance(first, Ticket):
+            batch.append(first)
+        while len(batch) < self.max_batch:
+            try:
+                more = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(more, Ticket):
+                batch.append(more)
+        return batch, True
+
+    def _write_loop(self) -> None:
+        while not self._stop.is_set():
+            batch, integrate = self._take()
+            try:
+                if batch:
+                    self._store(batch)
+                elif integrate:
+                    self._integrate_pending()
+                if self._waiting:
+                    self._look_up_waiting()
+                if self._failing:
+                    log.warning("the sequencer is writing again")
+                    self._failing = False
+            except Exception as exc:  # the writer must outlive a database outage
+                for ticket in batch:
+                    if not ticket.stored.done():
+                        ticket.stored.set_exception(exc)
+                if not self._failing:  # one line per outage, not one per attempt
+                    log.error("the sequencer cannot write: %s", exc, exc_info=True)
+                    self._failing = True
+                self._stop.wait(0.05)
+
+    def _store(self, batch: list[Ticket]) -> None:
+        for attempt in range(3):
+            try:
+                with transaction(self.factory) as session:
+                    answers = accept_batch(session, self.registry_cache, [t.prepared for t in batch])
+                    integrated = self.integrator.integrate_in(session)
+                break
+            except IntegrityError:
+                # Another process stored one of these item ids after we looked: look again
+                # (it is answered as a re-submission now).
+                if attempt == 2:
+                    raise
+        self.integrator.committed(integrated)
+        self.batches += 1
+        logged = integrated.items if integrated is not None else {}
+        for ticket, answer in zip(batch, answers, strict=True):
+            if isinstance(answer, Problem):
+                ticket.stored.set_exception(answer)
+                continue
+            self.stored += answer.created
+            ticket.stored.set_result(answer)
+            if answer.log_index is not None:
+                ticket.logged.set_result(answer)
+            elif answer.item_id in logged:
+                index, seqs = logged[answer.item_id]
+                ticket.logged.set_result(replace(answer, log_index=index, seqs=dict(seqs)))
+            else:  # another process holds the integration lock: it or we will log it soon
+                self._waiting.setdefault(answer.item_id, []).append(ticket)
+
+    def _integrate_pending(self) -> None:
+        while True:
+            result = self.integrator.run_once()
+            if result is None:
+                return
+            self._resolve(result)
+
+    def _resolve(self, result: Integrated) -> None:
+        for item_id, (index, seqs) in result.items.items():
+            for ticket in self._waiting.pop(item_id, []):
+                receipt = ticket.stored.result()
+                ticket.logged.set_result(replace(receipt, log_index=index, seqs=dict(seqs)))
+
+    def _look_up_waiting(self) -> None:
+        """Our stored items that another process integrated, or (after a crash of the
+        integrating transaction) nobody yet: try to integrate, then read their indexes."""
+        self._integrate_pending()
+        if not self._waiting:
+            return
+        with self.factory() as session:
+            done = set(
+                session.scalars(
+                    select(Item.item_id).where(
+                        Item.item_id.in_(list(self._waiting)), Item.log_index.is_not(None)
+                    )
+                )
+            )
+            for item_id in done:
+                receipt = receipt_for(session, item_id, created=True)
+                for ticket in self._waiting.pop(item_id):
+                    ticket.logged.set_result(replace(receipt, created=ticket.stored.result().created))
+        now = time.monotonic()
+        for item_id in [i for i, ts in self._waiting.items() if all(now - t.since > FORGET_S for t in ts)]:
+            del self._waiting[item_id]
+
+    # --- witnesses ---------------------------------------------------------------------
+
+    def _witness_loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.integrator.witness()
+            except Exception:  # an unreachable witness or database is reported, never fatal
+                log.exception("asking the witnesses failed; retrying")

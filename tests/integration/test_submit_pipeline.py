@@ -1,0 +1,398 @@
+"""The submit path built for throughput (issue 14): bound tokens without a database write,
+batched submissions, group commit through the sequencer, and honest answers on outages."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+
+from broker.app import create_app
+from broker.services.submit import join_batch
+from broker.settings import Settings
+from broker.store.db import make_engine
+from msmt.core import Markings
+
+from .conftest import AUDIENCE, World, log_key_file
+
+ENVELOPE = {"Content-Type": "application/vnd.msmt.envelope"}
+BATCH = {"Content-Type": "application/vnd.msmt.envelope-batch"}
+
+
+def bound(world: World, who: str, method: str, target: str, body: bytes = b"") -> dict[str, str]:
+    return world.auth(who, method=method, target=target, body=body)
+
+
+def used_tokens(world: World) -> int:
+    return world.count("used_tokens")
+
+
+# --- bound tokens ----------------------------------------------------------------------------
+
+
+def test_a_bound_token_submits_and_reads_without_a_database_write(world: World) -> None:
+    before = used_tokens(world)
+    envelope = world.seal("KOR", ["USA"])
+    r = world.client.post(
+        "/v1/items",
+        content=envelope,
+        headers={**bound(world, "KOR", "POST", "/v1/items", envelope), **ENVELOPE},
+    )
+    assert r.status_code == 201, r.text
+    r = world.client.get(
+        "/v1/inbox?after=0&limit=10", headers=bound(world, "USA", "GET", "/v1/inbox?after=0&limit=10")
+    )
+    assert r.status_code == 200, r.text
+    assert [d["item_id"] for d in r.json()["deliveries"]] == [json.loads(r.text)["deliveries"][0]["item_id"]]
+    assert used_tokens(world) == before  # neither request wrote a used-token row
+
+
+def test_an_unbound_token_is_still_recorded_in_the_database(world: World) -> None:
+    before = used_tokens(world)
+    r = world.client.get("/v1/inbox", headers=world.auth("USA"))
+    assert r.status_code == 200
+    assert used_tokens(world) == before + 1
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "body", "why"),
+    [
+        ("GET", "/v1/items", b"", "another method"),
+        ("POST", "/v1/items?x=1", None, "another target"),
+        ("POST", "/v1/items", b"other bytes", "another body"),
+    ],
+)
+def test_a_bound_token_is_good_only_for_its_own_request(
+    world: World, method: str, target: str, body: bytes | None, why: str
+) -> None:
+    envelope = world.seal("KOR", ["USA"])
+    token_body = envelope if body is None else body
+    r = world.client.post(
+        "/v1/items", content=envelope, headers={**bound(world, "KOR", method, target, token_body), **ENVELOPE}
+    )
+    assert r.status_code == 401, why
+    assert r.json()["type"].endswith("token-binding")
+    assert world.count("items") == 0
+
+
+def test_a_token_with_part_of_a_binding_is_refused(world: World) -> None:
+    import jwt
+
+    from .conftest import _KEYS
+
+    claims = jwt.decode(world.token("USA"), options={"verify_signature": False})
+    claims["htm"] = "GET"  # htu and bh missing
+    key = _KEYS["USA"].api
+    token = jwt.encode(claims, key.ed_key, algorithm="EdDSA", headers={"kid": key.key_id})
+    r = world.client.get("/v1/inbox", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 401
+    assert r.json()["type"].endswith("invalid-token")
+
+
+def test_a_bound_token_is_refused_the_second_time_by_the_same_process(world: World) -> None:
+    headers = bound(world, "USA", "GET", "/v1/inbox")
+    assert world.client.get("/v1/inbox", headers=headers).status_code == 200
+    r = world.client.get("/v1/inbox", headers=headers)
+    assert r.status_code == 401
+    assert r.json()["type"].endswith("replayed-token")
+
+
+@pytest.fixture
+def second_process(world: World, tmp_path: Path) -> Iterator[TestClient]:
+    """Another broker process on the same database (its own memory, its own writer)."""
+    settings = Settings(database_url=world.url, audience=AUDIENCE, log_key_file=log_key_file(tmp_path))
+    app = create_app(settings, clock=world.clock)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+    app.state.engine.dispose()
+
+
+def test_a_bound_submission_replayed_to_another_process_changes_nothing(
+    world: World, second_process: TestClient
+) -> None:
+    envelope = world.seal("KOR", ["USA"])
+    headers = {**bound(world, "KOR", "POST", "/v1/items", envelope), **ENVELOPE}
+    assert world.client.post("/v1/items", content=envelope, headers=headers).status_code == 201
+    counts = (world.count("items"), world.count("deliveries"), world.count("log_entries"))
+    r = second_process.post("/v1/items", content=envelope, headers=headers)
+    assert r.status_code == 200  # answered as the identical re-submission it is
+    world.settle()
+    assert (world.count("items"), world.count("deliveries"), world.count("log_entries")) == counts
+
+
+@pytest.mark.parametrize("route", ["admin", "governance"])
+def test_bound_tokens_for_admin_and_governance_routes_are_refused_by_every_process(
+    world: World, second_process: TestClient, route: str
+) -> None:
+    if route == "admin":
+        who, target = "admin:alice", "/v1/admin/policy/versions"
+    else:
+        who, target = "KOR", "/v1/governance/proposals"
+    headers = bound(world, who, "GET", target)
+    assert world.client.get(target, headers=headers).status_code == 200
+    r = second_process.get(target, headers=headers)
+    assert r.status_code == 401
+    assert r.json()["type"].endswith("replayed-token")
+
+
+# --- batches -----------------------------------------------------------------------------------
+
+
+def post_batch(world: World, who: str, envelopes: list[bytes]) -> Any:
+    body = join_batch(envelopes)
+    return world.client.post(
+        "/v1/items/batch",
+        content=body,
+        headers={**bound(world, who, "POST", "/v1/items/batch", body), **BATCH},
+    )
+
+
+def test_each_envelope_of_a_batch_is_answered_on_its_own(world: World) -> None:
+    good = world.seal("KOR", ["USA", "JPN"])
+    again = world.seal("KOR", ["GBR"])
+    assert world.submit("KOR", again).status_code == 201
+    secret = Markings.create("CONFIDENTIAL", "AMBER", ["ALL"], topics=["maritime"])
+    refused = world.seal("KOR", ["NZL"], markings=secret)
+    r = post_batch(world, "KOR", [good, b"MSMT-not-an-envelope", refused, again, good])
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["status"] for x in results] == [201, 422, 403, 200, 200]
+    assert results[2]["problem"]["type"].endswith("recipients-refused")
+    assert results[0]["receipt"]["log_index"] is not None
+    assert {d["recipient"] for d in results[0]["receipt"]["deliveries"]} == {"JPN", "USA"}
+    assert results[4]["receipt"]["item_id"] == results[0]["receipt"]["item_id"]
+    world.settle()
+    assert world.count("items") == 2  # `again` before, `good` once; nothing of the refused ones
+    assert world.count("deliveries") == 3
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"", "bad-batch"),
+        (b"\x00\x00\x00", "bad-batch"),
+        (b"\x00\x00\x00\x00", "bad-batch"),
+        (b"\x00\x00\x10\x00short", "bad-batch"),
+    ],
+)
+def test_a_batch_whose_frames_do_not_cover_the_body_stores_nothing(
+    world: World, body: bytes, code: str
+) -> None:
+    good = join_batch([world.seal("KOR", ["USA"])])
+    data = good + body if body else body
+    r = world.client.post(
+        "/v1/items/batch",
+        content=data,
+        headers={**bound(world, "KOR", "POST", "/v1/items/batch", data), **BATCH},
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["type"].endswith(code)
+    assert world.count("items") == 0
+
+
+def test_a_batch_over_the_item_limit_stores_nothing(world: World) -> None:
+    limit = world.client.app.state.broker.settings.submit_batch_max_items  # type: ignore[attr-defined]
+    envelopes = [world.seal("KOR", ["USA"], payload=str(i).encode()) for i in range(limit + 1)]
+    r = post_batch(world, "KOR", envelopes)
+    assert r.status_code == 422
+    assert r.json()["type"].endswith("batch-too-large")
+    assert world.count("items") == 0
+
+
+def test_a_batch_with_another_members_envelope_stores_nothing(world: World) -> None:
+    r = post_batch(world, "KOR", [world.seal("KOR", ["USA"]), world.seal("FRA", ["USA"])])
+    assert r.status_code == 403
+    assert r.json()["type"].endswith("originator-mismatch")
+    assert world.count("items") == 0
+
+
+# --- the sequencer -----------------------------------------------------------------------------
+
+
+def test_concurrent_submissions_share_transactions(world: World) -> None:
+    sequencer = world.client.app.state.broker.writer  # type: ignore[attr-defined]
+    batches_before = sequencer.batches
+    envelopes = [world.seal("KOR", ["USA", "JPN"], payload=str(i).encode()) for i in range(60)]
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def send(chunk: list[bytes]) -> None:
+        for envelope in chunk:
+            status = world.submit("KOR", envelope).status_code
+            with lock:
+                statuses.append(status)
+
+    threads = [threading.Thread(target=send, args=(envelopes[i::6],)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [201] * 60
+    # inbox numbers are gap-free and ordered by log index for each recipient
+    with make_engine(world.url).connect() as conn:
+        for recipient in ("USA", "JPN"):
+            rows = conn.execute(
+                text(
+                    "SELECT d.seq, i.log_index FROM deliveries d JOIN items i ON i.item_id = d.item_id "
+                    "WHERE d.recipient = :r ORDER BY d.seq"
+                ),
+                {"r": recipient},
+            ).all()
+            assert [seq for seq, _ in rows] == list(range(1, 61))
+            assert [index for _, index in rows] == sorted(index for _, index in rows)
+    post = world.client.post(
+        "/v1/items/batch",
+        content=join_batch(envelopes[:1]),
+        headers={**world.auth("KOR"), **BATCH},
+    )
+    assert post.json()["results"][0]["status"] == 200
+    assert sequencer.batches - batches_before <= 61
+
+
+def test_a_batch_is_stored_in_one_transaction(world: World) -> None:
+    sequencer = world.client.app.state.broker.writer  # type: ignore[attr-defined]
+    before = sequencer.batches
+    r = post_batch(world, "KOR", [world.seal("KOR", ["USA"], payload=str(i).encode()) for i in range(40)])
+    assert [x["status"] for x in r.json()["results"]] == [201] * 40
+    assert sequencer.batches - before <= 2  # queued together: one batch (two if the writer woke mid-way)
+
+
+def test_a_database_failure_while_storing_is_503_and_says_the_outcome_is_unknown(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from broker.services import sequencer as sequencer_module
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise OperationalError("INSERT", {}, Exception("server closed the connection unexpectedly"))
+
+    monkeypatch.setattr(sequencer_module, "accept_batch", broken)
+    r = world.submit("KOR", world.seal("KOR", ["USA"]))
+    assert r.status_code == 503
+    assert r.headers["retry-after"] == "1"
+    problem = r.json()
+    assert problem["type"].endswith("database-unavailable")
+    assert "nothing was changed" not in problem["detail"]
+    monkeypatch.undo()
+    assert world.submit("KOR", world.seal("KOR", ["USA"])).status_code == 201  # the writer lives on
+
+
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgresql)], indirect=True
+)  # the advisory lock is PostgreSQL's; SQLite has one writer
+def test_items_are_logged_by_whichever_process_holds_the_integration_lock(world: World) -> None:
+    """While another process integrates (holds the lock), a submission is stored at once and
+    answered 201 as soon as that process has logged it, not later."""
+    from broker.services.log import ADVISORY_LOCK
+
+    world.settle()  # the founders' directory leaves: nothing else pending
+    engine = make_engine(world.url)
+    with engine.connect() as holder:
+        holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": ADVISORY_LOCK})
+        result: dict[str, Any] = {}
+        sender = threading.Thread(
+            target=lambda: result.update(r=world.submit("KOR", world.seal("KOR", ["USA"])))
+        )
+        sender.start()
+        sender.join(timeout=0.5)
+        assert sender.is_alive()  # stored, waiting for the log
+        assert world.count("items") == 1 and world.count("log_pending") == 1
+        holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK})
+    sender.join(timeout=10)
+    assert result["r"].status_code == 201
+    assert result["r"].json()["log_index"] is not None
+    engine.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # SQLite's write lock
+def test_a_read_on_sqlite_does_not_wait_for_a_writer(world: World) -> None:
+    import sqlite3
+    import time
+
+    path = world.url.removeprefix("sqlite:///")
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # another writer holds the write lock
+    try:
+        start = time.monotonic()
+        r = world.client.get("/v1/inbox", headers=bound(world, "USA", "GET", "/v1/inbox"))
+        assert r.status_code == 200
+        assert time.monotonic() - start < 5  # a read that took the write lock would wait 30 s
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+
+# --- pushed wake-ups -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def slow_recheck(world: World, tmp_path: Path) -> Iterator[TestClient]:
+    """A broker process on the same database whose long-polls re-check the database only every
+    30 s: a prompt answer can only come from a pushed wake-up."""
+    settings = Settings(
+        database_url=world.url,
+        audience=AUDIENCE,
+        log_key_file=log_key_file(tmp_path),
+        inbox_poll_interval_s=30.0,
+    )
+    app = create_app(settings, clock=world.clock)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        app.state.broker.notifier.wait_listening(10)
+        yield client
+    app.state.engine.dispose()
+
+
+def _long_poll(client: TestClient, world: World, out: dict[str, Any]) -> None:
+    import time
+
+    start = time.monotonic()
+    out["r"] = client.get("/v1/inbox?wait=20", headers=world.auth("USA"))
+    out["s"] = time.monotonic() - start
+
+
+def test_a_long_poll_returns_when_the_log_integrates_not_when_it_next_rechecks(
+    world: World, slow_recheck: TestClient
+) -> None:
+    """The long-poll waits on the process that integrates (it submits through that process)."""
+    import time
+
+    world.settle()
+    out: dict[str, Any] = {}
+    poller = threading.Thread(target=_long_poll, args=(slow_recheck, world, out))
+    poller.start()
+    time.sleep(0.5)  # the poll is waiting
+    sent = time.monotonic()
+    r = slow_recheck.post(
+        "/v1/items", content=world.seal("KOR", ["USA"]), headers={**world.auth("KOR"), **ENVELOPE}
+    )
+    assert r.status_code == 201
+    poller.join(timeout=25)
+    assert out["r"].status_code == 200
+    assert [d["item_id"] for d in out["r"].json()["deliveries"]] == [r.json()["item_id"]]
+    assert time.monotonic() - sent < 5  # pushed: not the 30 s re-check, not the 20 s timeout
+
+
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgresql)], indirect=True
+)  # one process per SQLite database; across processes PostgreSQL's NOTIFY carries the wake-up
+def test_a_long_poll_wakes_when_another_process_integrates(world: World, slow_recheck: TestClient) -> None:
+    import time
+
+    world.settle()
+    out: dict[str, Any] = {}
+    poller = threading.Thread(target=_long_poll, args=(slow_recheck, world, out))
+    poller.start()
+    time.sleep(0.5)
+    sent = time.monotonic()
+    r = world.submit("KOR", world.seal("KOR", ["USA"]))  # stored and integrated by the other process
+    assert r.status_code == 201
+    poller.join(timeout=25)
+    assert [d["item_id"] for d in out["r"].json()["deliveries"]] == [r.json()["item_id"]]
+    assert time.monotonic() - sent < 5
