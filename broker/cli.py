@@ -140,6 +140,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     os.environ["MSMT_DATABASE_URL"] = args.database_url
+    os.environ.setdefault("MSMT_GC_FREEZE", "1")
     uvicorn.run(
         "broker.app:create_app",
         factory=True,

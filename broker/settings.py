@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     # How long a submission waits for the integrator before answering 202 (still durable).
     log_settle_timeout_s: float = 10.0
     log_sweep_interval_s: float = 0.5
+    # `serve` sets this: freeze the start-up heap out of the garbage collector (broker/app.py).
+    gc_freeze: bool = False
     # Group commit: at most this many queued submissions share one transaction.
     submit_max_batch: int = 512
     # POST /v1/items/batch: at most this many envelopes per request

@@ -1,0 +1,269 @@
+"""Inbox figures (issue 14): consumption rate, submit -> long-poll latency, broker memory.
+
+    .venv/bin/python bench/inbox.py [--items 2000] [--backend sqlite|postgresql|both]
+                                    [--rates 10 25 50] [--latency-items 300] [--polls 1000]
+
+Against one real `msmt-broker serve` process per backend:
+
+1. broker RSS at idle (members enrolled, nothing stored);
+2. `--items` items of 1 KiB to 11 recipients stored through POST /v1/items/batch; RSS after;
+3. **consumption** by one consumer (NZL) with the client library, as `msmt pull` does it: pages
+   of 200 with their envelopes and log proofs, each delivery's signature, log entry and
+   decryption verified (`Client.receive`), then acknowledged — with plain acknowledgements
+   and, separately, with signed delivery receipts (`Client.confirm`, one ML-DSA-65 + Ed25519
+   signature per item, which the plain rate does not pay);
+4. **latency**: 11 recipients long-poll (`wait=10`) while one member submits single envelopes
+   at each of `--rates` per second; for every (item, recipient), the time from the start of the POST to
+   the long-poll returning it: p50 and p99;
+5. RSS with `--polls` long-polls waiting at once (their connections held open).
+
+Everything shares the machine's cores with the broker; figures are wall-clock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.broker import MARKINGS, OBSERVER, ROSTER, enrol_observer
+from broker.services.submit import join_batch
+from msmt.auth import mint_token
+from msmt.client import Client
+from msmt.core import parse, seal
+from msmt.trust import TrustStore
+from tests.e2e.servers import broker_server
+from tests.integration.conftest import _KEYS, AUDIENCE, MEMBERS, bootstrap, postgresql_schema, root_of
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def sealed(origin: str, n: int, payload: bytes) -> list[bytes]:
+    recipients = [c for c in ROSTER if c != origin]
+    return [
+        seal(
+            payload,
+            content_type="application/octet-stream",
+            markings=MARKINGS,
+            recipients=[(r, ROSTER[r].encryption.public_key) for r in recipients],
+            originator=origin,
+            signing_key=_KEYS[origin].signing,
+        )
+        for _ in range(n)
+    ]
+
+
+def headers(who: str, method: str, target: str, body: bytes = b"") -> dict[str, str]:
+    keys = ROSTER[who]
+    token = mint_token(keys.api, who, AUDIENCE, method=method, target=target, body=body)
+    return {"Authorization": f"Bearer {token}"}
+
+
+def store(base: str, envelopes: list[tuple[str, bytes]]) -> None:
+    by_origin: dict[str, list[bytes]] = {}
+    for origin, envelope in envelopes:
+        by_origin.setdefault(origin, []).append(envelope)
+    with httpx.Client(base_url=base, timeout=120) as http:
+        for origin, mine in by_origin.items():
+            for i in range(0, len(mine), 100):
+                body = join_batch(mine[i : i + 100])
+                r = http.post(
+                    "/v1/items/batch",
+                    content=body,
+                    headers={
+                        **headers(origin, "POST", "/v1/items/batch", body),
+                        "Content-Type": "application/vnd.msmt.envelope-batch",
+                    },
+                )
+                r.raise_for_status()
+                assert all(x["status"] in (201, 202) for x in r.json()["results"]), r.text[:500]
+
+
+def consume(base: str, url: str, who: str, signed_receipts: bool) -> tuple[int, float]:
+    client = Client(base, ROSTER[who], trust=TrustStore.pin(root_of(url)), audience=AUDIENCE)
+    client.directory()
+    count, cursor = 0, 0
+    start = time.perf_counter()
+    while True:
+        batch = client.receive(cursor, limit=200)
+        if not batch.page.deliveries:
+            break
+        assert not batch.rejected, batch.rejected[:1]
+        if signed_receipts:
+            client.confirm(batch.received)
+        else:
+            client.acknowledge(r.delivery.seq for r in batch.received)
+        count += len(batch.received)
+        cursor = batch.cursor
+    elapsed = time.perf_counter() - start
+    client.close()
+    return count, elapsed
+
+
+def latency(base: str, rate: float, items: int) -> list[float]:
+    """Seconds from each POST's start to each recipient's long-poll returning the item."""
+    origin = "KOR"
+    recipients = [c for c in ROSTER if c != origin]
+    envelopes = sealed(origin, items, b"l" * 1024)
+    sent_at: dict[str, float] = {}
+    seen: list[float] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    cursors: dict[str, int] = {}
+
+    def poll(who: str) -> None:
+        with httpx.Client(base_url=base, timeout=30) as http:
+            after = cursors[who]
+            while not stop.is_set():
+                target = f"/v1/inbox?after={after}&limit=1000&wait=10"
+                r = http.get(target, headers=headers(who, "GET", target))
+                now = time.perf_counter()
+                page = r.json()
+                with lock:
+                    for d in page["deliveries"]:
+                        if d["item_id"] in sent_at:
+                            seen.append(now - sent_at[d["item_id"]])
+                after = page["cursor"]
+
+    with httpx.Client(base_url=base, timeout=30) as http:
+        for who in recipients:  # start after whatever is there already
+            target = "/v1/inbox?after=0&limit=1"
+            cursors[who] = 0
+            while True:
+                target = f"/v1/inbox?after={cursors[who]}&limit=1000"
+                page = http.get(target, headers=headers(who, "GET", target)).json()
+                if not page["deliveries"]:
+                    break
+                cursors[who] = page["cursor"]
+        pollers = [threading.Thread(target=poll, args=(who,), daemon=True) for who in recipients]
+        for p in pollers:
+            p.start()
+        time.sleep(1.0)
+        interval = 1 / rate
+        next_at = time.perf_counter()
+        for envelope in envelopes:
+            item_id = parse(envelope).header.item_id
+            delay = next_at - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            next_at += interval
+            start = time.perf_counter()
+            with lock:
+                sent_at[item_id] = start
+            r = http.post(
+                "/v1/items",
+                content=envelope,
+                headers={
+                    **headers(origin, "POST", "/v1/items", envelope),
+                    "Content-Type": "application/vnd.msmt.envelope",
+                },
+            )
+            assert r.status_code == 201, r.text
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            with lock:
+                if len(seen) >= items * len(recipients):
+                    break
+            time.sleep(0.05)
+        stop.set()
+    return seen
+
+
+async def hold_polls(base: str, count: int, pid: int) -> tuple[float, int]:
+    """RSS while `count` long-polls wait; how many got an answer early (should be none)."""
+    limits = httpx.Limits(max_connections=count + 10, max_keepalive_connections=count + 10)
+    members = [c for c in ROSTER]
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as http:
+
+        async def one(i: int) -> int:
+            who = members[i % len(members)]
+            target = f"/v1/inbox?after={10**9 + i}&wait=20"
+            r = await http.get(target, headers=headers(who, "GET", target))
+            return r.status_code
+
+        tasks = [asyncio.create_task(one(i)) for i in range(count)]
+        await asyncio.sleep(8)
+        early = sum(t.done() for t in tasks)
+        rss = rss_mib(pid)
+        statuses = await asyncio.gather(*tasks)
+        assert all(s == 200 for s in statuses), sorted(set(statuses))
+    return rss, early
+
+
+def run(url: str, args: argparse.Namespace, workdir: Path) -> None:
+    bootstrap(url, int(time.time() * 1000))
+    enrol_observer(url)
+    per_origin = max(1, args.items // len(MEMBERS))
+    envelopes = [(o, e) for o in MEMBERS for e in sealed(o, per_origin, os.urandom(1024))]
+    with broker_server(url, AUDIENCE, workdir / "bench-inbox.log") as (base, proc):
+        time.sleep(1)
+        idle = rss_mib(proc.pid)
+        store(base, envelopes)
+        stored = rss_mib(proc.pid)
+        n1, s1 = consume(base, url, OBSERVER, signed_receipts=False)
+        n2, s2 = consume(base, url, "NZL", signed_receipts=True)
+        waits = {rate: latency(base, rate, args.latency_items) for rate in args.rates}
+        polls_rss, early = asyncio.run(hold_polls(base, args.polls, proc.pid))
+        after = rss_mib(proc.pid)
+    print(
+        f"  consumption (one consumer, pages of 200, verify + open each): {n1 / s1:7.0f} items/s with plain "
+        f"acks ({n1} items), {n2 / s2:6.0f} items/s with signed delivery receipts ({n2} items)"
+    )
+    for rate, seen in waits.items():
+        q = statistics.quantiles(seen, n=100)
+        print(
+            f"  submit -> long-poll return at {rate:.0f} submits/s, 11 recipients polling: "
+            f"p50 {1000 * q[49]:.1f} ms, p90 {1000 * q[89]:.1f} ms, p99 {1000 * q[98]:.1f} ms "
+            f"({len(seen)} deliveries)"
+        )
+    print(
+        f"  broker RSS: idle {idle:.0f} MiB, after {len(envelopes)} items stored {stored:.0f} MiB, "
+        f"{args.polls} long-polls waiting {polls_rss:.0f} MiB ({early} answered early), after {after:.0f} MiB"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--items", type=int, default=2000)
+    parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument(
+        "--rates", type=float, nargs="+", default=[10.0, 25.0, 50.0], help="single submissions per second"
+    )
+    parser.add_argument("--latency-items", type=int, default=300)
+    parser.add_argument("--polls", type=int, default=1000)
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 8192)), hard))  # the broker inherits it
+    print(f"machine: {os.cpu_count()} cores, {platform.machine()}, {platform.system()} {platform.release()}")
+    print(f"python {platform.python_version()}; 1 broker process; payloads of 1 KiB to 11 recipients")
+    backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
+    with tempfile.TemporaryDirectory() as tmp:
+        for backend in backends:
+            print(f"{backend}:")
+            if backend == "sqlite":
+                run(f"sqlite:///{tmp}/bench.db", args, Path(tmp))
+            else:
+                with postgresql_schema() as url:
+                    run(url, args, Path(tmp))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
