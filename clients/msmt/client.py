@@ -893,12 +893,7 @@ class AsyncClient(_ClientCore):
         checkpoint = self.trust.checkpoint()
         delays = iter(WITNESS_WAITS)
         while checkpoint is None or index >= checkpoint.size:
-            try:
-                checkpoint = await self.log_checkpoint()
-            except BrokerError as exc:
-                if exc.code != "no-checkpoint":
-                    raise
-                checkpoint = Checkpoint("-", 0, bytes(32))
+            checkpoint = await self._newer_checkpoint()
             if index < checkpoint.size:
                 break
             await asyncio.sleep(self._not_yet_witnessed(index, checkpoint, next(delays, None)))
