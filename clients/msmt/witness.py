@@ -60,6 +60,7 @@ import logging
 import os
 import re
 import secrets
+import signal
 import sqlite3
 import stat
 import sys
@@ -971,6 +972,20 @@ def cmd_witness_init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _stop_on_signals(server: ThreadingHTTPServer) -> None:
+    """SIGINT and SIGTERM end `serve_forever` between requests, instead of raising
+    KeyboardInterrupt wherever the main thread happens to be (e.g. inside the state file's
+    commit): the server stops accepting, then the state is closed."""
+
+    def stop(_signum: int, _frame: object) -> None:
+        # shutdown() waits for serve_forever to return: it cannot run in the serving thread
+        threading.Thread(target=server.shutdown, name="witness-stop", daemon=True).start()
+
+    if threading.current_thread() is threading.main_thread():  # signals reach only the main thread
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+
+
 def cmd_witness_serve(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
@@ -984,13 +999,14 @@ def cmd_witness_serve(args: argparse.Namespace) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         with make_server(witness, host, port, prefix=config.prefix, max_body=config.max_body_bytes) as server:
+            _stop_on_signals(server)
             print(
                 f"witness {config.name} listening on http://{host}:{server.server_port}{config.prefix}/add-checkpoint",
                 file=sys.stderr,
                 flush=True,
             )
             server.serve_forever()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a second interrupt while stopping
         return EXIT_OK
     except OSError as exc:
         print(f"error: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)

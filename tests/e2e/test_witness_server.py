@@ -215,10 +215,11 @@ def test_unknown_paths_and_methods(running: RunningWitness) -> None:
         assert http.put(f"{running.url}/add-checkpoint", content=b"").status_code == 405
 
 
-def test_serve_stops_cleanly_on_interrupt(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_serve_stops_cleanly_on_interrupt(tmp_path: Path, stop: signal.Signals) -> None:
     with witness_process(tmp_path) as started:
         assert submit_checkpoint(started.url, 0, [], signed(tree_of(2)))[0] == 200
-        started.process.send_signal(signal.SIGINT)
+        started.process.send_signal(stop)
         assert started.process.wait(timeout=10) == 0
     log = started.log.read_text()
     assert f"witness {NAME} listening on http://127.0.0.1:" in log
