@@ -2,36 +2,47 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import functools
 import gc
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
+import structlog
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from msmt.core.logleaf import LogIdentity, LogSigner
 
-from .api import admin, directory, governance, inbox, items, preflight
+from . import metrics
+from .api import admin, directory, governance, inbox, items, preflight, schemas
 from .api import log as log_api
 from .api.deps import BodyLimit, BrokerState, wall_clock_ms
+from .api.docs import install_docs
+from .observability import LIFECYCLE_LOGGER, Observer, RequestLog, configure_structlog, note
 from .problems import PROBLEM_MEDIA_TYPE, Problem, database_unavailable
+from .services import maintenance
+from .services.health import Readiness, readiness, schema_head
 from .services.log import Integrator
 from .services.notify import notify_in_transaction
 from .services.sequencer import Sequencer
 from .settings import Settings
-from .store.db import make_engine, make_sessionmaker
+from .store.db import make_engine, make_sessionmaker, transaction
 
 log = logging.getLogger("msmt.broker")
 
 
 def _problem_response(request: Request, problem: Problem) -> JSONResponse:
+    note(problem=problem.code)
     headers = {"WWW-Authenticate": "Bearer"} if problem.status == 401 else None
     if problem.status == 503:
         headers = {"Retry-After": "1"}
@@ -76,7 +87,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def on_database(request: Request, exc: DBAPIError) -> JSONResponse:
         if not isinstance(exc, OperationalError | InterfaceError):
             return await on_unexpected(request, exc)
-        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc.orig)
+        request.app.state.broker.outage.failed(f"{request.method} {request.url.path}", exc)
         return _problem_response(request, database_unavailable())
 
     @app.exception_handler(Exception)
@@ -98,13 +109,47 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         # process: an app made and dropped again (tests) would leave its objects frozen.
         gc.collect()
         gc.freeze()
+    settings = broker.settings
+    structlog.get_logger(LIFECYCLE_LOGGER).info(
+        "broker starting",
+        database=make_url(settings.database_url).render_as_string(hide_password=True),
+        log_key="loaded" if broker.log.signer is not None else "not configured",
+        witnesses=len(settings.witness_map()),
+        pid=os.getpid(),
+    )
     broker.notifier.start(broker.settings.database_url)  # PostgreSQL: other processes' wake-ups
     broker.writer.start()
+    retention = asyncio.create_task(_retention(broker)) if settings.retention_days > 0 else None
     try:
         yield
     finally:
+        if retention is not None:
+            retention.cancel()
         broker.writer.stop()
         broker.notifier.stop()
+        structlog.get_logger(LIFECYCLE_LOGGER).info("broker stopped", pid=os.getpid())
+
+
+async def _retention(broker: BrokerState) -> None:
+    """Purge what the retention setting allows, now and every `retention_interval_s`."""
+    age_ms = int(broker.settings.retention_days * 24 * 3600 * 1000)
+
+    def purge_once() -> int:
+        with transaction(broker.sessions) as session:
+            return maintenance.purge(session, age_ms, broker.clock(), "retention")
+
+    while True:
+        try:
+            purged = await run_in_threadpool(purge_once)
+            if purged:
+                log.info(
+                    "retention purged %d envelopes older than %s days", purged, broker.settings.retention_days
+                )
+        except (OperationalError, InterfaceError) as exc:
+            broker.outage.failed("retention", exc)
+        except Exception:
+            log.exception("retention failed; retrying at the next interval")
+        await asyncio.sleep(broker.settings.retention_interval_s)
 
 
 def load_log_signer(settings: Settings) -> LogSigner | None:
@@ -119,12 +164,20 @@ def load_log_signer(settings: Settings) -> LogSigner | None:
 
 def create_app(settings: Settings | None = None, clock: Callable[[], int] | None = None) -> FastAPI:
     settings = settings or Settings()
+    configure_structlog()
+    request_observers: list[Observer] = []
     engine = make_engine(settings.database_url)
+    if settings.metrics_port:  # counted in this process, served by `serve` (broker/metrics.py)
+        metrics.enable()
+        request_observers.append(metrics.observe_request)  # the latency histogram, per request
+    metrics.instrument_engine(engine)
     app = FastAPI(
         lifespan=_lifespan,
         title="MSMT Broker",
         version="1",
         summary="Verifies, policy-checks and fans out signed, end-to-end encrypted sanctions-monitoring reports.",
+        docs_url=None,  # FastAPI's own pages load from a CDN: api/docs.py serves offline ones
+        redoc_url=None,
     )
     sessions = make_sessionmaker(engine)
     broker = BrokerState(settings, sessions, clock or wall_clock_ms)
@@ -155,13 +208,48 @@ def create_app(settings: Settings | None = None, clock: Callable[[], int] | None
     )
     app.state.broker = broker
     app.state.engine = engine
+    outage = broker.outage
+    outage.watch(engine)
+    broker.sequencer.outage = outage
+    broker.notifier.outage = outage
     _install_error_handlers(app)
     app.add_middleware(BodyLimit, settings=settings)
+    app.add_middleware(RequestLog, observers=request_observers)  # outermost: sees every answer
     for module in (items, inbox, directory, governance, log_api, preflight, admin):
         app.include_router(module.router)
+    install_docs(app)  # /docs, /redoc (no CDN) and the bearer scheme in the OpenAPI document
 
     @app.get("/v1/health", tags=["health"])
-    async def health() -> dict[str, Any]:
-        return {"status": "ok"}
+    async def health() -> schemas.Liveness:
+        """The process answers (kept for existing probes; `/livez` says the same)."""
+        return schemas.Liveness(status="ok")
+
+    @app.get("/livez", tags=["health"])
+    async def livez() -> schemas.Liveness:
+        """The process is up and serving HTTP; says nothing about the database."""
+        return schemas.Liveness(status="ok")
+
+    head = schema_head()
+
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        response_model=schemas.ReadinessReport,
+        responses={503: {"model": schemas.ReadinessReport, "description": "not ready: see `checks`"}},
+    )
+    async def readyz() -> JSONResponse:
+        """Ready to serve: the database answers, its schema is at this code's head, and the
+        log key (when configured) is loaded. 503 otherwise, with the failing checks."""
+        check = functools.partial(
+            readiness, engine, head, bool(settings.log_key_file), broker.log.signer is not None
+        )
+        try:
+            result = await asyncio.wait_for(run_in_threadpool(check), settings.readiness_timeout_s)
+        except TimeoutError:
+            result = Readiness(False, {"database": f"no answer within {settings.readiness_timeout_s} s"})
+        if result.ready:
+            outage.recovered()
+        body = {"status": "ready" if result.ready else "not ready", "checks": result.checks}
+        return JSONResponse(body, status_code=200 if result.ready else 503)
 
     return app

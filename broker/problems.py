@@ -48,6 +48,11 @@ def invalid(code: str, detail: str, **extra: Any) -> Problem:
     return Problem(422, code, "Invalid request", detail, **extra)
 
 
+def gone(code: str, detail: str) -> Problem:
+    """The thing existed and will not come back (410): a purged or expired envelope."""
+    return Problem(410, code, "Gone", detail)
+
+
 def conflict(code: str, detail: str) -> Problem:
     return Problem(409, code, "Conflict", detail)
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -9,6 +13,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MSMT_", frozen=True)
 
     database_url: str = "sqlite:///var/msmt-broker.db"
+    # Or the URL from a file (a container secret, a systemd credential): it then never appears
+    # in the environment or on a command line. Wins over `database_url`.
+    database_url_file: str | None = None
     # JWT audience: the identity of this broker. Tokens for another broker are refused.
     audience: str = "msmt-broker"
     token_max_lifetime_s: int = 300
@@ -43,6 +50,35 @@ class Settings(BaseSettings):
     # Which witnesses count, and how many, is the members' root's decision, not this setting's.
     witness_urls: str = ""
     witness_timeout_s: float = 5.0
+    # Retention: purge the envelopes of items every recipient acknowledged more than this many
+    # days ago (0: keep them forever); items, digests and log entries always stay. Each broker
+    # process runs the purge every `retention_interval_s` (it is idempotent).
+    retention_days: float = 0.0
+    retention_interval_s: float = 3600.0
+    # /readyz answers 503 when the database has not answered within this long.
+    readiness_timeout_s: float = 1.0
+    # Prometheus metrics (broker/metrics.py): `serve` answers GET /metrics on a listener of
+    # their own, never on the API's port; 0 is off (and then nothing is counted).
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+    # Label the inbox gauges by recipient country: metadata, so off unless the operator wants it.
+    metrics_country_labels: bool = False
+    # The inbox gauges are read from the database at most this often, however often scraped.
+    metrics_cache_s: float = 10.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _database_url_from_file(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("database_url_file"):
+            path = Path(str(data["database_url_file"]))
+            try:
+                url = path.read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"MSMT_DATABASE_URL_FILE {path} cannot be read: {exc.strerror}") from None
+            if not url:
+                raise ValueError(f"MSMT_DATABASE_URL_FILE {path} is empty")
+            data = {**data, "database_url": url}
+        return data
 
     def witness_map(self) -> dict[str, str]:
         pairs = (part.split("=", 1) for part in self.witness_urls.split(";") if "=" in part)

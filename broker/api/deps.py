@@ -16,8 +16,10 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..observability import note
 from ..problems import PROBLEM_MEDIA_TYPE, Problem, forbidden, unauthorized
 from ..services.auth import Caller, ReplayCache, Target, authenticate
+from ..services.health import Outage
 from ..services.log import Integrator
 from ..services.notify import InboxNotifier
 from ..services.registry import RegistryCache
@@ -40,6 +42,8 @@ class BrokerState:
     # wakes inbox long-polls; the integrator publishes the recipients of what it commits
     notifier: InboxNotifier = field(default_factory=InboxNotifier)
     sequencer: Sequencer | None = None
+    # database outages, logged once each (services/health.py)
+    outage: Outage = field(default_factory=Outage)
 
     @property
     def log(self) -> Integrator:
@@ -88,6 +92,7 @@ async def current_caller(request: Request, state: StateDep) -> Caller:
         request_target(request),
         state.replays,
     )
+    note(caller=caller.owner)
     if caller.body_sha256 is not None:
         # The token is good; only now is the body read (within the route's size limit).
         limit = (

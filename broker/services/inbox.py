@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from msmt.core import canonical, errors
 from msmt.core.receipt import parse_receipt, verify_receipt
 
-from ..problems import invalid, not_found
+from ..problems import gone, invalid, not_found
 from ..store import queries
 from ..store.models import DeliveryReceiptRow, Item
 from . import log as log_service
@@ -43,8 +43,12 @@ def list_inbox(
     *,
     max_envelope_bytes: int | None = None,
     proofs_at: int | None = None,
+    now_ms: int | None = None,
 ) -> dict[str, Any]:
-    page = _list_inbox(session, recipient, after, limit, max_envelope_bytes=max_envelope_bytes)
+    """A page of the inbox. Items past their originator's `expires_ms` (at `now_ms`) are listed
+    as `unavailable: expired`, without envelope: the sequence stays gap-free, and a recipient
+    sees what it is no longer given."""
+    page = _list_inbox(session, recipient, after, limit, max_envelope_bytes=max_envelope_bytes, now_ms=now_ms)
     if proofs_at is not None:
         # each delivery already in the tree of `proofs_at` leaves: its leaf and inclusion proof,
         # so that the recipient checks a whole page against one checkpoint (docs §14.14)
@@ -57,8 +61,18 @@ def list_inbox(
     return page
 
 
+def _expired(row: RowMapping, now_ms: int | None) -> bool:
+    return now_ms is not None and row["expires_ms"] is not None and row["expires_ms"] <= now_ms
+
+
 def _list_inbox(
-    session: Session, recipient: str, after: int, limit: int, *, max_envelope_bytes: int | None = None
+    session: Session,
+    recipient: str,
+    after: int,
+    limit: int,
+    *,
+    max_envelope_bytes: int | None = None,
+    now_ms: int | None = None,
 ) -> dict[str, Any]:
     """Deliveries after the cursor. With `max_envelope_bytes`, each also carries its envelope
     (base64url, 1.3), and the page ends before its envelopes would exceed that many bytes
@@ -69,12 +83,20 @@ def _list_inbox(
         envelopes = queries.inbox_envelopes(session, recipient, after, int(rows[-1]["seq"]))
         deliveries = []
         for row in rows:
-            envelope = envelopes.get(int(row["seq"]))
-            if envelope is None:  # deleted since the first query: end the page before it
+            if int(row["seq"]) not in envelopes:  # deleted since the first query: end the page before it
                 break
-            deliveries.append({**delivery_view(row), "envelope": canonical.b64encode(envelope)})
+            envelope = envelopes[int(row["seq"])]
+            if _expired(row, now_ms):
+                deliveries.append({**delivery_view(row), "unavailable": "expired"})
+            elif envelope is None:  # purged by retention: listed, with nothing to fetch (410)
+                deliveries.append({**delivery_view(row), "unavailable": "purged"})
+            else:
+                deliveries.append({**delivery_view(row), "envelope": canonical.b64encode(envelope)})
     else:
-        deliveries = [delivery_view(row) for row in rows]
+        deliveries = [
+            {**delivery_view(row), "unavailable": "expired"} if _expired(row, now_ms) else delivery_view(row)
+            for row in rows
+        ]
     return {"deliveries": deliveries, "cursor": deliveries[-1]["seq"] if deliveries else after}
 
 
@@ -157,6 +179,22 @@ def item_for(session: Session, caller: str, item_id: str) -> Item:
     if item is None or (item.originator != caller and queries.delivery(session, item_id, caller) is None):
         raise not_found("unknown-item", f"no item {item_id} in {caller}'s view")
     return item
+
+
+def envelope_for(session: Session, caller: str, item_id: str, now_ms: int) -> bytes:
+    """The envelope of an item in `caller`'s view (404 otherwise); 410 once past its
+    originator's `expires_ms`, or purged."""
+    item = item_for(session, caller, item_id)
+    if item.expires_ms is not None and item.expires_ms <= now_ms:
+        raise gone(
+            "expired",
+            f"item {item_id} expired at {item.expires_ms} (ms since the epoch), as its originator set",
+        )
+    if item.envelope is None:
+        raise gone(
+            "purged", f"item {item_id}'s envelope was purged by the retention policy; its log entry stays"
+        )
+    return item.envelope
 
 
 def item_status(session: Session, caller: str, item_id: str, is_admin: bool) -> dict[str, Any]:

@@ -31,6 +31,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
+from .health import Outage
+
 log = logging.getLogger("msmt.broker.notify")
 
 CHANNEL = "msmt_inbox"
@@ -102,6 +104,7 @@ class InboxNotifier:
         self._listening = threading.Event()
         self._thread: threading.Thread | None = None
         self.backend_pid: int | None = None  # the listener's PostgreSQL backend, once connected
+        self.outage: Outage | None = None  # database outages, told once (services/health.py)
 
     # --- in this process -------------------------------------------------------------------
 
@@ -202,7 +205,11 @@ class InboxNotifier:
                             if note.channel == CHANNEL:
                                 self.publish(parse_payload(note.payload))
             except Exception as exc:  # the listener must outlive a database outage
-                if not self._stop.is_set():
+                if self._stop.is_set():
+                    pass
+                elif self.outage is not None:
+                    self.outage.failed("the inbox listener", exc)  # one line per outage
+                elif self._listening.is_set():  # lost, not a failed reconnection: once
                     log.warning("inbox listener lost its connection (%s); reconnecting", exc)
             finally:
                 self._listening.clear()

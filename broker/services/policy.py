@@ -29,7 +29,7 @@ from ..policydoc import (
     PolicyDocumentError,
     Topics,
 )
-from ..problems import invalid, not_found
+from ..problems import gone, invalid, not_found
 from ..store import queries
 from ..store.models import (
     Agreement,
@@ -220,6 +220,8 @@ def explain_item(session: Session, item_id: str) -> dict[str, Any]:
         raise not_found("unknown-policy-version", f"item {item_id} predates policy versioning")
     version, document = document_at(session, item.policy_version)
     snapshot = policydoc.to_snapshot(document)
+    if item.envelope is None:
+        raise gone("purged", f"item {item_id}'s envelope was purged; its decision cannot be replayed")
     header = parse(item.envelope).header
     decisions = []
     for country in header.recipient_countries:

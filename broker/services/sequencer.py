@@ -30,12 +30,14 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from .. import metrics
 from ..problems import Problem
 from ..store.db import transaction
 from ..store.models import Item
+from .health import Outage
 from .log import Integrated, Integrator
 from .registry import RegistryCache
 from .submit import Prepared, Receipt, accept_batch, receipt_for
@@ -83,6 +85,7 @@ class Sequencer:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._failing = False
+        self.outage: Outage | None = None  # database outages, told once (services/health.py)
         self.batches = 0  # statistics for benchmarks and tests
         self.stored = 0
 
@@ -122,6 +125,7 @@ class Sequencer:
             except queue.Empty:
                 break
             if isinstance(left, Ticket) and not left.stored.done():
+                metrics.submission_failed("database-unavailable")  # what its caller is told
                 left.stored.set_exception(Stopping())
         for tickets in self._waiting.values():
             for ticket in tickets:
@@ -164,8 +168,15 @@ class Sequencer:
             except Exception as exc:  # the writer must outlive a database outage
                 for ticket in batch:
                     if not ticket.stored.done():
+                        # counted as what its caller is told (api/items.py), before it is told
+                        failure = (
+                            "database-unavailable" if isinstance(exc, SQLAlchemyError) else "internal-error"
+                        )
+                        metrics.submission_failed(failure)
                         ticket.stored.set_exception(exc)
-                if not self._failing:  # one line per outage, not one per attempt
+                if self.outage is not None and isinstance(exc, OperationalError | InterfaceError):
+                    self.outage.failed("the sequencer", exc)  # one line per outage, shared
+                elif not self._failing:  # one line per failure spell, not one per attempt
                     log.error("the sequencer cannot write: %s", exc, exc_info=True)
                     self._failing = True
                 self._stop.wait(0.05)
@@ -187,9 +198,11 @@ class Sequencer:
         logged = integrated.items if integrated is not None else {}
         for ticket, answer in zip(batch, answers, strict=True):
             if isinstance(answer, Problem):
+                metrics.submission_refused(answer)  # counted before its caller is answered
                 ticket.stored.set_exception(answer)
                 continue
             self.stored += answer.created
+            metrics.submission_stored(answer.created)
             ticket.stored.set_result(answer)
             if answer.log_index is not None:
                 ticket.logged.set_result(answer)
@@ -237,8 +250,14 @@ class Sequencer:
     # --- witnesses ---------------------------------------------------------------------
 
     def _witness_loop(self) -> None:
+        failing = False
         while not self._stop.wait(self.interval_s):
             try:
                 self.integrator.witness()
-            except Exception:  # an unreachable witness or database is reported, never fatal
-                log.exception("asking the witnesses failed; retrying")
+                failing = False
+            except Exception as exc:  # never fatal; a failure spell is one log line
+                if self.outage is not None and isinstance(exc, OperationalError | InterfaceError):
+                    self.outage.failed("the witness thread", exc)  # the database's outage, told once
+                elif not failing:
+                    log.exception("asking the witnesses failed; retrying")
+                failing = True

@@ -84,6 +84,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
         return engine
+    # A database host that does not answer fails a connection in 5 s, not the OS's minutes.
+    kwargs.setdefault("connect_args", {"connect_timeout": 5})
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
 

@@ -117,7 +117,9 @@ class Item(Base):
     expires_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     size: Mapped[int] = mapped_column(BigInteger)
     envelope_sha256: Mapped[str] = mapped_column(String(64))
-    envelope: Mapped[bytes] = mapped_column(LargeBinary)  # exactly as received
+    # exactly as received; None once purged by retention (the row, digest and log entry stay)
+    envelope: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    purged_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     log_index: Mapped[int | None] = mapped_column(
         BigInteger, unique=True, nullable=True
     )  # set by the integrator

@@ -39,6 +39,7 @@ INBOX_COLUMNS = (
     Item.content_type,
     Item.size,
     Item.log_index,
+    Item.expires_ms,
 )
 
 
@@ -57,14 +58,17 @@ def inbox_page(session: Session, recipient: str, after: int, limit: int) -> Sequ
     )
 
 
-def inbox_envelopes(session: Session, recipient: str, after: int, last: int) -> dict[int, bytes]:
-    """The envelope bytes of the recipient's deliveries with after < seq <= last, by seq."""
+def inbox_envelopes(session: Session, recipient: str, after: int, last: int) -> dict[int, bytes | None]:
+    """The envelope bytes of the recipient's deliveries with after < seq <= last, by seq (None:
+    purged by retention)."""
     rows = session.execute(
         select(Delivery.seq, Item.envelope)
         .join(Item, Item.item_id == Delivery.item_id)
         .where(Delivery.recipient == recipient, Delivery.seq > after, Delivery.seq <= last)
     ).all()
-    return {int(seq): bytes(envelope) for seq, envelope in rows if seq is not None}
+    return {
+        int(seq): None if envelope is None else bytes(envelope) for seq, envelope in rows if seq is not None
+    }
 
 
 def deliveries_of_item(session: Session, item_id: str) -> Sequence[Delivery]:

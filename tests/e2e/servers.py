@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -72,6 +74,16 @@ def broker_server(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            keep_log(log_path)
+
+
+def keep_log(log_path: Path) -> None:
+    """CI collects every broker's log (MSMT_TEST_LOG_DIR) and greps them all for secrets
+    (.ci/check_logs.py)."""
+    folder = os.environ.get("MSMT_TEST_LOG_DIR")
+    if folder and log_path.exists():
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(log_path, Path(folder) / f"{uuid.uuid4().hex}-{log_path.name}")
 
 
 @contextmanager

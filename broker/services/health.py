@@ -1,0 +1,100 @@
+"""Is the broker able to serve: liveness, readiness, and database outages told once.
+
+An outage of the database is one event, not one per request: `Outage.failed` logs when the
+first failure is seen and `Outage.recovered` when a statement succeeds again, with how long it
+lasted and how many requests it refused. Readiness asks the database each time (a stopped
+database is seen at the next probe) and checks the schema is the one this code expects.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, event, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..store.db import alembic_config
+
+log = logging.getLogger("msmt.broker.health")
+
+
+class Outage:
+    """Thread-safe record of whether the database is failing, logged once per outage."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.down_since: float | None = None
+        self.refused = 0
+        self.outages = 0
+
+    @property
+    def down(self) -> bool:
+        return self.down_since is not None
+
+    def failed(self, where: str, error: BaseException) -> None:
+        with self._lock:
+            self.refused += 1
+            if self.down_since is not None:
+                return
+            self.down_since = self._clock()
+            self.outages += 1
+            self.refused = 1
+        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0][:300]
+        log.error("database unavailable (first seen by %s): %s", where, reason)
+
+    def recovered(self) -> None:
+        if self.down_since is None:  # the common case: no lock taken
+            return
+        with self._lock:
+            if self.down_since is None:
+                return
+            lasted = self._clock() - self.down_since
+            refused, self.down_since = self.refused, None
+        log.warning(
+            "database available again after %.1f s; %d requests were refused meanwhile", lasted, refused
+        )
+
+    def watch(self, engine: Engine) -> None:
+        """Any statement that succeeds ends the outage."""
+
+        @event.listens_for(engine, "after_cursor_execute")
+        def _succeeded(*_args: object) -> None:
+            if self.down_since is not None:
+                self.recovered()
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    checks: dict[str, str]
+
+
+def schema_head() -> str | None:
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+def readiness(engine: Engine, head: str | None, log_key_configured: bool, log_key_loaded: bool) -> Readiness:
+    checks: dict[str, str] = {}
+    try:
+        with engine.connect() as connection:
+            version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        checks["database"] = "ok"
+        checks["schema"] = "ok" if version == head else f"at {version or 'nothing'}, expected {head}"
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:200]
+        # an unmigrated database answers, but has no alembic_version table
+        missing_table = "alembic_version" in reason
+        checks["database"] = "ok" if missing_table else f"unreachable: {reason}"
+        checks["schema"] = f"not migrated, expected {head}" if missing_table else "unknown"
+    if log_key_configured:
+        checks["log_key"] = "ok" if log_key_loaded else "not loaded"
+    else:
+        checks["log_key"] = "not configured (checkpoints are unsigned)"
+    ready = checks["database"] == "ok" and checks["schema"] == "ok" and checks["log_key"] != "not loaded"
+    return Readiness(ready, checks)
