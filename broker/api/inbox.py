@@ -11,6 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from msmt.core import canonical
 from msmt.core.errors import MsmtError
 
+from .. import metrics
 from ..problems import invalid
 from ..services import inbox as inbox_service
 from . import schemas
@@ -51,7 +52,13 @@ async def list_inbox(
     def load() -> schemas.InboxPage:
         with state.sessions() as session:
             page = inbox_service.list_inbox(
-                session, caller.owner, after, limit, max_envelope_bytes=max_bytes, proofs_at=proofs
+                session,
+                caller.owner,
+                after,
+                limit,
+                max_envelope_bytes=max_bytes,
+                proofs_at=proofs,
+                now_ms=state.clock(),
             )
             return schemas.InboxPage(**page)
 
@@ -63,9 +70,13 @@ async def list_inbox(
         if page.deliveries or remaining <= 0:
             return page
         # woken by the integrator's publish; the timeout is only the safety re-check
-        await state.notifier.wait(
-            caller.owner, min(state.settings.inbox_poll_interval_s, remaining), since=seen
-        )
+        metrics.longpoll_waiting(1)
+        try:
+            await state.notifier.wait(
+                caller.owner, min(state.settings.inbox_poll_interval_s, remaining), since=seen
+            )
+        finally:
+            metrics.longpoll_waiting(-1)
 
 
 @router.post("/ack", response_model=schemas.AckResult, responses=PROBLEMS)

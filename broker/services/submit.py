@@ -13,8 +13,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from msmt.core import check_freshness, errors, parse, verify
-from msmt.core.envelope import Envelope
+from msmt.core.envelope import Envelope, Header
 from msmt.core.policy import evaluate
+from msmt.core.report import WITHDRAWAL_MEDIA_TYPE
 
 from ..problems import Problem, conflict, forbidden, invalid
 from ..settings import Settings
@@ -203,6 +204,7 @@ def accept_batch(
             select(ITEMS.c.item_id, ITEMS.c.envelope_sha256).where(ITEMS.c.item_id.in_(ids))
         ).all()
     )
+    references = _References.load(session, batch)
     answers: list[Receipt | Problem | None] = [None] * len(batch)
     existing: dict[str, list[int]] = defaultdict(list)  # stored before this batch: receipts read below
     fresh: dict[str, int] = {}  # item id -> position of the entry that stores it in this batch
@@ -230,10 +232,12 @@ def accept_batch(
             continue
         try:
             _check_again(registry, prepared)
+            references.check(header)
         except Problem as problem:
             answers[position] = problem
             continue
         fresh[item_id] = position
+        references.add(header)
         items.append(_item_row(prepared, registry.version))
         deliveries.extend(
             {
@@ -257,6 +261,79 @@ def accept_batch(
             answers[position] = receipt
     assert all(a is not None for a in answers)
     return [a for a in answers if a is not None]
+
+
+@dataclass
+class _References:
+    """What the items a batch refers to (`supersedes`, `in_reply_to`) are, as far as the rules
+    need: their originators, who received them. Read in two statements per batch.
+
+    - Only an item's originator may supersede it.
+    - A withdrawal (content type `application/vnd.msmt.withdrawal+json`) replies to the
+      withdrawn item, which must be the originator's own, and goes to all its recipients.
+    - A reply replies to an item in the sender's view (it sent or received it).
+    A reference to an item that does not exist is refused with the same words as one to an item
+    outside the sender's view: the answer tells nobody whether another member's item exists.
+    """
+
+    originators: dict[str, str]
+    recipients: dict[str, set[str]]
+
+    @classmethod
+    def load(cls, session: Session, batch: Sequence[Prepared]) -> _References:
+        ids = {
+            ref
+            for p in batch
+            for ref in (p.envelope.header.supersedes, p.envelope.header.in_reply_to)
+            if ref is not None
+        }
+        if not ids:
+            return cls({}, {})
+        originators = dict(
+            session.execute(select(ITEMS.c.item_id, ITEMS.c.originator).where(ITEMS.c.item_id.in_(ids))).all()
+        )
+        recipients: dict[str, set[str]] = defaultdict(set)
+        for item_id, recipient in session.execute(
+            select(DELIVERIES.c.item_id, DELIVERIES.c.recipient).where(DELIVERIES.c.item_id.in_(originators))
+        ):
+            recipients[item_id].add(recipient)
+        return cls(originators, dict(recipients))
+
+    def add(self, header: Header) -> None:
+        """An item stored earlier in the same batch: later ones may refer to it."""
+        self.originators.setdefault(header.item_id, header.originator)
+        self.recipients.setdefault(header.item_id, set(header.recipient_countries))
+
+    def check(self, header: Header) -> None:
+        """Raise the Problem for the first rule `header` breaks."""
+        sender = header.originator
+        if header.supersedes is not None and self.originators.get(header.supersedes) != sender:
+            raise forbidden(
+                "not-originator",
+                f"only an item's originator may supersede it: {header.supersedes} is not an item {sender} originated",
+            )
+        withdrawal = header.content_type == WITHDRAWAL_MEDIA_TYPE
+        target = header.in_reply_to
+        if withdrawal:
+            if target is None or self.originators.get(target) != sender:
+                raise forbidden(
+                    "not-originator",
+                    f"only an item's originator may withdraw it: {target} is not an item {sender} originated",
+                )
+            missing = sorted(self.recipients.get(target, set()) - set(header.recipient_countries))
+            if missing:
+                raise invalid(
+                    "withdrawal-incomplete",
+                    f"a withdrawal goes to every recipient of the withdrawn item; missing: {', '.join(missing)}",
+                )
+        elif (
+            target is not None
+            and sender != self.originators.get(target)
+            and sender not in self.recipients.get(target, set())
+        ):
+            raise forbidden(
+                "unknown-reference", f"in_reply_to names {target}, which is not an item in {sender}'s view"
+            )
 
 
 def _check_again(registry: Registry, prepared: Prepared) -> None:
