@@ -26,7 +26,7 @@ from msmt.core.logleaf import LogIdentity, LogSigner
 from . import metrics
 from .api import admin, directory, governance, inbox, items, preflight, schemas
 from .api import log as log_api
-from .api.deps import BodyLimit, BrokerState, wall_clock_ms
+from .api.deps import BodyLimit, BrokerState, LongPolls, wall_clock_ms
 from .api.docs import install_docs
 from .observability import LIFECYCLE_LOGGER, Observer, RequestLog, configure_structlog, note
 from .problems import PROBLEM_MEDIA_TYPE, Problem, database_unavailable
@@ -44,7 +44,7 @@ log = logging.getLogger("msmt.broker")
 def _problem_response(request: Request, problem: Problem) -> JSONResponse:
     note(problem=problem.code)
     headers = {"WWW-Authenticate": "Bearer"} if problem.status == 401 else None
-    if problem.status == 503:
+    if problem.status in (429, 503):
         headers = {"Retry-After": "1"}
     return JSONResponse(
         problem.to_dict(instance=request.url.path),
@@ -181,6 +181,7 @@ def create_app(settings: Settings | None = None, clock: Callable[[], int] | None
     )
     sessions = make_sessionmaker(engine)
     broker = BrokerState(settings, sessions, clock or wall_clock_ms)
+    broker.long_polls = LongPolls(settings.inbox_max_waiting_per_member, settings.inbox_max_waiting)
 
     def pinned_log() -> LogIdentity | None:
         with sessions() as session:

@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     token_leeway_s: int = 30
     max_envelope_bytes: int = 64 * 1024 * 1024 + 2 * 1024 * 1024
     max_json_bytes: int = 1024 * 1024
+    # A request body that stops arriving for this long is refused (408) and its connection
+    # closed: half-sent bodies do not hold memory and a connection forever.
+    body_timeout_s: float = 30.0
     # An envelope must be submitted within this long of its creation time.
     max_envelope_age_s: int = 7 * 24 * 3600
     max_clock_skew_s: int = 300
@@ -30,6 +33,10 @@ class Settings(BaseSettings):
     # A long-poll wakes when the integrator publishes its recipient (services/notify.py); it
     # also re-checks the database this often, so a missed notification never hides an item.
     inbox_poll_interval_s: float = 2.0
+    # Waiting long-polls each hold a connection: at most this many per member (429 past it)
+    # and in all per process (503 past it; keep it well below the file-descriptor limit).
+    inbox_max_waiting_per_member: int = 20
+    inbox_max_waiting: int = 800
     # With `include=envelope`, a page stops before its envelopes exceed this many bytes (a
     # single larger envelope still comes alone).
     inbox_max_page_bytes: int = 16 * 1024 * 1024

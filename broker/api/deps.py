@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -44,6 +45,7 @@ class BrokerState:
     sequencer: Sequencer | None = None
     # database outages, logged once each (services/health.py)
     outage: Outage = field(default_factory=Outage)
+    long_polls: LongPolls = field(default_factory=lambda: LongPolls(20, 800))
 
     @property
     def log(self) -> Integrator:
@@ -54,6 +56,41 @@ class BrokerState:
     def writer(self) -> Sequencer:
         assert self.sequencer is not None
         return self.sequencer
+
+
+class LongPolls:
+    """Waiting long-polls, per member and in all: each holds a connection (a file descriptor),
+    so one member cannot take them all, and the process stays below its descriptor limit.
+    Past the member's cap: 429 with Retry-After; past the process's: 503 with Retry-After."""
+
+    def __init__(self, per_member: int, total: int) -> None:
+        self.per_member = per_member
+        self.total = total
+        self.by_member: dict[str, int] = {}
+        self.count = 0
+
+    def enter(self, member: str) -> None:  # the event loop's thread only: no lock needed
+        if self.by_member.get(member, 0) >= self.per_member:
+            raise Problem(
+                429,
+                "too-many-long-polls",
+                "Too many requests",
+                f"{member} already has {self.per_member} long-polls waiting; wait for one to return",
+            )
+        if self.count >= self.total:
+            raise Problem(
+                503, "busy", "Service busy", f"the broker holds {self.total} long-polls; retry shortly"
+            )
+        self.by_member[member] = self.by_member.get(member, 0) + 1
+        self.count += 1
+
+    def leave(self, member: str) -> None:
+        self.count -= 1
+        left = self.by_member[member] - 1
+        if left:
+            self.by_member[member] = left
+        else:
+            del self.by_member[member]
 
 
 def get_state(request: Request) -> BrokerState:
@@ -127,9 +164,20 @@ CountryDep = Annotated[Caller, Depends(country_caller)]
 AdminDep = Annotated[Caller, Depends(admin_caller)]
 
 
-class BodyTooLarge(Problem):
+class BodyRefused(Problem):
+    """A request body the broker stops reading: too large, or too slow."""
+
+
+class BodyTooLarge(BodyRefused):
     def __init__(self, limit: int) -> None:
         super().__init__(413, "body-too-large", "Request body too large", f"the body exceeds {limit} bytes")
+
+
+class BodyTimeout(BodyRefused):
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            408, "body-timeout", "Request body too slow", f"no part of the body arrived for {seconds:g} s"
+        )
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -166,22 +214,43 @@ class BodyLimit:
             return
         is_submit = scope["method"] == "POST" and scope["path"].rstrip("/") in SUBMIT_PATHS
         limit = self.settings.max_envelope_bytes if is_submit else self.settings.max_json_bytes
+        has_body = authorized = False
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > limit:
                 await _send_problem(send, BodyTooLarge(limit), scope["path"])
                 return
+            if (name == b"content-length" and value not in (b"", b"0")) or name == b"transfer-encoding":
+                has_body = True
+            elif name == b"authorization" and value[:7].lower() == b"bearer ":
+                authorized = True
+        if has_body and not authorized and scope["path"].startswith("/v1/"):
+            # Every route that takes a body authenticates: an anonymous body is never read.
+            await _send_problem(
+                send,
+                unauthorized("missing-token", "send 'Authorization: Bearer <JWT>' signed with your API key"),
+                scope["path"],
+            )
+            return
         seen = 0
-        too_large: BodyTooLarge | None = None
-        started = replaced = False
+        too_large: BodyRefused | None = None
+        started = replaced = complete = False
+        timeout = self.settings.body_timeout_s
 
         async def counted() -> Message:
-            nonlocal seen, too_large
-            message = await receive()
+            nonlocal seen, too_large, complete
+            if complete:  # the body is in: what follows is only a disconnect, however late
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), timeout)
+            except TimeoutError:
+                too_large = BodyTimeout(timeout)
+                raise too_large from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
                     too_large = BodyTooLarge(limit)
                     raise too_large
+                complete = not message.get("more_body", False)
             return message
 
         async def guarded(message: Message) -> None:
@@ -198,7 +267,7 @@ class BodyLimit:
 
         try:
             await self.app(scope, counted, guarded)
-        except BodyTooLarge as exc:
+        except BodyRefused as exc:
             if started:
                 raise
             if not replaced:
@@ -206,15 +275,12 @@ class BodyLimit:
 
 
 async def _send_problem(send: Send, problem: Problem, path: str) -> None:
+    note(problem=problem.code)
     body = json.dumps(problem.to_dict(instance=path)).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": problem.status,
-            "headers": [
-                (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
+    headers = [(b"content-type", PROBLEM_MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode())]
+    if problem.status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    if isinstance(problem, BodyRefused):  # the rest of the body is not read: end the connection
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": problem.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -62,21 +62,29 @@ async def list_inbox(
             )
             return schemas.InboxPage(**page)
 
-    while True:
-        # taken before the check: deliveries published after it end the wait below at once
-        seen = state.notifier.generation(caller.owner)
-        page = await run_in_threadpool(load)
-        remaining = deadline - loop.time()
-        if page.deliveries or remaining <= 0:
-            return page
-        # woken by the integrator's publish; the timeout is only the safety re-check
-        metrics.longpoll_waiting(1)
-        try:
-            await state.notifier.wait(
-                caller.owner, min(state.settings.inbox_poll_interval_s, remaining), since=seen
-            )
-        finally:
-            metrics.longpoll_waiting(-1)
+    waiting = False
+    try:
+        while True:
+            # taken before the check: deliveries published after it end the wait below at once
+            seen = state.notifier.generation(caller.owner)
+            page = await run_in_threadpool(load)
+            remaining = deadline - loop.time()
+            if page.deliveries or remaining <= 0:
+                return page
+            if not waiting:  # a long-poll holds a connection: counted, and capped
+                state.long_polls.enter(caller.owner)
+                waiting = True
+            # woken by the integrator's publish; the timeout is only the safety re-check
+            metrics.longpoll_waiting(1)
+            try:
+                await state.notifier.wait(
+                    caller.owner, min(state.settings.inbox_poll_interval_s, remaining), since=seen
+                )
+            finally:
+                metrics.longpoll_waiting(-1)
+    finally:
+        if waiting:
+            state.long_polls.leave(caller.owner)
 
 
 @router.post("/ack", response_model=schemas.AckResult, responses=PROBLEMS)

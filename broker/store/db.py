@@ -52,6 +52,13 @@ def _tighten(path: Path) -> None:
                 os.chmod(file, PRIVATE_FILE_MODE)
 
 
+# PostgreSQL session limits (seconds): no statement waits longer than this for a lock, and a
+# session that sits idle inside a transaction (a broker process paused or hung mid-commit) is
+# ended by the server, releasing its locks, after this long. Settings can override them.
+LOCK_TIMEOUT_S = float(os.environ.get("MSMT_DB_LOCK_TIMEOUT_S", "5"))
+IDLE_IN_TRANSACTION_TIMEOUT_S = float(os.environ.get("MSMT_DB_IDLE_IN_TRANSACTION_TIMEOUT_S", "30"))
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     if is_sqlite(url):
         database = make_url(url).database
@@ -86,7 +93,21 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     # A database host that does not answer fails a connection in 5 s, not the OS's minutes.
     kwargs.setdefault("connect_args", {"connect_timeout": 5})
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    engine = create_engine(url, pool_pre_ping=True, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _limits(dbapi_connection: Any, _record: Any) -> None:
+        # One broker that hangs holding a lock must not stall the others: their waits end with
+        # a lock-timeout error (answered 503 + Retry-After) and the server ends the hung
+        # transaction. SET, not connection options: a URL's own `options` stay untouched.
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(f"SET lock_timeout = {int(LOCK_TIMEOUT_S * 1000)}")
+            cursor.execute(
+                f"SET idle_in_transaction_session_timeout = {int(IDLE_IN_TRANSACTION_TIMEOUT_S * 1000)}"
+            )
+        dbapi_connection.commit()
+
+    return engine
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
