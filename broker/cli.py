@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from msmt import tables
+from msmt import ui
 from msmt.core import (
     ApiPrivateKey,
     Markings,
@@ -28,6 +28,7 @@ from msmt.core import (
     write_private_key,
 )
 from msmt.core.errors import MsmtError
+from msmt.core.markings import TLP_LEVELS, TOPICS
 from msmt.core.policy import DEFAULT_LADDER, sharing_matrix
 
 from . import policydoc
@@ -39,6 +40,24 @@ from .settings import Settings
 from .store.db import make_engine, make_sessionmaker, migrate, transaction
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+EXIT_DATABASE = 4  # the database is missing, not migrated or unreachable
+PASSPHRASE_ENV = "MSMT_PASSPHRASE"  # noqa: S105 - the name of a variable, not a secret
+NOT_MIGRATED = "run `msmt-broker migrate` (or `msmt-broker init` for a new broker)"
+EPILOG = """\
+environment:
+  MSMT_DATABASE_URL  SQLAlchemy URL (--database-url); postgres:// and postgresql:// mean psycopg 3
+  MSMT_PASSPHRASE    init: passphrase of the new private keys when --passphrase-env is not given
+  MSMT_DEBUG         1: show the traceback behind an error
+  COLUMNS            width that tables wrap to (default: the terminal's)
+
+output: wrapped tables, local ISO 8601 times and spoken key fingerprints for people;
+  --json (before or after the command) for programs.
+
+exit codes:
+  0 success   1 refused or invalid input   2 usage error
+  4 the database is missing, not migrated or unreachable
+  70 internal error (a bug; MSMT_DEBUG=1 shows where)   130 interrupted (Ctrl-C)
+"""
 
 
 def _now() -> int:
@@ -50,19 +69,90 @@ def _actor() -> str:
 
 
 def _passphrase(env: str | None, prompt: str) -> str:
+    """--passphrase-env's variable, else MSMT_PASSPHRASE, else asked twice on the terminal;
+    without any of them, a usage error (never an EOFError)."""
     if env:
         value = os.environ.get(env)
         if not value:
-            raise SystemExit(f"error: environment variable {env} is empty or unset")
+            raise ui.UserError(f"environment variable {env} is empty or unset", EXIT_USAGE)
         return value
+    value = os.environ.get(PASSPHRASE_ENV)
+    if value:
+        return value
+    if not sys.stdin.isatty():
+        raise ui.UserError(
+            f"no terminal to ask for the {prompt} on: set {PASSPHRASE_ENV} or pass --passphrase-env VAR",
+            EXIT_USAGE,
+        )
     first = getpass.getpass(f"{prompt}: ")
     if first != getpass.getpass(f"{prompt} (again): "):
-        raise SystemExit("error: passphrases differ")
+        raise ui.UserError("the passphrases differ", EXIT_USAGE)
+    if not first:
+        raise ui.UserError("the passphrase is empty", EXIT_USAGE)
     return first
 
 
+def normalize_database_url(url: str) -> str:
+    """postgres:// and postgresql:// (what hosting providers print) mean psycopg 3, the driver
+    installed; anything else is checked to be a URL SQLAlchemy can load."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    for scheme in ("postgres://", "postgresql://"):
+        if url.startswith(scheme):
+            url = "postgresql+psycopg://" + url[len(scheme) :]
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ui.UserError(
+            f"--database-url {redact(url)!r} is not a database URL: write sqlite:///PATH or "
+            "postgresql+psycopg://USER:PASSWORD@HOST/DATABASE",
+            EXIT_USAGE,
+        ) from exc
+    if parsed.drivername not in ("sqlite", "sqlite+pysqlite", "postgresql+psycopg"):
+        raise ui.UserError(
+            f"--database-url {redact(url)!r}: the {parsed.drivername} driver is not supported; write "
+            "sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST/DATABASE",
+            EXIT_USAGE,
+        )
+    return url
+
+
+def redact(url: str) -> str:
+    """The URL with its password hidden, for anything printed."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(not a URL)" if "@" in url else url
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (None for other databases and in-memory ones)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if not parsed.drivername.startswith("sqlite"):
+        return None
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def _existing_database(args: argparse.Namespace) -> str:
+    """The URL, once it is known that the database exists: no command but init and migrate
+    creates one (an empty SQLite file is not a broker)."""
+    path = _sqlite_file(args.database_url)
+    if path is not None and not path.is_file():
+        raise ui.UserError(f"there is no database at {path}: {NOT_MIGRATED}", EXIT_DATABASE)
+    return str(args.database_url)
+
+
 def _sessions(args: argparse.Namespace) -> Any:
-    return make_sessionmaker(make_engine(args.database_url))
+    return make_sessionmaker(make_engine(_existing_database(args)))
 
 
 def _write(args: argparse.Namespace, work: Callable[[Any], Any]) -> Any:
@@ -76,10 +166,25 @@ def _read(args: argparse.Namespace, work: Callable[[Any], Any]) -> Any:
 
 
 def _print(args: argparse.Namespace, value: Any) -> None:
-    if args.json or not isinstance(value, list):
-        print(json.dumps(value, indent=2, sort_keys=True))
-    else:
-        print(tables.render(value, limit=40))
+    ui.emit(value, as_json=args.json)
+
+
+def _known(args: argparse.Namespace) -> tuple[list[str], list[str], list[str]]:
+    """(ladder, member countries, groups) as the database holds them, for "did you mean"."""
+    countries = _read(args, admin_service.list_countries)
+    ladder = _read(args, policy_service.ladder)
+    codes = [c["code"] for c in countries]
+    groups = sorted({g for c in countries for g in c["groups"]})
+    return list(ladder), codes, groups
+
+
+def _check_country(what: str, code: str, codes: list[str]) -> None:
+    if code not in codes:
+        raise ui.UserError(
+            f"{what} {code!r} is not a member country{ui.did_you_mean(code, codes)}; "
+            f"members: {', '.join(codes) or 'none yet (install the directory root first)'}",
+            EXIT_USAGE,
+        )
 
 
 # --- commands ----------------------------------------------------------------------------
@@ -89,23 +194,62 @@ def _init_refusal(args: argparse.Namespace) -> str | None:
     """Why `init` must not start (one sentence), or None: checked before anything is written."""
     if not admin_service.ADMIN_NAME_RE.fullmatch(args.admin):
         return (
-            f"error: {args.admin!r} is not a valid admin name: use 1 to 64 characters, a lowercase "
+            f"{args.admin!r} is not a valid admin name: use 1 to 64 characters, a lowercase "
             "letter first, then lowercase letters, digits, '.', '_' or '-'"
         )
     data = Path(args.data_dir)
     for name in ("broker-signing.key", f"admin-{args.admin}.key"):
         if (data / name).exists():
-            return f"error: {data / name} exists already: init never overwrites a private key"
+            return f"{data / name} exists already: init never overwrites a private key"
+    if data.exists() and not data.is_dir():
+        return f"--data-dir {data} is a file, not a folder"
+    existing = next((p for p in (data, *data.parents) if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot create the data folder {data}: {existing} is not writable"
+    path = _sqlite_file(args.database_url)
+    if path is not None:
+        folder = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None)
+        if path.exists() and not path.is_file():
+            return f"the database path {path} is not a file"
+        if folder is not None and not folder.is_dir():
+            return f"cannot create the database {path}: {folder} is not a folder"
+        if folder is not None and not os.access(folder, os.W_OK | os.X_OK):
+            return f"cannot create the database {path}: {folder} is not writable"
     return None
 
 
+def _initialised(url: str) -> bool:
+    """Whether the database already holds a broker (an admin): init runs once."""
+    from sqlalchemy import inspect, text
+
+    path = _sqlite_file(url)
+    if path is not None and not path.exists():
+        return False
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            if not inspect(conn).has_table("admins"):
+                return False
+            return conn.execute(text("SELECT 1 FROM admins LIMIT 1")).first() is not None
+    finally:
+        engine.dispose()
+
+
 def cmd_init(args: argparse.Namespace) -> int:
-    """Create the schema, the broker's signing key and the first admin with its key."""
+    """Create the schema, the broker's signing key and the first admin with its key.
+
+    Everything that can be checked is, before anything is written: the admin name, the data
+    folder, the database (reachable, not initialised yet) and the passphrase."""
     refusal = _init_refusal(args)
     if refusal is not None:
-        print(refusal, file=sys.stderr)
-        return EXIT_USAGE
+        raise ui.UserError(refusal, EXIT_USAGE)
     passphrase = _passphrase(args.passphrase_env, "passphrase for the new private keys")
+    if _initialised(args.database_url):
+        raise ui.UserError(
+            f"the database {redact(args.database_url)} already holds a broker: init runs once "
+            "(`msmt-broker migrate` upgrades the schema)",
+            EXIT_USAGE,
+        )
     data = Path(args.data_dir)
     data.mkdir(parents=True, exist_ok=True, mode=0o700)
     migrate(args.database_url)
@@ -124,7 +268,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         admin_service.set_agreement(session, _actor(), "*", "*", args.default_ceiling, None, now)
 
     _write(args, setup)
-    print(f"broker initialised: database {args.database_url}")
+    print(f"broker initialised: database {redact(args.database_url)}")
     print(f"  broker signing key {broker_key.key_id} ({short_fingerprint(broker_key.key_id)})")
     print(f"  admin {args.admin}: key {admin_key.key_id} in {data / f'admin-{args.admin}.key'}")
     return EXIT_OK
@@ -132,15 +276,28 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     migrate(args.database_url)
-    print(f"schema at head: {args.database_url}")
+    print(f"schema at head: {redact(args.database_url)}")
     return EXIT_OK
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
+    from sqlalchemy import text
+
+    # the database is there and migrated, before the server binds its port
+    _read(args, lambda s: s.execute(text("SELECT 1 FROM admins LIMIT 1")).first())
+
+    from . import metrics
+    from .observability import logging_config
 
     os.environ["MSMT_DATABASE_URL"] = args.database_url
     os.environ.setdefault("MSMT_GC_FREEZE", "1")
+    # GET /metrics on a listener of its own (MSMT_METRICS_PORT), served from this process; it
+    # names the workers' metrics folder in the environment before they start (broker/metrics.py)
+    try:
+        metrics.start_listener(Settings(), api_port=args.port)
+    except (ValueError, OSError) as exc:
+        raise ui.UserError(f"cannot serve metrics: {exc}", EXIT_USAGE) from exc
     uvicorn.run(
         "broker.app:create_app",
         factory=True,
@@ -148,13 +305,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         log_level=args.log_level,
+        # JSON lines (broker/observability.py) in every worker; the broker logs each request
+        # itself, with its request id, caller and problem code, so uvicorn's access log is off.
+        log_config=logging_config(args.log_level, requests=os.environ.get("MSMT_ACCESS_LOG", "1") != "0"),
+        access_log=False,
     )
     return EXIT_OK
 
 
 def cmd_directory_install(args: argparse.Namespace) -> int:
     """Install the founders' signed genesis root: the only way members first appear."""
-    data = Path(args.root).read_bytes()
+    data = ui.read_bytes(args.root, "root file")
     result = _write(args, lambda s: governance_service.install_root(s, _actor(), data, _now()))
     print(f"directory root installed: {len(result['members'])} founding members, hash {result['hash']}")
     print(f"  members: {', '.join(result['members'])}")
@@ -162,7 +323,10 @@ def cmd_directory_install(args: argparse.Namespace) -> int:
 
 
 def cmd_directory_history(args: argparse.Namespace) -> int:
-    _print(args, _read(args, lambda s: governance_service.history(s, args.country)))
+    country = args.country.upper() if args.country else None
+    if country is not None:
+        _check_country("--country", country, _known(args)[1])
+    _print(args, _read(args, lambda s: governance_service.history(s, country)))
     return EXIT_OK
 
 
@@ -178,14 +342,26 @@ def cmd_directory_proposals(args: argparse.Namespace) -> int:
 
 
 def cmd_agreement_set(args: argparse.Namespace) -> int:
-    topics = None if args.topics in (None, "*") else [t for t in args.topics.split(",") if t]
+    topics = (
+        None
+        if args.topics in (None, "*")
+        else [t.strip().lower() for t in args.topics.split(",") if t.strip()]
+    )
+    args.originator, args.recipient = args.originator.upper(), args.recipient.upper()
+    ladder, codes, _ = _known(args)
+    if (args.originator, args.recipient) != ("*", "*"):
+        _check_country("originator", args.originator, codes)
+        _check_country("recipient", args.recipient, codes)
+    ui.check_choice("ceiling", args.ceiling, ladder)
+    for topic in topics or []:
+        ui.check_choice("topic", topic, list(TOPICS))
     result = _write(
         args,
         lambda s: admin_service.set_agreement(
             s, _actor(), args.originator, args.recipient, args.ceiling, topics, _now()
         ),
     )
-    _print(args, result)
+    ui.emit(result, as_json=args.json, rows=[_agreement_row(result)])
     return EXIT_OK
 
 
@@ -196,8 +372,17 @@ def cmd_list(args: argparse.Namespace) -> int:
         "agreements": admin_service.list_agreements,
         "actions": admin_service.list_actions,
     }[args.what]
-    _print(args, _read(args, listing))
+    rows = _read(args, listing)
+    if args.what == "agreements":
+        ui.emit(rows, as_json=args.json, rows=[_agreement_row(r) for r in rows])
+    else:
+        _print(args, rows)
     return EXIT_OK
+
+
+def _agreement_row(row: dict[str, Any]) -> dict[str, Any]:
+    """For people: no topic list means every topic, not none."""
+    return {**row, "topics": "all" if row.get("topics") is None else row["topics"]}
 
 
 def cmd_policy_export(args: argparse.Namespace) -> int:
@@ -215,7 +400,7 @@ def cmd_policy_export(args: argparse.Namespace) -> int:
 
 def _load_document(path: str) -> policydoc.PolicyDocument:
     try:
-        return policydoc.parse(Path(path).read_text())
+        return policydoc.parse(ui.read_text(path, "policy document"))
     except policydoc.PolicyDocumentError as exc:
         raise Problem(
             422, "invalid-policy", "Invalid policy", f"{path} is not a valid policy: " + "; ".join(exc.errors)
@@ -267,7 +452,7 @@ def cmd_policy_explain_item(args: argparse.Namespace) -> int:
     if args.json:
         _print(args, result)
         return EXIT_OK
-    print(f"item {result['item_id']} from {result['originator']}, markings {json.dumps(result['markings'])}")
+    print(f"item {result['item_id']} from {result['originator']}, markings {ui.human(result['markings'])}")
     print(
         f"allowed under policy version {result['policy_version']} (registry version {result['registry_version']}):"
     )
@@ -282,8 +467,23 @@ def cmd_policy_explain_item(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_matrix(args: argparse.Namespace) -> int:
+    ladder, codes, groups = _known(args)
+    classification = ui.check_choice("classification", args.classification.upper(), ladder)
+    ui.check_choice("TLP", args.tlp, list(TLP_LEVELS))
+    releasable = [
+        v.strip().upper() for value in args.releasable_to or ["ALL"] for v in value.split(",") if v.strip()
+    ]
+    for who in releasable:
+        ui.check_choice("releasable-to", who, ["ALL", *codes, *groups])
+    topics = [v.strip().lower() for value in args.topic for v in value.split(",") if v.strip()]
+    for topic in topics:
+        ui.check_choice("topic", topic, list(TOPICS))
     markings = Markings.create(
-        args.classification, args.tlp, args.releasable_to or ["ALL"], caveats=args.caveat, topics=args.topic
+        classification,
+        args.tlp,
+        releasable,
+        caveats=[c.upper() for c in args.caveat],
+        topics=topics,
     )
     snapshot = policydoc.to_snapshot(_read(args, policy_service.export_document))
     matrix = sharing_matrix(snapshot, markings)
@@ -313,7 +513,13 @@ def cmd_policy_matrix(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     settings = Settings()
-    parser = argparse.ArgumentParser(prog="msmt-broker", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="msmt-broker",
+        description=(__doc__ or "").split("\n\n")[0],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"msmt-broker {_version()}")
     parser.add_argument(
         "--database-url",
         default=settings.database_url,
@@ -331,7 +537,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=DEFAULT_LADDER,
         help="ceiling of the default agreement for pairs without one",
     )
-    p.add_argument("--passphrase-env", help="read the key passphrase from this environment variable")
+    p.add_argument(
+        "--passphrase-env",
+        help="read the key passphrase from this environment variable (default: MSMT_PASSPHRASE, else asked)",
+    )
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("migrate", help="bring the database schema to the latest version")
@@ -413,23 +622,53 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list countries, keys, agreements or admin actions")
     p.add_argument("what", choices=["countries", "keys", "agreements", "actions"], help="what to list")
     p.set_defaults(func=cmd_list)
-    return parser
+    return ui.json_anywhere(parser)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("msmt-broker")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def classify(exc: BaseException, url: str = "") -> tuple[str, int] | None:
+    """The operator's error families as (sentence, exit code); the rest is ui.classify_common."""
+    from pydantic import ValidationError
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, ProgrammingError
+
+    if isinstance(exc, Problem):
+        return f"{exc.detail} ({exc.code})", EXIT_ERROR
+    if isinstance(exc, policydoc.PolicyDocumentError):
+        return "invalid policy document: " + "; ".join(exc.errors), EXIT_ERROR
+    if isinstance(exc, OperationalError | ProgrammingError):
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        where = f"the database {redact(url)}" if url else "the database"
+        if any(s in reason for s in ("no such table", "does not exist", "UndefinedTable")):
+            return f"{where} is not set up for this version ({reason}): {NOT_MIGRATED}", EXIT_DATABASE
+        return f"cannot use {where}: {reason}", EXIT_DATABASE
+    if isinstance(exc, NoSuchModuleError | ArgumentError):
+        return f"--database-url: {ui.one_line(str(exc))}", EXIT_USAGE
+    if isinstance(exc, ValidationError):
+        return f"invalid setting: {ui.one_line(str(exc))}", EXIT_USAGE
+    if isinstance(exc, MsmtError):
+        return f"{exc.detail} ({exc.code})", EXIT_ERROR
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
+    url = ""
+
+    def work() -> int:
+        nonlocal url
+        args = build_parser().parse_args(argv)
+        args.database_url = url = normalize_database_url(args.database_url)
         code: int = args.func(args)
         return code
-    except BrokenPipeError:  # output piped into head(1) and the like
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OK
-    except Problem as exc:
-        print(f"error: {exc.detail} ({exc.code})", file=sys.stderr)
-        return EXIT_ERROR
-    except MsmtError as exc:
-        print(f"error: {exc.detail} ({exc.code})", file=sys.stderr)
-        return EXIT_ERROR
+
+    return ui.boundary("msmt-broker", work, lambda exc: classify(exc, url))
 
 
 if __name__ == "__main__":

@@ -148,7 +148,7 @@ wallet clusters in annex A. Originator control: no onward sharing (ORCON).
 """
 
 
-def run_demo(workdir: Path) -> int:
+def run_demo(workdir: Path, port: int = 0) -> int:
     db_url = f"sqlite:///{workdir / 'broker.db'}"
     os.environ[PASSPHRASE_ENV] = "demo passphrase, not for production"
     agencies = {code: AgencyKeys.generate(code) for code in MEMBERS}
@@ -191,7 +191,7 @@ def run_demo(workdir: Path) -> int:
     _cli([*base_args, "list", "agreements"])
 
     say("\n== 3. Start the broker server (a separate process) ==")
-    with _server(db_url, workdir, witness_urls) as base_url:
+    with _server(db_url, workdir, witness_urls, port) as base_url:
         say(f"broker listening on {base_url}")
         clients = {
             code: Client(base_url, keys, trust=stores[code], audience=AUDIENCE)
@@ -512,14 +512,17 @@ def _cli(args: list[str], quiet: bool = False) -> None:
 
 
 class _server:
-    def __init__(self, db_url: str, workdir: Path, witness_urls: str = "") -> None:
-        self.db_url, self.workdir, self.witness_urls = db_url, workdir, witness_urls
+    def __init__(self, db_url: str, workdir: Path, witness_urls: str = "", port: int = 0) -> None:
+        self.db_url, self.workdir, self.witness_urls, self.port = db_url, workdir, witness_urls, port
 
     def __enter__(self) -> str:
         import socket
 
         with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
+            try:
+                sock.bind(("127.0.0.1", self.port))  # 0: any free port
+            except OSError as exc:
+                raise SystemExit(f"cannot use port {self.port} for the broker: {exc.strerror}") from exc
             port = sock.getsockname()[1]
         env = {
             **os.environ,
@@ -558,20 +561,35 @@ class _server:
         self.log.close()
 
 
+PORT_ENV = "MSMT_DEMO_PORT"
+
+
+def _port(text: str) -> int:
+    if not text.strip().isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535; 0 picks a free one)")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m broker.demo", description="Run the 11-country MSMT demo."
     )
     parser.add_argument("--keep", metavar="DIR", help="keep the broker database, keys and log in DIR")
+    parser.add_argument(
+        "--port",
+        type=_port,
+        default=os.environ.get(PORT_ENV, "0"),
+        help=f"port of the broker on 127.0.0.1 (env {PORT_ENV}; default 0: a free one)",
+    )
     args = parser.parse_args(argv)
     if args.keep:
         workdir = Path(args.keep)
         if workdir.exists():
             shutil.rmtree(workdir)
         workdir.mkdir(parents=True)
-        return run_demo(workdir)
+        return run_demo(workdir, args.port)
     with tempfile.TemporaryDirectory(prefix="msmt-demo-") as tmp:
-        return run_demo(Path(tmp))
+        return run_demo(Path(tmp), args.port)
 
 
 if __name__ == "__main__":

@@ -199,13 +199,87 @@ def _problems(doc: PolicyDocument) -> list[str]:
     return problems
 
 
+MAX_DOCUMENT_CHARS = 4_000_000  # 11 members' policy is ~10 KB; a coalition of hundreds fits
+MAX_NESTING = 8  # the deepest valid document nests 4 ([countries.KOR] groups = [...])
+
+
+def _nesting(text: str) -> int:
+    """How deep arrays and inline tables nest in TOML text: a scan that skips strings and
+    comments, so a hostile document is refused before the recursive parser sees it."""
+    depth = deepest = 0
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "#":
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+        elif text.startswith('"""', i) or text.startswith("'''", i):
+            quote = text[i : i + 3]
+            j = i + 3
+            while True:
+                j = text.find(quote, j)
+                if j < 0:
+                    return deepest  # unterminated: the parser reports it
+                if quote == '"""' and _escaped(text, j):
+                    j += 1
+                    continue
+                break
+            i = j + 3
+            while i < n and text[i] == quote[0]:  # up to two quotes may end the content
+                i += 1
+            continue
+        elif c in "\"'":
+            j = i + 1
+            while j < n and text[j] != c and text[j] != "\n":
+                j += 2 if (c == '"' and text[j] == "\\") else 1
+            i = j
+        elif c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "]}":
+            depth = max(0, depth - 1)
+        i += 1
+    return deepest
+
+
+def _escaped(text: str, at: int) -> bool:
+    """Whether the character at `at` follows an odd number of backslashes."""
+    count = 0
+    while at - count - 1 >= 0 and text[at - count - 1] == "\\":
+        count += 1
+    return count % 2 == 1
+
+
 def parse(text: str) -> PolicyDocument:
-    """Parse and validate a TOML policy document; every problem is reported at once."""
+    """Parse and validate a TOML policy document; every problem is reported at once. Size and
+    nesting are bounded first: a document past them is refused, never a crash or a 500."""
+    if len(text) > MAX_DOCUMENT_CHARS:
+        raise PolicyDocumentError([f"the document has {len(text)} characters; at most {MAX_DOCUMENT_CHARS}"])
+    if _nesting(text) > MAX_NESTING:
+        raise PolicyDocumentError([f"arrays or tables nest deeper than {MAX_NESTING} levels"])
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PolicyDocumentError([f"not valid TOML: {exc}"]) from exc
+    except RecursionError as exc:  # dotted keys or a form the scan did not count
+        raise PolicyDocumentError([f"arrays or tables nest deeper than {MAX_NESTING} levels"]) from exc
+    if _depth(data) > MAX_NESTING + 2:
+        raise PolicyDocumentError([f"keys nest deeper than {MAX_NESTING + 2} levels"])
     return from_dict(data)
+
+
+def _depth(data: Any) -> int:
+    """How deep tables and arrays nest in parsed data (iteratively: no recursion to exhaust)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, level = stack.pop()
+        if isinstance(value, dict | list):
+            deepest = max(deepest, level)
+            if level <= MAX_NESTING + 2:
+                children = value.values() if isinstance(value, dict) else value
+                stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def from_dict(data: Any) -> PolicyDocument:

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import select
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session
 
-from ..problems import Problem, database_unavailable
+from .. import metrics
+from ..observability import note
+from ..problems import Problem, conflict, database_unavailable, not_found
 from ..services import inbox as inbox_service
 from ..services import submit as submit_service
+from ..services.auth import Caller
 from ..services.sequencer import Stopping, Ticket
+from ..store.models import Item
 from . import schemas
 from .deps import BrokerState, CallerDep, CountryDep, StateDep, read_body
 from .problem_docs import PROBLEMS
@@ -21,9 +28,11 @@ from .problem_docs import PROBLEMS
 router = APIRouter(prefix="/v1/items", tags=["items"])
 ENVELOPE_MEDIA_TYPE = "application/vnd.msmt.envelope"
 BATCH_MEDIA_TYPE = "application/vnd.msmt.envelope-batch"
-ItemId = Annotated[
-    str, Path(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
-]
+ITEM_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+ItemId = Annotated[str, Path(pattern=ITEM_ID_PATTERN)]
+# the status route also takes a unique prefix of an id: 8 hex digits at least (`msmt status 01a2260c`)
+ItemIdOrPrefix = Annotated[str, Path(pattern=r"^[0-9a-f]{8}[0-9a-f-]{0,28}$")]
+MAX_PREFIX_MATCHES = 100
 
 
 @router.post(
@@ -49,9 +58,8 @@ async def submit_item(
     identical re-submission, 202 when stored but not yet integrated into the log (the item is
     durably accepted; its log index and inbox numbers follow)."""
     data = await read_body(request, state.settings.max_envelope_bytes)
-    prepared = await run_in_threadpool(
-        submit_service.prepare, state.sessions, state.registry, state.settings, caller, data, state.clock()
-    )
+    prepared = await run_in_threadpool(_prepare, state, caller, data, state.clock())
+    note(item=prepared.envelope.header.item_id)
     # Stored and logged by the sequencer, in a batch with whatever else is queued
     # (services/sequencer.py): answered only once that batch has committed.
     receipt = await _answer(state, state.writer.enqueue(prepared), deadline=None)
@@ -63,6 +71,24 @@ def _status(receipt: submit_service.Receipt) -> int:
     if not receipt.created:
         return 200
     return 202 if receipt.log_index is None else 201
+
+
+def _prepare(state: BrokerState, caller: Caller, data: bytes, now_ms: int) -> submit_service.Prepared:
+    """`submit_service.prepare`, counting what it refuses (what the sequencer stores or
+    refuses is counted there: broker/metrics.py)."""
+    try:
+        return submit_service.prepare(state.sessions, state.registry, state.settings, caller, data, now_ms)
+    except Problem as problem:
+        metrics.submission_refused(problem)
+        raise
+    except Exception as exc:
+        metrics.submission_failed(_failure(exc))
+        raise
+
+
+def _failure(exc: Exception) -> str:
+    """The problem an unexpected exception is answered with (app.py's handlers)."""
+    return "database-unavailable" if isinstance(exc, OperationalError | InterfaceError) else "internal-error"
 
 
 async def _answer(state: BrokerState, ticket: Ticket, deadline: float | None) -> submit_service.Receipt:
@@ -106,18 +132,20 @@ async def submit_batch(request: Request, caller: CountryDep, state: StateDep) ->
         out: list[submit_service.Prepared | Problem] = []
         for envelope in envelopes:
             try:
-                out.append(
-                    submit_service.prepare(
-                        state.sessions, state.registry, state.settings, caller, envelope, now
-                    )
-                )
+                out.append(_prepare(state, caller, envelope, now))
             except Problem as problem:
                 out.append(problem)
+            except Exception as exc:  # the whole batch fails: so do its envelopes not refused
+                refused = sum(isinstance(answer, Problem) for answer in out)
+                metrics.submission_failed(_failure(exc), len(envelopes) - 1 - refused)
+                raise
         return out
 
     prepared = await run_in_threadpool(prepare_all)
     for answer in prepared:  # a batch carries only the caller's own envelopes: else none is stored
         if isinstance(answer, Problem) and answer.code == "originator-mismatch":
+            for _ in range(sum(not isinstance(p, Problem) for p in prepared)):
+                metrics.submission_refused(answer)  # refused with the batch
             raise answer
     tickets = [p if isinstance(p, Problem) else state.writer.enqueue(p) for p in prepared]
     deadline = asyncio.get_running_loop().time() + state.settings.log_settle_timeout_s
@@ -150,19 +178,41 @@ async def get_item(item_id: ItemId, caller: CountryDep, state: StateDep) -> Resp
 
     def load() -> bytes:
         with state.sessions() as session:
-            return inbox_service.item_for(session, caller.owner, item_id).envelope
+            return inbox_service.envelope_for(session, caller.owner, item_id, state.clock())
 
     return Response(await run_in_threadpool(load), media_type=ENVELOPE_MEDIA_TYPE)
 
 
+def resolve_prefix(session: Session, caller: str, prefix: str, is_admin: bool) -> str:
+    """The one item id starting with `prefix` among the items `caller` may see the status of
+    (its own; every item for an admin). Others' items are never counted: no existence oracle."""
+    if re.fullmatch(ITEM_ID_PATTERN, prefix):
+        return prefix
+    query = select(Item.item_id).where(Item.item_id.startswith(prefix, autoescape=True))
+    if not is_admin:
+        query = query.where(Item.originator == caller)
+    matches = list(session.scalars(query.order_by(Item.item_id).limit(MAX_PREFIX_MATCHES + 1)))
+    if not matches:
+        raise not_found("unknown-item", f"no item whose id starts with {prefix} originated by {caller}")
+    if len(matches) > 1:
+        count = f"more than {MAX_PREFIX_MATCHES}" if len(matches) > MAX_PREFIX_MATCHES else str(len(matches))
+        raise conflict(
+            "ambiguous-item-id", f"{count} of the items you may see start with {prefix}: give more of the id"
+        )
+    return matches[0]
+
+
 @router.get("/{item_id}/status", response_model=schemas.ItemStatus, responses=PROBLEMS)
-async def item_status(item_id: ItemId, caller: CallerDep, state: StateDep) -> schemas.ItemStatus:
-    """Delivery state per recipient, for the item's originator (or an admin)."""
+async def item_status(item_id: ItemIdOrPrefix, caller: CallerDep, state: StateDep) -> schemas.ItemStatus:
+    """Delivery state per recipient, for the item's originator (or an admin). `item_id` may be
+    a unique prefix (8 hex digits at least) among the caller's own items (all items for an
+    admin); several matches are `409 ambiguous-item-id`, none `404 unknown-item`."""
 
     def load() -> schemas.ItemStatus:
         with state.sessions() as session:
+            full = resolve_prefix(session, caller.owner, item_id, caller.is_admin)
             return schemas.ItemStatus(
-                **inbox_service.item_status(session, caller.owner, item_id, caller.is_admin)
+                **inbox_service.item_status(session, caller.owner, full, caller.is_admin)
             )
 
     return await run_in_threadpool(load)

@@ -13,16 +13,19 @@ import json
 import os
 import secrets
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__, tables
+from . import __version__, ui
 from .agency import AgencyKeys
-from .client import Client, Delivery, InboxPage, Received, rejects_delivery
+from .client import Client, Delivery, InboxPage, Received, check_broker_url, rejects_delivery
 from .core import KeyKind, Markings, errors, is_item_id, short_fingerprint, verify
-from .core.markings import TLP_LEVELS, TOPICS
+from .core.markings import COUNTRY_RE, TLP_LEVELS, TOPICS
+from .core.policy import DEFAULT_LADDER
+from .directory import Directory
 from .errors import BrokerError, BrokerUnavailable, ClientError, PolicyRefused
 from .trust import TrustStore
 from .witness import add_witness_parser
@@ -34,7 +37,10 @@ EXIT_REFUSED = 3  # sharing policy does not allow a recipient
 EXIT_UNAVAILABLE = 4  # the broker cannot be reached
 EXIT_INVALID_ITEM = 5  # an envelope failed verification or decryption
 EXIT_KEYS = 6  # keys missing, wrong passphrase, damaged key file
+EXIT_ALARM = 7  # the members' directory lists a key of this agency's that it did not make
 EXIT_AUDIT = 8  # msmt audit found a missing inbox entry, delivery or receipt
+EXIT_SOFTWARE = ui.EXIT_SOFTWARE  # a bug: one sentence, and MSMT_DEBUG=1 shows the traceback
+EXIT_INTERRUPTED = ui.EXIT_INTERRUPTED  # Ctrl-C
 
 EPILOG = f"""\
 environment:
@@ -43,6 +49,11 @@ environment:
   MSMT_TRUST        pinned root and verified directory (--trust), default KEYS/trust
   MSMT_AUDIENCE     the broker's identity in tokens (--audience), default msmt-broker
   MSMT_PASSPHRASE   passphrase of the key folder; asked for when unset
+  MSMT_DEBUG        1: show the traceback behind an error
+  COLUMNS           width that tables wrap to (default: the terminal's)
+
+output: wrapped tables, local ISO 8601 times and spoken key fingerprints for people;
+  --json (before or after the command) for programs.
 
 exit codes:
   {EXIT_OK} success   {EXIT_ERROR} refused by the broker or invalid input   {EXIT_USAGE} usage error
@@ -50,6 +61,7 @@ exit codes:
   {EXIT_INVALID_ITEM} an item failed verification or decryption   {EXIT_KEYS} key problem
   7 ALARM: the members' directory lists a key of yours that you did not make
   8 msmt audit found a missing inbox entry, delivery or receipt
+  70 internal error (a bug; MSMT_DEBUG=1 shows where)   130 interrupted (Ctrl-C)
 """
 
 CURSOR_FILE = ".msmt-cursor"
@@ -64,53 +76,34 @@ EXTENSIONS = {
 }
 
 
-class Usage(Exception):
-    """A command-line mistake found after parsing."""
+class Usage(ui.UserError):
+    """A command-line mistake found after parsing (exit 2)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, EXIT_USAGE)
 
 
 # --- output ------------------------------------------------------------------------------
 
 
 def emit(args: argparse.Namespace, value: Any, table: list[dict[str, Any]] | None = None) -> None:
-    """JSON for programs with --json; otherwise a table (or key: value lines) for people."""
-    if args.json:
-        print(json.dumps(value, indent=2, sort_keys=True, default=str))
-        return
-    rows = table if table is not None else value
-    if isinstance(rows, dict):
-        width = max((len(k) for k in rows), default=0)
-        for key, item in rows.items():
-            print(f"{key:<{width}}  {tables.cell(item, 200)}")
-    else:
-        print(tables.render(rows))
+    """JSON for programs with --json; otherwise a wrapped table (or key/value lines) for people."""
+    ui.emit(value, as_json=args.json, rows=table)
 
 
-class Progress:
-    """A one-line progress bar on stderr, shown only on a terminal."""
-
-    def __init__(self, total: int, label: str) -> None:
-        self.total, self.label, self.done = total, label, 0
-        self.enabled = sys.stderr.isatty() and total > 1
-
-    def step(self) -> None:
-        self.done += 1
-        if self.enabled:
-            filled = int(30 * self.done / self.total)
-            sys.stderr.write(f"\r{self.label} [{'#' * filled}{' ' * (30 - filled)}] {self.done}/{self.total}")
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
+Progress = ui.Progress
+_ms = ui.local_time
+format_ms = ui.local_time
 
 
-def _ms(value: int | None) -> str:
-    if value is None:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(value / 1000))
+def _version() -> str:
+    """The installed distribution's version (what pip installed), else the package's own."""
+    from importlib.metadata import PackageNotFoundError, version
 
-
-format_ms = _ms
+    try:
+        return version("msmt-client")
+    except PackageNotFoundError:
+        return __version__
 
 
 # --- keys and client -----------------------------------------------------------------------
@@ -140,6 +133,20 @@ def trust_folder(args: argparse.Namespace) -> Path:
     return Path(args.trust) if args.trust else Path(args.keys) / "trust"
 
 
+def broker_url(args: argparse.Namespace) -> str:
+    """--broker, checked to be an http(s) URL before anything else is done."""
+    if not args.broker:
+        raise Usage("give the broker URL with --broker or MSMT_BROKER_URL")
+    try:
+        return check_broker_url(args.broker)
+    except ClientError as exc:
+        raise Usage(exc.detail) from exc
+
+
+def _say_retrying(message: str) -> None:
+    print(f"msmt: {message}", file=sys.stderr, flush=True)
+
+
 def client_for(
     args: argparse.Namespace,
     store: TrustStore | None = None,
@@ -147,11 +154,15 @@ def client_for(
     keys: AgencyKeys | None = None,
     check_own: bool = True,
 ) -> Client:
-    if not args.broker:
-        raise Usage("give the broker URL with --broker or MSMT_BROKER_URL")
+    url = broker_url(args)
     store = store or TrustStore.load(trust_folder(args))
     return Client(
-        args.broker, keys or _keys(args), trust=store, audience=args.audience, check_own_keys=check_own
+        url,
+        keys or _keys(args),
+        trust=store,
+        audience=args.audience,
+        check_own_keys=check_own,
+        on_retry=_say_retrying,
     )
 
 
@@ -163,17 +174,55 @@ load_keys = _keys
 passphrase = _passphrase
 
 
+def _known_directory(args: argparse.Namespace) -> Directory | None:
+    """The verified directory this agency already holds (no broker asked), if it has one."""
+    try:
+        return Directory(TrustStore.load(trust_folder(args)).state)
+    except (ClientError, errors.MsmtError, OSError, ValueError):
+        return None
+
+
+def check_markings(
+    classification: str,
+    releasable_to: list[str],
+    topics: list[str],
+    directory: Directory | None,
+) -> None:
+    """A typo in a marking is an input error with a suggestion, not "policy allows none of
+    the partners": levels from the members' ladder, countries and groups from the verified
+    directory (when there is one), topics from the known list."""
+    ladder = directory.ladder if directory is not None else DEFAULT_LADDER
+    ui.check_choice("classification", classification, list(ladder))
+    for topic in topics:
+        ui.check_choice("topic", topic, list(TOPICS))
+    if directory is None:
+        return
+    groups = sorted({g for m in directory.members.values() for g in m.groups})
+    known = ["ALL", *sorted(directory.members), *groups]
+    for who in releasable_to:
+        if who not in known:
+            raise Usage(
+                f"releasable-to {who!r} is neither a member country, a group nor ALL"
+                f"{ui.did_you_mean(who, known)}; members: {', '.join(sorted(directory.members))}; "
+                f"groups: {', '.join(groups) or 'none'}"
+            )
+
+
 def _markings(args: argparse.Namespace) -> Markings:
     def split(values: list[str]) -> list[str]:
         return [v.strip() for value in values for v in value.split(",") if v.strip()]
 
+    classification = args.classification.strip().upper()
+    releasable_to = [v.upper() for v in split(args.releasable_to)]
+    topics = [v.lower() for v in split(args.topic)]
+    check_markings(classification, releasable_to, topics, _known_directory(args))
     try:
         return Markings.create(
-            args.classification.upper(),
+            classification,
             args.tlp.upper(),
-            [v.upper() for v in split(args.releasable_to)],
+            releasable_to,
             caveats=[v.upper() for v in split(args.caveat)],
-            topics=[v.lower() for v in split(args.topic)],
+            topics=topics,
         )
     except errors.EnvelopeError as exc:
         raise Usage(f"markings: {exc.detail}") from exc
@@ -184,6 +233,8 @@ def _markings(args: argparse.Namespace) -> Markings:
 
 def cmd_keys_generate(args: argparse.Namespace) -> int:
     folder = Path(args.out or args.keys)
+    if not COUNTRY_RE.fullmatch(args.country.upper()) or args.country.upper() == "ALL":
+        raise Usage(f"{args.country!r} is not an ISO 3166-1 alpha-3 country code such as KOR")
     if (folder / "signing.key").exists():
         raise Usage(f"{folder} already holds keys; choose another --out")
     keys = AgencyKeys.generate(args.country.upper())
@@ -197,6 +248,8 @@ def _print_fingerprints(args: argparse.Namespace, keys: AgencyKeys) -> int:
         {"kind": kind, "key_id": key.key_id, "fingerprint": short_fingerprint(key.key_id)}
         for kind, key in (("signing", keys.signing), ("encryption", keys.encryption), ("api", keys.api))
     ]
+    if not args.json:
+        print(f"keys of {keys.country}:")
     emit(args, {"country": keys.country, "keys": rows}, rows)
     return EXIT_OK
 
@@ -219,20 +272,32 @@ def cmd_keys_export(args: argparse.Namespace) -> int:
         )
         print("fingerprints below to them over a second channel:", file=sys.stderr)
         return _print_fingerprints(args, keys)
-    print(json.dumps([json.loads(d) for d in documents.values()], indent=2))
+    if args.json:
+        print(json.dumps([json.loads(d) for d in documents.values()], indent=2))
+        return EXIT_OK
+    _print_fingerprints(args, keys)
+    print(
+        "msmt: give --out FOLDER to write the public key documents (or --json to print them)",
+        file=sys.stderr,
+    )
     return EXIT_OK
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    if args.expires_in is not None and args.expires_in <= 0:
+        raise Usage(
+            f"--expires-in must be a positive number of seconds, not {args.expires_in}; leave it out for no expiry"
+        )
     markings = _markings(args)
-    payload = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    broker_url(args)
+    payload = sys.stdin.buffer.read() if args.file == "-" else ui.read_bytes(args.file, "report")
     content_type = args.content_type or _guess_type(args.file)
     options: dict[str, Any] = {}
     if args.supersedes:
         options["supersedes"] = args.supersedes
     if args.in_reply_to:
         options["in_reply_to"] = args.in_reply_to
-    if args.expires_in:
+    if args.expires_in is not None:
         options["expires_ms"] = int(time.time() * 1000) + args.expires_in * 1000
     with _client(args) as client:
         receipt = client.send(
@@ -262,8 +327,9 @@ def _guess_type(name: str) -> str:
 
 
 def cmd_preflight(args: argparse.Namespace) -> int:
+    markings = _markings(args)
     with _client(args) as client:
-        result = client.preflight(_markings(args))
+        result = client.preflight(markings)
     rows = [{"partner": c, "decision": "allowed", "reasons": ""} for c in result.allowed]
     rows += [
         {"partner": c, "decision": "denied", "reasons": "; ".join(d["reason"] for d in denials)}
@@ -274,15 +340,26 @@ def cmd_preflight(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    markings = _markings(args)
+    recipient = args.recipient.upper()
+    directory = _known_directory(args)
+    if directory is not None and recipient not in directory.members:
+        raise Usage(
+            f"{recipient} is not a member country{ui.did_you_mean(recipient, directory.members)}; "
+            f"members: {', '.join(sorted(directory.members))}"
+        )
     with _client(args) as client:
-        result = client.explain(args.recipient.upper(), _markings(args))
+        result = client.explain(recipient, markings)
     if args.json:
         emit(args, result)
     else:
         verdict = "ALLOWED" if result["allowed"] else "DENIED"
         print(f"{result['originator']} -> {result['recipient']}: {verdict}")
         for denial in result["denials"]:
-            print(f"  [{denial['rule']}] {denial['reason']}")
+            for n, line in enumerate(
+                textwrap.wrap(f"[{denial['rule']}] {denial['reason']}", ui.terminal_width() - 4)
+            ):
+                print(("  " if n == 0 else "    ") + line)
     return EXIT_OK if result["allowed"] else EXIT_REFUSED
 
 
@@ -456,9 +533,9 @@ def _pull_once(client: Client, folder: Path, args: argparse.Namespace, wait: flo
     items are acknowledged. An error that is not about one delivery (the broker unreachable,
     the directory) stops the pull: what was handled is acknowledged and the cursor kept after it.
     """
-    _private_folder(folder)
-    cursor = _cursor(folder)
     client.directory(refresh=True)  # every poll: the chain still extends ours, and no foreign key of ours
+    _private_folder(folder)  # made once the broker answered, not by a pull that cannot start
+    cursor = _cursor(folder)
     # one request for the page and its envelopes (capped in bytes by the broker)
     page = client.inbox(cursor, limit=args.limit, wait=wait, envelopes=True)
     progress = Progress(len(page.deliveries), "pulling")
@@ -497,9 +574,8 @@ def header_view(header: dict[str, Any]) -> dict[str, Any]:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     folder = Path(args.folder)
-    _private_folder(folder)
     total_saved = total_failed = 0
-    with _client(args) as client:
+    with _client(args) as client:  # URL, keys and trust checked before the folder is made
         while True:
             before = _cursor(folder)
             saved, failed = _pull_once(client, folder, args, wait=0)
@@ -514,10 +590,9 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     folder = Path(args.folder)
-    _private_folder(folder)
-    print(f"watching the inbox; new items go to {folder} (Ctrl-C to stop)", file=sys.stderr)
     failed_any = False
-    with _client(args) as client:
+    with _client(args) as client:  # URL, keys and trust checked before the folder is made
+        print(f"watching the inbox; new items go to {folder} (Ctrl-C to stop)", file=sys.stderr)
         try:
             while True:
                 saved, failed = _pull_once(client, folder, args, wait=30)
@@ -534,8 +609,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    broker_url(args)
+    data_file = ui.read_bytes(args.item, "envelope file") if args.file else None
     with _client(args) as client:
-        data = Path(args.item).read_bytes() if args.file else client.fetch(args.item)
+        data = data_file if data_file is not None else client.fetch(args.item)
         now = int(time.time() * 1000)
         header = verify(data, client.directory().signing_lookup(now)).header
         view = header_view(header.to_dict())
@@ -558,9 +635,10 @@ def cmd_ack(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    broker_url(args)
     with _client(args) as client:
-        result = client.status(args.item_id)
-        proofs = client.delivery_proofs(args.item_id)
+        result = client.status(args.item_id)  # a unique prefix of the id is enough
+        proofs = client.delivery_proofs(result["item_id"])
     rows = [
         {
             "recipient": d["recipient"],
@@ -635,7 +713,7 @@ def cmd_directory(args: argparse.Namespace) -> int:
         }
         for m in directory.members.values()
     ]
-    emit(args, rows)
+    emit(args, rows, [{**r, "groups": ", ".join(r["groups"]) or "-"} for r in rows])
     return EXIT_OK
 
 
@@ -680,7 +758,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"msmt {__version__}")
+    parser.add_argument("--version", action="version", version=f"msmt {_version()}")
     parser.add_argument("--broker", default=os.environ.get("MSMT_BROKER_URL"), help="broker base URL")
     parser.add_argument(
         "--keys", default=os.environ.get("MSMT_KEYS", "msmt-keys"), help="key folder (default %(default)s)"
@@ -747,7 +825,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--supersedes", metavar="ITEM_ID", help="this item corrects ITEM_ID")
     p.add_argument("--in-reply-to", metavar="ITEM_ID", help="this item answers ITEM_ID")
     p.add_argument(
-        "--expires-in", type=int, metavar="SECONDS", help="the item may not be accepted after this"
+        "--expires-in",
+        type=int,
+        metavar="SECONDS",
+        help="the item may not be accepted after this many seconds (> 0; default: no expiry)",
     )
 
     p = command(
@@ -788,7 +869,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("seq", type=int, nargs="+", help="sequence numbers from your inbox")
 
     p = command("status", "delivery state and signed receipt per recipient of an item you sent", cmd_status)
-    p.add_argument("item_id", help="the id of an item you sent")
+    p.add_argument(
+        "item_id", help="the id of an item you sent, or a unique prefix of it (8 hex digits at least)"
+    )
     p = command(
         "audit",
         f"check your inbox for gaps and your sent items for receipts (exit {8} on a finding)",
@@ -801,57 +884,48 @@ def build_parser() -> argparse.ArgumentParser:
     command("directory", "list members and key fingerprints from the verified directory", cmd_directory)
     cli_governance.register(sub, ksub)
     add_witness_parser(sub)
-    return parser
+    return ui.json_anywhere(parser)
 
 
 from . import cli_governance  # noqa: E402 - registers its commands on the parser below
 
 
+def classify(exc: BaseException) -> tuple[str, int] | None:
+    """The agency's error families as (sentence, exit code); the rest is ui.classify_common."""
+    if isinstance(exc, PolicyRefused):
+        lines = [f"refused by policy: {exc.problem.get('detail', '')}"]
+        lines += [
+            f"  {country}: {reason['reason']}"
+            for country, reasons in exc.refusals.items()
+            for reason in reasons
+        ]
+        return "\n".join(lines), EXIT_REFUSED
+    if isinstance(exc, errors.ForeignOwnKey):
+        return f"ALARM: {exc.detail}", EXIT_ALARM
+    if isinstance(exc, errors.GovernanceError):
+        return f"{exc.detail} ({exc.code})", EXIT_ERROR
+    if isinstance(exc, BrokerUnavailable):
+        return exc.detail, EXIT_UNAVAILABLE
+    if isinstance(exc, BrokerError):
+        return f"the broker said {exc.status} {exc.code}: {exc.problem.get('detail', '')}", EXIT_ERROR
+    if isinstance(exc, errors.KeyMaterialError):
+        return exc.detail, EXIT_KEYS
+    if isinstance(exc, errors.EnvelopeError):
+        return f"{exc.detail} ({exc.code})", EXIT_INVALID_ITEM
+    if isinstance(exc, ClientError):
+        return exc.detail, EXIT_ERROR
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
+
+    def work() -> int:
         code: int = args.func(args)
         return code
-    except BrokenPipeError:  # output piped into head(1) and the like
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OK
-    except Usage as exc:
-        parser.error(str(exc))
-    except PolicyRefused as exc:
-        print(f"refused by policy: {exc.problem.get('detail', '')}", file=sys.stderr)
-        for country, reasons in exc.refusals.items():
-            for reason in reasons:
-                print(f"  {country}: {reason['reason']}", file=sys.stderr)
-        return EXIT_REFUSED
-    except errors.ForeignOwnKey as exc:
-        print(f"ALARM: {exc.detail}", file=sys.stderr)
-        return cli_governance.EXIT_ALARM
-    except errors.GovernanceError as exc:
-        print(f"error: {exc.detail} ({exc.code})", file=sys.stderr)
-        return EXIT_ERROR
-    except BrokerUnavailable as exc:
-        print(f"error: {exc.detail}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    except BrokerError as exc:
-        print(
-            f"error: the broker said {exc.status} {exc.code}: {exc.problem.get('detail', '')}",
-            file=sys.stderr,
-        )
-        return EXIT_ERROR
-    except errors.KeyMaterialError as exc:
-        print(f"error: {exc.detail}", file=sys.stderr)
-        return EXIT_KEYS
-    except errors.EnvelopeError as exc:
-        print(f"error: {exc.detail} ({exc.code})", file=sys.stderr)
-        return EXIT_INVALID_ITEM
-    except ClientError as exc:
-        print(f"error: {exc.detail}", file=sys.stderr)
-        return EXIT_ERROR
-    except OSError as exc:
-        print(f"error: {exc.strerror}: {exc.filename}", file=sys.stderr)
-        return EXIT_ERROR
-    return EXIT_ERROR
+
+    return ui.boundary("msmt", work, classify)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import cli
+from . import cli, ui
 from .agency import AgencyKeys
 from .core import (
     ApiPrivateKey,
@@ -48,6 +48,15 @@ def _now_ms() -> int:
 
 def _describe(signed: dict[str, Any]) -> str:
     """One sentence a custodian reads before signing."""
+    try:
+        return _description(signed)
+    except (KeyError, TypeError, ValueError, AttributeError, MsmtError) as exc:
+        raise ui.UserError(
+            f"not a directory statement this version understands ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _description(signed: dict[str, Any]) -> str:
     kind, country = signed.get("type"), signed.get("country", "")
     if kind == "root":
         members = ", ".join(sorted(signed["members"]))
@@ -80,7 +89,7 @@ def _describe(signed: dict[str, Any]) -> str:
 
 
 def cmd_trust_init(args: argparse.Namespace) -> int:
-    root = Path(args.root).read_bytes()
+    root = ui.read_bytes(args.root, "root file")
     fingerprint = root_fingerprint(root)
     try:
         state = gov.genesis(root)
@@ -132,7 +141,7 @@ def _public_keys(folder: Path, code: str) -> dict[KeyKind, Any]:
         path = folder / f"{code}.{kind.value}.pub"
         if not path.exists():
             path = folder / f"{kind.value}.pub"
-        document = parse_public_key_document(path.read_bytes())
+        document = parse_public_key_document(ui.read_bytes(path, "public key document"))
         if document.country != code or document.kind != kind:
             raise cli.Usage(
                 f"{path} is {document.country}'s {document.kind.value} key, not {code}'s {kind.value}"
@@ -142,15 +151,29 @@ def _public_keys(folder: Path, code: str) -> dict[KeyKind, Any]:
 
 
 def cmd_root_draft(args: argparse.Namespace) -> int:
-    import tomllib
-
-    config = tomllib.loads(Path(args.members).read_text())
+    config = ui.read_toml(args.members, "members file")
     members = {}
     base = Path(args.members).parent
-    for code, entry in sorted(config.get("members", {}).items()):
+    table = config.get("members")
+    if not isinstance(table, dict) or not table:
+        raise cli.Usage(f"{args.members} has no [members.CODE] tables")
+    for code, entry in sorted(table.items()):
+        where = f"{args.members}: [members.{code}]"
+        if not isinstance(entry, dict):
+            raise cli.Usage(f"{where} must be a table")
+        for name in ("name", "accreditation", "keys"):
+            if not isinstance(entry.get(name), str):
+                raise cli.Usage(f'{where} needs {name} = "..." (a string)')
+        groups = entry.get("groups", [])
+        if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+            raise cli.Usage(f"{where}: groups must be a list of strings")
         keys = _public_keys(base / entry["keys"], code)
-        members[code] = gov.member_body(entry["name"], entry["accreditation"], entry.get("groups", []), keys)
+        members[code] = gov.member_body(entry["name"], entry["accreditation"], groups, keys)
     quorum = config.get("quorum", {"numerator": 2, "denominator": 3})
+    if not (isinstance(quorum, dict) and set(quorum) <= {"numerator", "denominator"}) or not all(
+        type(v) is int for v in quorum.values()
+    ):
+        raise cli.Usage(f"{args.members}: quorum must be {{ numerator = 2, denominator = 3 }} (integers)")
     extra = {k: v for k, v in config.items() if k in ("ladder",)}
     signed = gov.root_statement(members, _now_ms(), quorum=gov.Quorum(**quorum), extra=extra)
     gov.parse_entry(gov.Entry(signed, ()).to_bytes())  # every field checked before anyone signs
@@ -165,7 +188,7 @@ def cmd_root_draft(args: argparse.Namespace) -> int:
 def cmd_root_sign(args: argparse.Namespace) -> int:
     keys = cli.load_keys(args)
     path = Path(args.draft)
-    entry = gov.parse_entry(path.read_bytes())
+    entry = gov.parse_entry(ui.read_bytes(path, "root file"))
     if entry.type != "root":
         raise cli.Usage(f"{path} is not a root")
     member = entry.signed["members"].get(keys.country)
@@ -184,7 +207,7 @@ def cmd_root_sign(args: argparse.Namespace) -> int:
 
 
 def cmd_root_check(args: argparse.Namespace) -> int:
-    data = Path(args.root).read_bytes()
+    data = ui.read_bytes(args.root, "root file")
     entry = gov.parse_entry(data)
     gaps = gov.missing(None, entry)
     if gaps:
@@ -272,7 +295,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             "country": r["country"] or "",
             "state": r["state"],
             "signers": ", ".join(r["signers"]),
-            "missing": " ".join(r["missing"])[:120],
+            "missing": "; ".join(r["missing"]),
         }
         for r in rows
     ]
@@ -316,7 +339,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_approve(args: argparse.Namespace) -> int:
     with cli.client_for(args) as client:
         if args.signature:
-            signature = canonical.decode(Path(args.signature).read_bytes())
+            signature = canonical.decode(ui.read_bytes(args.signature, "signature file"))
             proposal = _find(client, args.id)
         else:
             keys = cli.load_keys(args)
@@ -331,8 +354,11 @@ def cmd_approve(args: argparse.Namespace) -> int:
 
 def cmd_sign_offline(args: argparse.Namespace) -> int:
     """Sign a proposal file without talking to the broker (a newcomer's proof of possession)."""
+    data = ui.read_bytes(args.file, "proposal file")
     keys = cli.load_keys(args)
-    signed = canonical.decode(Path(args.file).read_bytes())
+    signed = canonical.decode(data)
+    if not isinstance(signed, dict):
+        raise cli.Usage(f"{args.file} is not the signed part of a proposal")
     print(f"signing as {keys.country}: {_describe(signed)}", file=sys.stderr)
     Path(args.output).write_bytes(canonical.encode(gov.sign(signed, keys.country, keys.signing).to_dict()))
     print(
@@ -345,6 +371,8 @@ def cmd_sign_offline(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:
+    cli.broker_url(args)  # everything that can be checked is, before the new key is written
+    overlap_ms = _duration_ms(args.overlap)
     folder = Path(args.keys)
     passphrase = cli.passphrase()
     keys = AgencyKeys.load(folder, passphrase)
@@ -357,14 +385,12 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     else:
         new = ApiPrivateKey.generate()
     pending = folder / f"{kind.value}.key.pending"
-    # the new private key is on disk before the directory names it: a crash cannot lose it
-    pending.unlink(missing_ok=True)
-    write_private_key(pending, new, keys.country, passphrase)
     with cli.client_for(args, keys=keys) as client:
-        state = _verified(client)
-        signed = gov.rotate_key(
-            state, keys.country, new.public_key, _now_ms(), overlap_ms=_duration_ms(args.overlap)
-        )
+        state = _verified(client)  # the broker answers and its chain verifies: nothing written yet
+        signed = gov.rotate_key(state, keys.country, new.public_key, _now_ms(), overlap_ms=overlap_ms)
+        # the new private key is on disk before the directory names it: a crash cannot lose it
+        pending.unlink(missing_ok=True)
+        write_private_key(pending, new, keys.country, passphrase)
         sigs = [gov.sign(signed, keys.country, keys.signing)]
         if isinstance(new, SigningPrivateKey):
             sigs.append(gov.sign(signed, keys.country, new))

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,7 @@ from .trust import TrustStore
 
 ENVELOPE_MEDIA_TYPE = "application/vnd.msmt.envelope"
 RETRYABLE_STATUS = {500, 502, 503, 504}
+ITEM_ID_PREFIX_RE = re.compile(r"^[0-9a-f]{8}[0-9a-f-]{0,28}$")  # a unique prefix: 8 hex digits at least
 WITNESS_WAITS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.5, 1.0, 1.0, 2.0, 2.0, 3.0)  # ~10 s for the witnesses
 ORCON = "ORCON"
 MAX_ACK_SEQS = 1000  # the broker's cap on one acknowledgement (and one receipts request)
@@ -151,10 +153,36 @@ def _receipt_requests(receipts: list[str]) -> list[list[str]]:
     return requests if requests[0] else []
 
 
+def _cause(exc: Exception | None) -> str:
+    """Why a request failed, as words (some httpx errors have an empty message)."""
+    if exc is None:
+        return "unknown cause"
+    text = str(exc).strip()
+    return text or type(exc).__name__
+
+
 @dataclass(frozen=True)
 class Preflight:
     allowed: tuple[str, ...]
     denied: dict[str, list[dict[str, str]]]
+
+
+def check_broker_url(url: str) -> str:
+    """The broker's base URL when it is an http(s) URL with a host; else a ClientError saying
+    what to write (a URL without a scheme is not "unreachable": it is not a URL)."""
+    text = url.strip()
+    if not re.match(r"^https?://", text, re.IGNORECASE):
+        example = text.split("://", 1)[-1] or "broker.example:8443"
+        raise ClientError(
+            f"the broker URL {url!r} must start with https:// or http:// (e.g. https://{example})"
+        )
+    try:
+        parsed = httpx.URL(text)
+    except httpx.InvalidURL as exc:
+        raise ClientError(f"the broker URL {url!r} is not a valid URL: {exc}") from exc
+    if not parsed.host:
+        raise ClientError(f"the broker URL {url!r} names no host")
+    return text
 
 
 class _ClientCore:
@@ -169,8 +197,13 @@ class _ClientCore:
         backoff_s: float = 0.25,
         directory_ttl_s: float = 60.0,
         check_own_keys: bool = True,
+        on_retry: Callable[[str], None] | None = None,
     ) -> None:
+        """`on_retry`, when given, is called once per request that is being retried, with a
+        sentence saying why (a command line prints it, so a slow failure is not silent)."""
+        base_url = check_broker_url(base_url)
         self.base_url = base_url
+        self.on_retry = on_retry
         self.keys = keys
         self.trust = trust
         self.check_own_keys = check_own_keys
@@ -205,6 +238,32 @@ class _ClientCore:
     @staticmethod
     def _retryable(response: httpx.Response | None) -> bool:
         return response is None or response.status_code in RETRYABLE_STATUS
+
+    def _retrying(self, attempt: int, response: httpx.Response | None, exc: Exception | None) -> None:
+        """Say once per request, through `on_retry`, that it is being retried and why."""
+        if attempt != 0 or self.on_retry is None:
+            return
+        why = (
+            f"the broker answered {response.status_code}"
+            if response is not None
+            else f"cannot reach the broker at {self.base_url} ({_cause(exc)})"
+        )
+        self.on_retry(f"{why}; retrying up to {self.retries} times")
+
+    def _unreachable(self, exc: Exception) -> BrokerUnavailable:
+        return BrokerUnavailable(
+            f"cannot reach the broker at {self.base_url}: {_cause(exc)} (tried {self.retries + 1} times)"
+        )
+
+    @staticmethod
+    def _status_path(item_id: str) -> str:
+        """The status route for an item id or a unique prefix of one (8 hex digits at least)."""
+        text = item_id.strip().lower()
+        if not ITEM_ID_PREFIX_RE.fullmatch(text):
+            raise ClientError(
+                f"{item_id!r} is not an item id or a prefix of one (at least 8 hex digits, e.g. 01a2260c)"
+            )
+        return f"/v1/items/{text}/status"
 
     @staticmethod
     def _raise_for_problem(response: httpx.Response) -> httpx.Response:
@@ -559,9 +618,12 @@ class Client(_ClientCore):
                 response = self._http.send(self._authorize(request))
             except httpx.TransportError as exc:
                 if attempt == self.retries:
-                    raise BrokerUnavailable(f"cannot reach the broker at {self.base_url}: {exc}") from exc
+                    raise self._unreachable(exc) from exc
+                self._retrying(attempt, None, exc)
             if response is not None and (not self._retryable(response) or attempt == self.retries):
                 return self._raise_for_problem(response)
+            if response is not None:
+                self._retrying(attempt, response, None)
             time.sleep(self._delay(attempt))
         raise AssertionError("unreachable")
 
@@ -753,7 +815,9 @@ class Client(_ClientCore):
         return self.acknowledge(r.delivery.seq for r in items)
 
     def status(self, item_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._request("GET", f"/v1/items/{item_id}/status").json()
+        """Delivery state of an item this agency sent: its full id, or a unique prefix of it
+        (8 hex digits at least) among this agency's own items; `item_id` in the answer is full."""
+        result: dict[str, Any] = self._request("GET", self._status_path(item_id)).json()
         return result
 
     def delivery_proofs(self, item_id: str) -> dict[str, str]:
@@ -838,9 +902,12 @@ class AsyncClient(_ClientCore):
                 response = await self._http.send(self._authorize(request))
             except httpx.TransportError as exc:
                 if attempt == self.retries:
-                    raise BrokerUnavailable(f"cannot reach the broker at {self.base_url}: {exc}") from exc
+                    raise self._unreachable(exc) from exc
+                self._retrying(attempt, None, exc)
             if response is not None and (not self._retryable(response) or attempt == self.retries):
                 return self._raise_for_problem(response)
+            if response is not None:
+                self._retrying(attempt, response, None)
             await asyncio.sleep(self._delay(attempt))
         raise AssertionError("unreachable")
 
@@ -996,7 +1063,7 @@ class AsyncClient(_ClientCore):
         return await self.acknowledge(r.delivery.seq for r in items)
 
     async def status(self, item_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = (await self._request("GET", f"/v1/items/{item_id}/status")).json()
+        result: dict[str, Any] = (await self._request("GET", self._status_path(item_id))).json()
         return result
 
     async def explain(self, recipient: str, markings: Markings) -> dict[str, Any]:

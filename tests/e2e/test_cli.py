@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -207,3 +208,93 @@ def test_governance_rotation_and_audit_from_the_command_line(setup: dict[str, ob
         assert f"{sent[1]}: no signed receipt from USA" in kor_audit.stderr
         status = json.loads(run("--json", "status", sent[0], env=kor, expect=1).stdout)
         assert status["proofs"] == {"USA": "no delivery"}
+
+
+ISO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d")
+EPOCH_MS = re.compile(r"\b1\d{12}\b")
+SPOKEN = re.compile(r"\b[A-Z2-7]{4}-[A-Z2-7]{4}-[A-Z2-7]{4}-[A-Z2-7]{4}\b")
+
+
+def test_people_get_tables_short_ids_and_suggestions(setup: dict[str, object]) -> None:
+    tmp, db, env = Path(str(setup["tmp"])), str(setup["db"]), dict(setup["env"])  # type: ignore[call-overload]
+    report = tmp / "short.md"
+    report.write_text("# Short ids\n")
+    marking = ("-c", "RESTRICTED", "--tlp", "AMBER", "-r", "USA")
+    with broker_process(db, AUDIENCE, tmp / "broker-3.log") as base:
+        kor, usa = (
+            {**env, "MSMT_BROKER_URL": base, "MSMT_KEYS": str(tmp / c), "COLUMNS": "200"}
+            for c in ("KOR", "USA")
+        )
+        sent = [
+            json.loads(run("--json", "submit", str(report), *marking, env=kor).stdout)["item_id"]
+            for _ in range(2)
+        ]
+        # a unique prefix is enough; the whole item id is in the answer
+        status = json.loads(run("--json", "status", sent[1][:13], env=kor).stdout)
+        assert status["item_id"] == sent[1]
+        if sent[0][:8] == sent[1][:8]:  # 8 hex digits name every item of ~65 s
+            ambiguous = run("status", sent[1][:8], env=kor, expect=1)
+            assert "of the items you may see start with" in ambiguous.stderr
+        assert "not an item id or a prefix" in run("status", sent[1][:6], env=kor, expect=1).stderr
+        # another country's prefix is as unknown as a made-up one
+        assert "404 unknown-item" in run("status", sent[1][:13], env=usa, expect=1).stderr
+
+        human = run("status", sent[1][:13], env=kor).stdout
+        assert "RECIPIENT" in human and ISO_TIME.search(human) and not EPOCH_MS.search(human), human
+        shown = run("show", sent[1], "--open", env=usa).stdout
+        assert "verified" in shown and ISO_TIME.search(shown) and not EPOCH_MS.search(shown), shown
+        assert "{'" not in shown and SPOKEN.search(shown), shown  # no reprs; keys by fingerprint
+        inbox = run("inbox", env=usa).stdout
+        assert ISO_TIME.search(inbox) and not EPOCH_MS.search(inbox), inbox
+
+        narrow = {**kor, "COLUMNS": "60"}
+        preflight = run("preflight", "-c", "SECRET", "--tlp", "AMBER", "-r", "ALL", env=narrow).stdout
+        assert all(len(line) <= 60 for line in preflight.splitlines()), preflight
+        assert "accreditation" in preflight  # the reason is wrapped, not cut off
+
+        typos = [
+            (
+                ("preflight", "-c", "CONFIDENTAIL", "--tlp", "AMBER", "-r", "ALL"),
+                "did you mean CONFIDENTIAL?",
+            ),
+            (("preflight", "-c", "SECRET", "--tlp", "AMBER", "-r", "NZK"), "did you mean NZL?"),
+            (
+                ("preflight", "-c", "SECRET", "--tlp", "AMBER", "-r", "ALL", "-t", "maritme"),
+                "did you mean maritime?",
+            ),
+            (("explain", "KRO", "-c", "SECRET", "--tlp", "AMBER", "-r", "ALL"), "did you mean KOR?"),
+            (("submit", str(report), *marking, "--expires-in", "0"), "--expires-in must be a positive"),
+        ]
+        for args, expected in typos:
+            assert expected in run(*args, env=kor, expect=2).stderr
+
+        no_scheme = run("--broker", base.removeprefix("http://"), "inbox", env=kor, expect=2)
+        assert "must start with https:// or http://" in no_scheme.stderr
+
+    assert run("--version", env=env).stdout.startswith("msmt ")
+    admin = ("--database-url", db)
+    assert run("--version", env=env, module="broker.cli").stdout.startswith("msmt-broker ")
+    env["COLUMNS"] = "200"  # no time is wrapped over two lines
+    actions = run(*admin, "list", "actions", env=env, module="broker.cli").stdout
+    assert ISO_TIME.search(actions) and not EPOCH_MS.search(actions), actions
+    keys = run(*admin, "list", "keys", env=env, module="broker.cli").stdout
+    assert SPOKEN.search(keys) and "public_key" not in keys.lower(), keys
+    assert json.loads(run(*admin, "--json", "list", "keys", env=env, module="broker.cli").stdout)[0][
+        "public_key"
+    ]
+
+
+def test_init_reads_msmt_passphrase_and_checks_before_writing(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MSMT_")}
+    db = f"sqlite:///{tmp_path / 'broker.db'}"
+    data = tmp_path / "keys"
+    init = ("--database-url", db, "init", "--admin", "alice", "--data-dir", str(data))
+    refused = run(*init, env=env, module="broker.cli", expect=2)  # no passphrase, no terminal
+    assert "set MSMT_PASSPHRASE or pass --passphrase-env" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written
+    env["MSMT_PASSPHRASE"] = "correct horse"
+    done = run(*init, env=env, module="broker.cli")
+    assert "broker initialised" in done.stdout and SPOKEN.search(done.stdout)
+    again = run(*init[:-2], "--data-dir", str(tmp_path / "other"), env=env, module="broker.cli", expect=2)
+    assert "already holds a broker" in again.stderr and not (tmp_path / "other").exists()
