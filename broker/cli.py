@@ -380,6 +380,51 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """Verify the database's consistency (after a restore, before starting): read only."""
+    from .services import maintenance
+    from .services.health import schema_head
+
+    report = _read(args, lambda session: maintenance.check(session, schema_head(), deep=args.deep))
+    schema = [f.detail for f in report.findings if f.check == "schema"]
+    if schema:  # nothing else can be checked: the same answer as every other command gives
+        raise ui.UserError(schema[0], EXIT_DATABASE)
+    if args.json:
+        findings = [{"check": f.check, "detail": f.detail} for f in report.findings]
+        ui.emit(
+            {"ok": report.ok, "checks": list(report.checks), "findings": findings, "counts": report.counts},
+            as_json=True,
+        )
+    else:
+        for finding in report.findings:
+            print(f"{finding.check}: {finding.detail}")
+        counts = ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in report.counts.items())
+        verdict = "consistent" if report.ok else f"{len(report.findings)} findings"
+        print(f"{verdict}: checked {', '.join(report.checks)}" + (f" ({counts})" if counts else ""))
+    return EXIT_OK if report.ok else EXIT_ERROR
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    """Purge envelopes retention allows (every recipient acknowledged, older than the age)."""
+    from .services import maintenance
+
+    if not args.older_than > 0:
+        raise ui.UserError("--older-than must be a positive number of days", EXIT_USAGE)
+    age_ms = int(args.older_than * 24 * 3600 * 1000)
+    now_ms = int(time.time() * 1000)
+    count = _write(
+        args, lambda session: maintenance.purge(session, age_ms, now_ms, _actor(), dry_run=args.dry_run)
+    )
+    if args.json:
+        ui.emit({"purged": count, "dry_run": args.dry_run, "older_than_days": args.older_than}, as_json=True)
+    else:
+        what = "would purge" if args.dry_run else "purged"
+        print(
+            f"{what} {count} envelopes acknowledged by every recipient, older than {args.older_than:g} days"
+        )
+    return EXIT_OK
+
+
 def _agreement_row(row: dict[str, Any]) -> dict[str, Any]:
     """For people: no topic list means every topic, not none."""
     return {**row, "topics": "all" if row.get("topics") is None else row["topics"]}
@@ -523,7 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--database-url",
         default=settings.database_url,
-        help="SQLAlchemy URL (env MSMT_DATABASE_URL; default %(default)s)",
+        help=f"SQLAlchemy URL (env MSMT_DATABASE_URL or MSMT_DATABASE_URL_FILE; default {redact(settings.database_url)})",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -618,6 +663,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--caveat", action="append", default=[], help="caveats, e.g. ORCON")
     p.add_argument("--topic", "-t", action="append", default=[], help="topics (repeatable)")
     p.set_defaults(func=cmd_policy_matrix)
+
+    p = sub.add_parser("check", help="verify the database's consistency (read only): run after a restore")
+    p.add_argument("--deep", action="store_true", help="also re-hash every log leaf and every envelope")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("purge", help="purge acknowledged envelopes older than an age (log entries stay)")
+    p.add_argument("--older-than", type=float, required=True, metavar="DAYS", help="age in days")
+    p.add_argument("--dry-run", action="store_true", help="only count what would be purged")
+    p.set_defaults(func=cmd_purge)
 
     p = sub.add_parser("list", help="list countries, keys, agreements or admin actions")
     p.add_argument("what", choices=["countries", "keys", "agreements", "actions"], help="what to list")
