@@ -9,7 +9,10 @@
    admin involved; the operator's attempt to swap USA's key is refused by KOR's client;
 4. KOR, JPN and USA submit realistic items; the broker refuses what policy forbids;
 5. every partner polls, verifies, decrypts and acknowledges;
-6. print the delivery matrix, then stop the server.
+6. print the delivery matrix;
+7. the eleven members publish a joint report: KOR drafts it (rule: 8 of 11), eight endorse it
+   (one with a reservation), KOR writes the bundle and `msmt-verify` checks it offline; then
+   stop the server.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy import text
 
+from msmt import reports
 from msmt.agency import AgencyKeys
 from msmt.auth import mint_token
 from msmt.client import Client
@@ -46,6 +50,7 @@ from msmt.core import (
     short_fingerprint,
 )
 from msmt.core import governance as gov
+from msmt.core import report as rp
 from msmt.core.errors import GovernanceError
 from msmt.core.logleaf import LogIdentity, LogSigner
 from msmt.core.note import Ed25519Cosigner
@@ -219,12 +224,72 @@ def run_demo(workdir: Path, port: int = 0) -> int:
                     say(
                         f"  {outcome.originator} holds signed delivery receipts for {outcome.title!r} from {', '.join(signed)}"
                     )
+            _matrix(outcomes)
+            verdict = _joint_report(workdir, clients)
         finally:
             for client in clients.values():
                 client.close()
     say("\nbroker stopped")
-    _matrix(outcomes)
-    return 0
+    return 0 if verdict == 0 else 1
+
+
+REPORT_MARKINGS = Markings.create("UNCLASSIFIED", "GREEN", ["ALL"])
+ENDORSERS = ("KOR", "USA", "JPN", "FRA", "GBR", "DEU", "AUS", "NZL")  # 8 of 11: the quorum
+RESERVATION = ("JPN", "JPN does not endorse the estimate of the cargo volume.")
+
+
+def _joint_report(workdir: Path, clients: dict[str, Client]) -> int:
+    """KOR drafts a report for all eleven (quorum 8), eight endorse it, KOR publishes the bundle
+    and the reader's page into `workdir`, and `msmt-verify` (a separate process) checks it."""
+    say("\n== 7. A joint report: drafted, endorsed by a quorum, published, verified offline ==")
+    stores = {c: reports.ThreadStore(workdir / "reports" / c) for c in ENDORSERS}
+    for code in ENDORSERS:  # the report threads start after what the demo already pulled
+        stores[code].cursor = clients[code].inbox(0, limit=1000).cursor
+    document = rp.new_document(
+        title="Ship-to-ship transfers in the East China Sea, third quarter",
+        body="# Findings\n\nThree night-time transfers between tankers with AIS switched off.\n",
+        participants=MEMBERS,
+        rule=rp.Rule("quorum", 8),
+    )
+    draft = reports.send_draft(clients["KOR"], document, REPORT_MARKINGS)
+    stores["KOR"].add(draft)
+    say(f"  KOR drafted report {document.manifest.report_id} for all 11 members; rule: 8 of 11 endorse")
+    for code in ENDORSERS:
+        reports.sync(clients[code], stores[code])
+        held = reports.thread_status(stores[code].items(), clients[code].directory().state)
+        version = held.report(document.manifest.report_id).latest
+        reservation = RESERVATION[1] if code == RESERVATION[0] else ""
+        stores[code].add(
+            reports.send_endorsement(clients[code], version, REPORT_MARKINGS, reservation=reservation)
+        )
+    say(f"  endorsed by {', '.join(ENDORSERS)} ({RESERVATION[0]} with a reservation)")
+    reports.sync(clients["KOR"], stores["KOR"])
+    status = reports.thread_status(stores["KOR"].items(), clients["KOR"].directory().state)
+    thread = status.report(document.manifest.report_id)
+    bundle, verdict = reports.publish(thread, thread.version(1), list(clients["KOR"].trust.entries))
+    path, page = workdir / "joint-report.msmt", workdir / "joint-report.html"
+    path.write_bytes(bundle)
+    say(f"  KOR wrote the publication bundle {path} ({len(bundle)} bytes)")
+    result = subprocess.run(  # noqa: S603 - this interpreter, the demo's own paths
+        [
+            sys.executable,
+            "-m",
+            "msmt.verify",
+            str(path),
+            "--root-fingerprint",
+            verdict.root_fingerprint,
+            "--html",
+            str(page),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = (result.stdout or result.stderr).splitlines()
+    say(f"  msmt-verify (offline, exit {result.returncode}): {lines[0] if lines else '(no output)'}")
+    if result.returncode == 0:
+        say(f"  the reader's page: {page}")
+    return result.returncode
 
 
 def _found_directory(

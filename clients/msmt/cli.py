@@ -21,7 +21,15 @@ from typing import Any
 
 from . import __version__, ui
 from .agency import AgencyKeys
-from .client import Client, Delivery, InboxPage, Received, check_broker_url, rejects_delivery
+from .client import (
+    Client,
+    Delivery,
+    InboxPage,
+    Received,
+    check_broker_url,
+    rejects_delivery,
+    unavailable_reason,
+)
 from .core import KeyKind, Markings, errors, is_item_id, short_fingerprint, verify
 from .core.markings import COUNTRY_RE, TLP_LEVELS, TOPICS
 from .core.policy import DEFAULT_LADDER
@@ -363,7 +371,34 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return EXIT_OK if result["allowed"] else EXIT_REFUSED
 
 
-def _delivery_row(d: Delivery) -> dict[str, Any]:
+WITHDRAWAL_MEDIA_TYPE = "application/vnd.msmt.withdrawal+json"
+
+
+def _delivery_note(d: Delivery, withdrawn: frozenset[str] = frozenset()) -> str:
+    """What a person should know before opening a delivery: gone (expired, purged), a
+    withdrawal, or withdrawn by its originator (as far as the report threads know)."""
+    if d.unavailable is not None:
+        return f"{d.unavailable.upper()}: cannot be opened"
+    if d.content_type == WITHDRAWAL_MEDIA_TYPE:
+        return "WITHDRAWAL of an earlier item"
+    if d.item_id in withdrawn:
+        return "WITHDRAWN by its originator"
+    return ""
+
+
+def _withdrawn_items(args: argparse.Namespace, client: Client) -> frozenset[str]:
+    """Items the report threads of this key folder know to be withdrawn (checked signatures)."""
+    from . import reports
+
+    store = reports.ThreadStore(Path(args.keys) / "reports")
+    items = store.items()
+    if not items:
+        return frozenset()
+    status = reports.thread_status(items, client.directory().state)
+    return frozenset(i for thread in status.reports.values() for i in thread.withdrawn)
+
+
+def _delivery_row(d: Delivery, withdrawn: frozenset[str] = frozenset()) -> dict[str, Any]:
     return {
         "seq": d.seq,
         "item_id": d.item_id,
@@ -374,14 +409,20 @@ def _delivery_row(d: Delivery) -> dict[str, Any]:
         "size": d.size,
         "received": _ms(d.received_ms),
         "state": d.state,
+        "note": _delivery_note(d, withdrawn) or "-",
     }
 
 
 def cmd_inbox(args: argparse.Namespace) -> int:
     with _client(args) as client:
         page = client.inbox(args.after, limit=args.limit, wait=args.wait)
-    rows = [_delivery_row(d) for d in page.deliveries]
-    emit(args, {"deliveries": [vars(d) for d in page.deliveries], "cursor": page.cursor}, rows)
+        withdrawn = _withdrawn_items(args, client)
+    rows = [_delivery_row(d, withdrawn) for d in page.deliveries]
+    listed = [
+        {**vars(d), "withdrawn": d.item_id in withdrawn} if d.item_id in withdrawn else vars(d)
+        for d in page.deliveries
+    ]
+    emit(args, {"deliveries": listed, "cursor": page.cursor}, rows)
     return EXIT_OK
 
 
@@ -496,6 +537,8 @@ def _pull_one(client: Client, folder: Path, page: InboxPage, index: int) -> Rece
     exactly like fetched bytes."""
     delivery = page.deliveries[index]
     stem = _delivery_stem(delivery)
+    if delivery.unavailable is not None and _is_seq(delivery.seq) and is_item_id(delivery.item_id):
+        return None  # the caller reports and acknowledges it: it can never be fetched (410)
     if not (_is_seq(delivery.seq) and is_item_id(delivery.item_id)):
         detail = "the broker listed a delivery whose item id or sequence number is not in their format"
         _quarantine(client, folder, stem, delivery, "invalid-delivery", detail, fetch=False)
@@ -524,8 +567,15 @@ def _cursor(folder: Path) -> int:
     return int(cursor_path.read_text()) if cursor_path.exists() else 0
 
 
-def _pull_once(client: Client, folder: Path, args: argparse.Namespace, wait: float) -> tuple[int, int]:
-    """Pull one page after the saved cursor; return (saved, rejected).
+def _is_unavailable(delivery: Delivery) -> bool:
+    return delivery.unavailable is not None and _is_seq(delivery.seq) and is_item_id(delivery.item_id)
+
+
+def _pull_once(client: Client, folder: Path, args: argparse.Namespace, wait: float) -> tuple[int, int, int]:
+    """Pull one page after the saved cursor; return (saved, rejected, unavailable).
+
+    A delivery the broker lists as expired or purged is not fetched (it never will be): it is
+    reported on standard error and acknowledged.
 
     A delivery that cannot be opened (sealed to a key not in this key folder, a signature or
     digest that fails, an id that is not an item id) is quarantined and not acknowledged; the
@@ -542,13 +592,19 @@ def _pull_once(client: Client, folder: Path, args: argparse.Namespace, wait: flo
     saved = failed = handled = 0
     reached = cursor
     to_acknowledge: list[Received] = []
+    gone: list[Delivery] = []
     try:
         for index, delivery in enumerate(page.deliveries):
-            received = _pull_one(client, folder, page, index)
+            if _is_unavailable(delivery):
+                gone.append(delivery)
+                print(f"{_printable(unavailable_reason(delivery))}: not fetched", file=sys.stderr)
+                received = None
+            else:
+                received = _pull_one(client, folder, page, index)
             if received is not None:
                 saved += 1
                 to_acknowledge.append(received)
-            else:
+            elif not _is_unavailable(delivery):
                 failed += 1
             handled += 1
             if _is_seq(delivery.seq):
@@ -556,13 +612,14 @@ def _pull_once(client: Client, folder: Path, args: argparse.Namespace, wait: flo
             progress.step()
     finally:
         progress.close()
-        if to_acknowledge and not args.no_ack:
-            client.confirm(to_acknowledge)  # signed "received and verified" receipts, then acks
+        if (to_acknowledge or gone) and not args.no_ack:
+            # signed "received and verified" receipts, then acks (the unavailable: acks only)
+            client.confirm(to_acknowledge, unavailable=gone)
         if handled == len(page.deliveries):
             reached = page.cursor
         if reached != cursor:
             _write_private(folder, CURSOR_FILE, str(reached).encode())
-    return saved, failed
+    return saved, failed, len(gone)
 
 
 def header_view(header: dict[str, Any]) -> dict[str, Any]:
@@ -574,17 +631,21 @@ def header_view(header: dict[str, Any]) -> dict[str, Any]:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     folder = Path(args.folder)
-    total_saved = total_failed = 0
+    total_saved = total_failed = total_gone = 0
     with _client(args) as client:  # URL, keys and trust checked before the folder is made
         while True:
             before = _cursor(folder)
-            saved, failed = _pull_once(client, folder, args, wait=0)
+            saved, failed, gone = _pull_once(client, folder, args, wait=0)
             total_saved, total_failed = total_saved + saved, total_failed + failed
+            total_gone += gone
             # until a page is empty (a short page is not the end: pages are capped in bytes)
             # or brings the cursor no further
-            if saved + failed == 0 or _cursor(folder) == before:
+            if saved + failed + gone == 0 or _cursor(folder) == before:
                 break
-    emit(args, {"saved": total_saved, "rejected": total_failed, "folder": str(folder)})
+    result: dict[str, Any] = {"saved": total_saved, "rejected": total_failed, "folder": str(folder)}
+    if total_gone:
+        result["unavailable"] = total_gone  # expired or purged: acknowledged, never fetched
+    emit(args, result)
     return EXIT_INVALID_ITEM if total_failed else EXIT_OK
 
 
@@ -595,13 +656,15 @@ def cmd_watch(args: argparse.Namespace) -> int:
         print(f"watching the inbox; new items go to {folder} (Ctrl-C to stop)", file=sys.stderr)
         try:
             while True:
-                saved, failed = _pull_once(client, folder, args, wait=30)
+                saved, failed, gone = _pull_once(client, folder, args, wait=30)
                 failed_any = failed_any or bool(failed)
-                if saved or failed:
+                if saved or failed or gone:
                     print(
-                        f"{_ms(int(time.time() * 1000))}: {saved} saved, {failed} rejected", file=sys.stderr
+                        f"{_ms(int(time.time() * 1000))}: {saved} saved, {failed} rejected"
+                        + (f", {gone} expired or purged" if gone else ""),
+                        file=sys.stderr,
                     )
-                if args.once and (saved or failed):
+                if args.once and (saved or failed or gone):
                     break
         except KeyboardInterrupt:
             print("stopped", file=sys.stderr)
@@ -611,14 +674,24 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     broker_url(args)
     data_file = ui.read_bytes(args.item, "envelope file") if args.file else None
+    if args.allow_expired and not args.open:
+        raise Usage("--allow-expired goes with --open")
     with _client(args) as client:
-        data = data_file if data_file is not None else client.fetch(args.item)
+        try:
+            data = data_file if data_file is not None else client.fetch(args.item)
+        except BrokerError as exc:
+            if exc.status == 410:
+                raise ui.UserError(
+                    f"item {_printable(args.item, 100)} is no longer served ({exc.code}): "
+                    f"{_printable(str(exc.problem.get('detail', '')))}"
+                ) from exc
+            raise
         now = int(time.time() * 1000)
         header = verify(data, client.directory().signing_lookup(now)).header
         view = header_view(header.to_dict())
         view["signature"] = "verified (ML-DSA-65 + Ed25519) against the members' signed directory"
         if args.open:
-            opened = client.open_bytes(data, accepted_ms=now)
+            opened = client.open_bytes(data, accepted_ms=now, allow_expired=args.allow_expired)
             view["payload_bytes"] = len(opened.payload)
             if args.output:
                 Path(args.output).write_bytes(opened.payload)
@@ -864,6 +937,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", action="store_true", help="ITEM is a local envelope file")
     p.add_argument("--open", action="store_true", help="also decrypt (you must be a recipient)")
     p.add_argument("--output", "-o", help="with --open: write the payload here")
+    p.add_argument(
+        "--allow-expired",
+        action="store_true",
+        help="with --open: open an item past its originator's expiry (refused otherwise)",
+    )
 
     p = command("ack", "acknowledge deliveries by sequence number", cmd_ack)
     p.add_argument("seq", type=int, nargs="+", help="sequence numbers from your inbox")
@@ -883,11 +961,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("directory", "list members and key fingerprints from the verified directory", cmd_directory)
     cli_governance.register(sub, ksub)
+    cli_reports.register(sub)
     add_witness_parser(sub)
     return ui.json_anywhere(parser)
 
 
-from . import cli_governance  # noqa: E402 - registers its commands on the parser below
+from . import cli_governance, cli_reports  # noqa: E402 - register their commands on the parser below
 
 
 def classify(exc: BaseException) -> tuple[str, int] | None:

@@ -70,6 +70,9 @@ class Delivery:
     size: int
     log_index: int
     state: str
+    # "expired" (past its originator's `expires_ms`) or "purged" (by the operator's retention):
+    # listed without envelope, and it can never be fetched (410); None for an ordinary delivery
+    unavailable: str | None = None
 
 
 @dataclass(frozen=True)
@@ -120,10 +123,45 @@ class Batch:
     page: InboxPage
     received: tuple[Received, ...]
     rejected: tuple[Rejected, ...]
+    # listed as expired or purged: not fetched, never to be opened; acknowledge them with
+    # `confirm(batch.received, unavailable=batch.unavailable)` so they leave the inbox
+    unavailable: tuple[Delivery, ...] = ()
 
     @property
     def cursor(self) -> int:
         return self.page.cursor
+
+
+class ItemExpired(ClientError):
+    """The item's signed header says it expired (`expires_ms`): it is not opened unless the
+    caller asks for it (`allow_expired=True`)."""
+
+    code = "item-expired"
+
+
+class ItemUnavailable(ClientError):
+    """The broker lists the delivery as expired or purged: there is nothing to fetch."""
+
+    code = "item-unavailable"
+
+
+UNAVAILABLE_RULE = {"expired": "by its originator's expiry", "purged": "by the operator's retention"}
+
+
+def unavailable_reason(delivery: Delivery) -> str:
+    """One sentence on why a delivery listed as unavailable cannot be opened."""
+    why = delivery.unavailable or "unavailable"
+    rule = UNAVAILABLE_RULE.get(why, "")
+    return f"item {delivery.item_id} from {delivery.originator} was {why} {rule}".strip()
+
+
+def check_expiry(opened: Opened, now_ms: int, allow_expired: bool) -> None:
+    expires_ms = opened.header.expires_ms
+    if expires_ms is not None and expires_ms <= now_ms and not allow_expired:
+        raise ItemExpired(
+            f"item {opened.header.item_id} expired {(now_ms - expires_ms) // 1000} s ago by its "
+            "originator's rule; it is opened only when asked (allow_expired)"
+        )
 
 
 def rejects_delivery(exc: BaseException) -> bool:
@@ -438,11 +476,13 @@ class _ClientCore:
             **options,
         )
 
-    def _open(self, directory: Directory, delivery: Delivery, data: bytes) -> Received:
+    def _open(
+        self, directory: Directory, delivery: Delivery, data: bytes, allow_expired: bool = False
+    ) -> Received:
         envelope = parse(data)
         if envelope.header.item_id != delivery.item_id:
             raise ClientError(f"the broker returned another item for {delivery.item_id}")
-        opened = self._open_with(directory, envelope, delivery.received_ms)
+        opened = self._open_with(directory, envelope, delivery.received_ms, allow_expired=allow_expired)
         return Received(delivery, opened, logleaf.envelope_digest(data))
 
     def _receipts(self, received: Iterable[Received]) -> list[str]:
@@ -465,19 +505,29 @@ class _ClientCore:
             for r in received
         ]
 
-    def _open_with(self, directory: Directory, data: bytes | Envelope, accepted_ms: int) -> Opened:
+    def _open_with(
+        self,
+        directory: Directory,
+        data: bytes | Envelope,
+        accepted_ms: int,
+        *,
+        allow_expired: bool = True,
+        now_ms: int | None = None,
+    ) -> Opened:
         envelope = data if isinstance(data, Envelope) else parse(data)  # parsed once, then verified
         header = envelope.header
         entry = header.recipient(self.keys.country)
         key = self.keys.encryption_key(entry.key_id) if entry else self.keys.encryption
         if key is None:
             raise ClientError(f"item {header.item_id} was sealed to a key that is not in this key folder")
-        return open_envelope(
+        opened = open_envelope(
             envelope,
             recipient=self.keys.country,
             private_key=key,
             originator_key=directory.signing_lookup(accepted_ms),
         )
+        check_expiry(opened, int(time.time() * 1000) if now_ms is None else now_ms, allow_expired)
+        return opened
 
     def _check_forward(self, received: Received) -> tuple[bytes, str, Markings]:
         """What may be passed on, and how: ORCON items only by their originator."""
@@ -756,17 +806,22 @@ class Client(_ClientCore):
         data: bytes | None = None,
         proof: tuple[str, tuple[str, ...]] | None = None,
         at: Checkpoint | None = None,
+        allow_expired: bool = False,
     ) -> Received:
         """Verify (signature against the directory, entry in the log) and decrypt one delivery:
         `data` from an inbox page, else fetched; its log entry from the page's `proof` against
         the verified checkpoint `at`, else asked of the log. Either way the bytes are the
-        broker's word, checked in full."""
+        broker's word, checked in full. A delivery the broker lists as expired or purged raises
+        `ItemUnavailable` (nothing is fetched); an item past its header's `expires_ms` raises
+        `ItemExpired` unless `allow_expired`."""
+        if delivery.unavailable is not None:
+            raise ItemUnavailable(unavailable_reason(delivery))
         if data is None:
             data = self.fetch(delivery.item_id)
         try:
-            received = self._open(self.directory(), delivery, data)
-        except EnvelopeError:
-            received = self._open(self.directory(refresh=True), delivery, data)  # a key may be newer
+            received = self._open(self.directory(), delivery, data, allow_expired)
+        except EnvelopeError:  # a key may be newer
+            received = self._open(self.directory(refresh=True), delivery, data, allow_expired)
         if self.trust.log is not None and not self._proven_here(received, data, proof, at):
             leaf = self._request("GET", f"/v1/log/leaves/{delivery.log_index}").json()
             self.prove_included(delivery.log_index, self._checked_received_leaf(received, data, leaf))
@@ -781,7 +836,11 @@ class Client(_ClientCore):
         page = self.inbox(after, limit=limit, wait=wait, envelopes=True, proofs=at.size if at else None)
         received: list[Received] = []
         rejected: list[Rejected] = []
+        unavailable: list[Delivery] = []
         for index, delivery in enumerate(page.deliveries):
+            if delivery.unavailable is not None:  # listed without envelope: fetching would be 410
+                unavailable.append(delivery)
+                continue
             data: bytes | None = None
             try:
                 data = page.envelope(index)
@@ -790,11 +849,12 @@ class Client(_ClientCore):
                 if not rejects_delivery(exc):
                     raise
                 rejected.append(Rejected(delivery, exc, data))
-        return Batch(page, tuple(received), tuple(rejected))
+        return Batch(page, tuple(received), tuple(rejected), tuple(unavailable))
 
-    def open_bytes(self, data: bytes, *, accepted_ms: int) -> Opened:
-        """Verify and decrypt envelope bytes, with signing keys as they stood at `accepted_ms`."""
-        return self._open_with(self.directory(), data, accepted_ms)
+    def open_bytes(self, data: bytes, *, accepted_ms: int, allow_expired: bool = False) -> Opened:
+        """Verify and decrypt envelope bytes, with signing keys as they stood at `accepted_ms`;
+        an item past its `expires_ms` raises `ItemExpired` unless `allow_expired`."""
+        return self._open_with(self.directory(), data, accepted_ms, allow_expired=allow_expired)
 
     def acknowledge(self, seqs: Iterable[int]) -> list[int]:
         acknowledged: list[int] = []
@@ -804,15 +864,17 @@ class Client(_ClientCore):
             ]
         return acknowledged
 
-    def confirm(self, received: Iterable[Received]) -> list[int]:
+    def confirm(self, received: Iterable[Received], *, unavailable: Iterable[Delivery] = ()) -> list[int]:
         """Send a signed delivery receipt for each verified item, then acknowledge them (a page
-        of up to 100: one receipts request, one acknowledgement)."""
+        of up to 100: one receipts request, one acknowledgement), with the `unavailable`
+        deliveries (expired or purged: no receipt, they were never opened)."""
         items = list(received)
-        if not items:
+        gone = [d.seq for d in unavailable]
+        if not items and not gone:
             return []
         for receipts in _receipt_requests(self._receipts(items)):
             self._request("POST", "/v1/inbox/receipts", json={"receipts": receipts})
-        return self.acknowledge(r.delivery.seq for r in items)
+        return self.acknowledge([*(r.delivery.seq for r in items), *gone])
 
     def status(self, item_id: str) -> dict[str, Any]:
         """Delivery state of an item this agency sent: its full id, or a unique prefix of it
@@ -1016,13 +1078,16 @@ class AsyncClient(_ClientCore):
         data: bytes | None = None,
         proof: tuple[str, tuple[str, ...]] | None = None,
         at: Checkpoint | None = None,
+        allow_expired: bool = False,
     ) -> Received:
+        if delivery.unavailable is not None:
+            raise ItemUnavailable(unavailable_reason(delivery))
         if data is None:
             data = await self.fetch(delivery.item_id)
         try:
-            received = self._open(await self.directory(), delivery, data)
+            received = self._open(await self.directory(), delivery, data, allow_expired)
         except EnvelopeError:
-            received = self._open(await self.directory(refresh=True), delivery, data)
+            received = self._open(await self.directory(refresh=True), delivery, data, allow_expired)
         if self.trust.log is not None and not self._proven_here(received, data, proof, at):
             leaf = (await self._request("GET", f"/v1/log/leaves/{delivery.log_index}")).json()
             await self.prove_included(delivery.log_index, self._checked_received_leaf(received, data, leaf))
@@ -1033,7 +1098,11 @@ class AsyncClient(_ClientCore):
         page = await self.inbox(after, limit=limit, wait=wait, envelopes=True, proofs=at.size if at else None)
         received: list[Received] = []
         rejected: list[Rejected] = []
+        unavailable: list[Delivery] = []
         for index, delivery in enumerate(page.deliveries):
+            if delivery.unavailable is not None:  # listed without envelope: fetching would be 410
+                unavailable.append(delivery)
+                continue
             data: bytes | None = None
             try:
                 data = page.envelope(index)
@@ -1042,10 +1111,10 @@ class AsyncClient(_ClientCore):
                 if not rejects_delivery(exc):
                     raise
                 rejected.append(Rejected(delivery, exc, data))
-        return Batch(page, tuple(received), tuple(rejected))
+        return Batch(page, tuple(received), tuple(rejected), tuple(unavailable))
 
-    async def open_bytes(self, data: bytes, *, accepted_ms: int) -> Opened:
-        return self._open_with(await self.directory(), data, accepted_ms)
+    async def open_bytes(self, data: bytes, *, accepted_ms: int, allow_expired: bool = False) -> Opened:
+        return self._open_with(await self.directory(), data, accepted_ms, allow_expired=allow_expired)
 
     async def acknowledge(self, seqs: Iterable[int]) -> list[int]:
         acknowledged: list[int] = []
@@ -1054,13 +1123,16 @@ class AsyncClient(_ClientCore):
             acknowledged += response.json()["acknowledged"]
         return acknowledged
 
-    async def confirm(self, received: Iterable[Received]) -> list[int]:
+    async def confirm(
+        self, received: Iterable[Received], *, unavailable: Iterable[Delivery] = ()
+    ) -> list[int]:
         items = list(received)
-        if not items:
+        gone = [d.seq for d in unavailable]
+        if not items and not gone:
             return []
         for receipts in _receipt_requests(self._receipts(items)):
             await self._request("POST", "/v1/inbox/receipts", json={"receipts": receipts})
-        return await self.acknowledge(r.delivery.seq for r in items)
+        return await self.acknowledge([*(r.delivery.seq for r in items), *gone])
 
     async def status(self, item_id: str) -> dict[str, Any]:
         result: dict[str, Any] = (await self._request("GET", self._status_path(item_id))).json()
