@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import select
+from sqlalchemy import exists, or_, select
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -20,7 +20,7 @@ from ..services import inbox as inbox_service
 from ..services import submit as submit_service
 from ..services.auth import Caller
 from ..services.sequencer import Stopping, Ticket
-from ..store.models import Item
+from ..store.models import Delivery, Item
 from . import schemas
 from .deps import BrokerState, CallerDep, CountryDep, StateDep, read_body
 from .problem_docs import PROBLEMS
@@ -173,27 +173,36 @@ async def submit_batch(request: Request, caller: CountryDep, state: StateDep) ->
         **PROBLEMS,
     },
 )
-async def get_item(item_id: ItemId, caller: CountryDep, state: StateDep) -> Response:
-    """The envelope bytes, for its originator and its recipients only."""
+async def get_item(item_id: ItemIdOrPrefix, caller: CountryDep, state: StateDep) -> Response:
+    """The envelope bytes, for its originator and its recipients only. `item_id` may be a
+    unique prefix (8 hex digits at least) among the items the caller sent or received."""
 
     def load() -> bytes:
         with state.sessions() as session:
-            return inbox_service.envelope_for(session, caller.owner, item_id, state.clock())
+            full = resolve_prefix(session, caller.owner, item_id, False, received=True)
+            return inbox_service.envelope_for(session, caller.owner, full, state.clock())
 
     return Response(await run_in_threadpool(load), media_type=ENVELOPE_MEDIA_TYPE)
 
 
-def resolve_prefix(session: Session, caller: str, prefix: str, is_admin: bool) -> str:
+def resolve_prefix(
+    session: Session, caller: str, prefix: str, is_admin: bool, *, received: bool = False
+) -> str:
     """The one item id starting with `prefix` among the items `caller` may see the status of
-    (its own; every item for an admin). Others' items are never counted: no existence oracle."""
+    (its own; every item for an admin), or with `received` also those delivered to it. Others'
+    items are never counted: no existence oracle."""
     if re.fullmatch(ITEM_ID_PATTERN, prefix):
         return prefix
     query = select(Item.item_id).where(Item.item_id.startswith(prefix, autoescape=True))
-    if not is_admin:
+    if received:
+        delivered = exists().where(Delivery.item_id == Item.item_id, Delivery.recipient == caller)
+        query = query.where(or_(Item.originator == caller, delivered))
+    elif not is_admin:
         query = query.where(Item.originator == caller)
     matches = list(session.scalars(query.order_by(Item.item_id).limit(MAX_PREFIX_MATCHES + 1)))
     if not matches:
-        raise not_found("unknown-item", f"no item whose id starts with {prefix} originated by {caller}")
+        seen = "sent or received" if received else "originated"
+        raise not_found("unknown-item", f"no item whose id starts with {prefix} {seen} by {caller}")
     if len(matches) > 1:
         count = f"more than {MAX_PREFIX_MATCHES}" if len(matches) > MAX_PREFIX_MATCHES else str(len(matches))
         raise conflict(

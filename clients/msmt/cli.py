@@ -688,6 +688,10 @@ def cmd_show(args: argparse.Namespace) -> int:
             raise
         now = int(time.time() * 1000)
         header = verify(data, client.directory().signing_lookup(now)).header
+        if data_file is None and not header.item_id.startswith(args.item.strip().lower()):
+            raise ui.UserError(  # the broker resolved a prefix: it must be an item with that prefix
+                f"the broker answered {args.item!r} with item {header.item_id}, which does not start with it"
+            )
         view = header_view(header.to_dict())
         view["signature"] = "verified (ML-DSA-65 + Ed25519) against the members' signed directory"
         if args.open:

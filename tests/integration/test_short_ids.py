@@ -107,3 +107,17 @@ def test_the_client_resolves_prefixes_and_checks_them_first(world: World) -> Non
             with pytest.raises(ClientError, match="at least 8 hex digits"):
                 client.status(bad)
     assert calls == []  # refused before any request
+
+
+def test_an_envelope_is_fetched_by_a_prefix_among_what_the_caller_sent_or_received(world: World) -> None:
+    kor = _sent(world, "KOR", 3)
+    world.settle()
+    prefix = _unique_prefix(kor[2], kor)
+    for who in ("KOR", "USA"):  # its originator and its recipient
+        r = world.client.get(f"/v1/items/{prefix}", headers=world.auth(who))
+        assert r.status_code == 200, r.text
+        assert r.content == world.client.get(f"/v1/items/{kor[2]}", headers=world.auth(who)).content
+    stranger = world.client.get(f"/v1/items/{prefix}", headers=world.auth("JPN"))
+    absent = world.client.get("/v1/items/ffffffffff", headers=world.auth("JPN"))
+    assert stranger.status_code == absent.status_code == 404  # not in JPN's view: as if absent
+    assert stranger.json()["type"] == absent.json()["type"] == PREFIX + "unknown-item"
