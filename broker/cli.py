@@ -9,9 +9,11 @@ their keys are not administered here: they change only by member-signed statemen
 from __future__ import annotations
 
 import argparse
+import base64
 import getpass
 import json
 import os
+import secrets
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +30,7 @@ from msmt.core import (
     write_private_key,
 )
 from msmt.core.errors import MsmtError
+from msmt.core.logleaf import LogIdentity, LogSigner
 from msmt.core.markings import TLP_LEVELS, TOPICS
 from msmt.core.policy import DEFAULT_LADDER, sharing_matrix
 
@@ -198,7 +201,7 @@ def _init_refusal(args: argparse.Namespace) -> str | None:
             "letter first, then lowercase letters, digits, '.', '_' or '-'"
         )
     data = Path(args.data_dir)
-    for name in ("broker-signing.key", f"admin-{args.admin}.key"):
+    for name in ("broker-signing.key", f"admin-{args.admin}.key", LOG_KEY_FILE):
         if (data / name).exists():
             return f"{data / name} exists already: init never overwrites a private key"
     if data.exists() and not data.is_dir():
@@ -258,6 +261,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     (data / "broker-signing.pub").write_bytes(public_key_document("broker", broker_key.public_key))
     admin_key = ApiPrivateKey.generate()
     write_private_key(data / f"admin-{args.admin}.key", admin_key, f"admin:{args.admin}", passphrase)
+    _write_log_key(data, Settings().log_origin)
     now = _now()
 
     def setup(session: Any) -> None:
@@ -271,7 +275,32 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"broker initialised: database {redact(args.database_url)}")
     print(f"  broker signing key {broker_key.key_id} ({short_fingerprint(broker_key.key_id)})")
     print(f"  admin {args.admin}: key {admin_key.key_id} in {data / f'admin-{args.admin}.key'}")
+    print(
+        f"  transparency-log key in {data / LOG_KEY_FILE}: serve with MSMT_LOG_KEY_FILE={data / LOG_KEY_FILE}"
+    )
+    print(f"  its public [log] table, for the founders' members.toml: {data / LOG_IDENTITY_FILE}")
     return EXIT_OK
+
+
+LOG_KEY_FILE = "log.key"
+LOG_IDENTITY_FILE = "log-identity.toml"
+
+
+def _write_log_key(data: Path, origin: str) -> LogIdentity:
+    """The transparency log's key (64 random bytes, base64, 0600: what MSMT_LOG_KEY_FILE names)
+    and its public identity as the `[log]` table the founders put into their root."""
+    seed = secrets.token_bytes(64)
+    path = data / LOG_KEY_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(base64.b64encode(seed).decode() + "\n")
+    identity = LogSigner.from_seed(origin, seed).identity()
+    vkeys = ", ".join(json.dumps(v) for v in identity.vkeys)
+    (data / LOG_IDENTITY_FILE).write_text(
+        "# the broker's transparency log, for the founders' members.toml (msmt governance root draft)\n"
+        f"[log]\norigin = {json.dumps(identity.origin)}\nvkeys = [{vkeys}]\n"
+    )
+    return identity
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

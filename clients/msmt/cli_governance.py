@@ -27,6 +27,7 @@ from .core import (
 )
 from .core import governance as gov
 from .core.errors import GovernanceError, MsmtError
+from .core.logleaf import LogIdentity
 from .trust import TrustStore, root_fingerprint
 
 EXIT_ALARM = 7  # the directory lists a key for this country that this agency did not make
@@ -175,6 +176,16 @@ def cmd_root_draft(args: argparse.Namespace) -> int:
     ):
         raise cli.Usage(f"{args.members}: quorum must be {{ numerator = 2, denominator = 3 }} (integers)")
     extra = {k: v for k, v in config.items() if k in ("ladder",)}
+    if "log" in config:  # the broker's transparency log (msmt-broker init wrote log-identity.toml)
+        try:
+            identity = LogIdentity.from_root_extra({"log": config["log"]})
+            assert identity is not None
+            identity.verifiers()  # every vkey parses
+        except MsmtError as exc:
+            raise cli.Usage(f"{args.members}: [log] {exc.detail}") from exc
+        except (ValueError, TypeError) as exc:
+            raise cli.Usage(f"{args.members}: [log] has a verifier key that does not parse ({exc})") from exc
+        extra["log"] = identity.to_root_extra()
     signed = gov.root_statement(members, _now_ms(), quorum=gov.Quorum(**quorum), extra=extra)
     gov.parse_entry(gov.Entry(signed, ()).to_bytes())  # every field checked before anyone signs
     Path(args.output).write_bytes(gov.Entry(signed, ()).to_bytes())
