@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml clients/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ./clients -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e './clients[gateway]' -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,0 +1,157 @@
+"""`msmt-gateway`: the agency gateway's command line.
+
+    msmt-gateway serve --config gateway.toml     follow the inbox and serve TAXII 2.1
+    msmt-gateway follow --config gateway.toml    move what the inbox holds now into the database
+    msmt-gateway hash-password                   a [users] line's value (asks for the password)
+    msmt-gateway new-token NAME                  a random API token and its [tokens] line
+
+The key folder's passphrase comes from MSMT_PASSPHRASE, or is asked for on the terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import secrets
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..agency import AgencyKeys
+from ..client import Client
+from ..core.errors import MsmtError
+from ..trust import TrustStore
+from .config import GatewayConfig, hash_password, hash_token
+from .store import Store, follow, follow_once
+
+log = logging.getLogger("msmt.gateway")
+
+
+def _passphrase() -> str:
+    value = os.environ.get("MSMT_PASSPHRASE")
+    if value is not None:
+        return value
+    if not sys.stdin.isatty():
+        raise SystemExit("set MSMT_PASSPHRASE: there is no terminal to ask for the key passphrase")
+    return getpass.getpass("key passphrase: ")
+
+
+def make_client(config: GatewayConfig) -> Client:
+    keys = AgencyKeys.load(config.keys, _passphrase())
+    trust = TrustStore.load(config.trust)
+    return Client(config.broker_url, keys, trust=trust, audience=config.audience)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .taxii import create_app
+
+    config = GatewayConfig.load(Path(args.config))
+    store = Store(config.database_url)
+    client = make_client(config)
+    stop = threading.Event()
+    follower = threading.Thread(
+        target=follow,
+        args=(client, store, stop),
+        kwargs={"wait": args.wait},
+        name="inbox-follower",
+        daemon=True,
+    )
+    follower.start()
+    log.info(
+        "following %s's inbox at %s; TAXII 2.1 on %s:%d",
+        client.country,
+        config.broker_url,
+        config.host,
+        config.port,
+    )
+    try:
+        uvicorn.run(
+            create_app(store, config.credentials, title=config.title),
+            host=config.host,
+            port=config.port,
+            log_level=args.log_level,
+            proxy_headers=True,
+            server_header=False,
+        )
+    finally:
+        stop.set()
+        follower.join(timeout=args.wait + 5)
+        client.close()
+        store.close()
+    return 0
+
+
+def cmd_follow(args: argparse.Namespace) -> int:
+    config = GatewayConfig.load(Path(args.config))
+    store = Store(config.database_url)
+    try:
+        with make_client(config) as client:
+            total = 0
+            while True:
+                followed = follow_once(client, store)
+                total += followed.saved.stored
+                if followed.handled == 0:
+                    break
+        print(f"stored {total} new item(s); cursor {store.cursor()}")
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if password != getpass.getpass("password (again): "):
+            raise SystemExit("the passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if len(password) < 12:
+        raise SystemExit("use a password of 12 characters at least")
+    print(hash_password(password))
+    return 0
+
+
+def cmd_new_token(args: argparse.Namespace) -> int:
+    token = secrets.token_urlsafe(32)
+    print(f"token (give it to the TAXII consumer, it is shown once): {token}")
+    print(f'[tokens] line: {args.name} = "{hash_token(token)}"')
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="msmt-gateway", description="The MSMT agency gateway (docs/gateway.md).")
+    sub = p.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="follow the inbox and serve what it received over TAXII 2.1")
+    serve.add_argument("--config", required=True, help="the gateway's TOML configuration")
+    serve.add_argument("--wait", type=float, default=30, help="long-poll seconds per inbox request")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.set_defaults(func=cmd_serve)
+    once = sub.add_parser("follow", help="store what the inbox holds now, then exit")
+    once.add_argument("--config", required=True)
+    once.set_defaults(func=cmd_follow)
+    hashing = sub.add_parser("hash-password", help="hash a TAXII user's password (scrypt) for [users]")
+    hashing.set_defaults(func=cmd_hash_password)
+    token = sub.add_parser("new-token", help="make an API token for a TAXII consumer, and its [tokens] line")
+    token.add_argument("name")
+    token.set_defaults(func=cmd_new_token)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        result: int = args.func(args)
+    except MsmtError as exc:
+        print(f"msmt-gateway: {exc.code}: {exc}", file=sys.stderr)
+        return 2
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
