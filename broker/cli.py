@@ -312,9 +312,28 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
     from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError, ProgrammingError
 
-    # the database is there and migrated, before the server binds its port
-    _read(args, lambda s: s.execute(text("SELECT 1 FROM admins LIMIT 1")).first())
+    # A database that is there but not migrated is a mistake to say before binding the port.
+    # One that does not answer now is an outage: the broker starts all the same, /readyz says
+    # 503 until the database answers, and it recovers by itself (docs/operations.md).
+    try:
+        _read(args, lambda s: s.execute(text("SELECT 1 FROM admins LIMIT 1")).first())
+    except (OperationalError, ProgrammingError) as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+        if isinstance(exc, ProgrammingError) or "no such table" in reason:
+            raise
+        import logging.config
+
+        from .observability import configure_structlog, logging_config
+
+        configure_structlog()  # the server's own log format from its first line on: JSON
+        logging.config.dictConfig(logging_config(args.log_level))
+        logging.getLogger("msmt.broker").warning(
+            "the database %s does not answer (%s); serving anyway: /readyz answers 503 until it does",
+            redact(args.database_url),
+            reason,
+        )
 
     from . import metrics
     from .observability import logging_config

@@ -198,8 +198,10 @@ class InboxNotifier:
                 with psycopg.connect(conninfo, autocommit=True) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self.backend_pid = conn.info.backend_pid
+                    # what was committed while nobody listened is found now; then (not before:
+                    # whoever waits for `listening` must not see this wake-up later) say so
+                    self.wake_all()
                     self._listening.set()
-                    self.wake_all()  # what was committed while nobody listened is found now
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=0.5):
                             if note.channel == CHANNEL:
