@@ -31,6 +31,7 @@ from .client import (
     unavailable_reason,
 )
 from .core import KeyKind, Markings, errors, is_item_id, short_fingerprint, verify
+from .core import report as rp
 from .core.markings import COUNTRY_RE, TLP_LEVELS, TOPICS
 from .core.policy import DEFAULT_LADDER
 from .directory import Directory
@@ -562,6 +563,66 @@ def _pull_one(client: Client, folder: Path, page: InboxPage, index: int) -> Rece
     return received
 
 
+def _apply_withdrawal(client: Client, folder: Path, received: Received, keep: bool) -> None:
+    """A verified withdrawal marks the withdrawn item in FOLDER (`STEM.withdrawn.json`) and, when
+    that item is TLP:RED, deletes its decrypted payload unless `keep` (its signed header stays).
+
+    Nothing is trusted that the statement's own signature and the members' directory do not
+    show: the statement must verify with a signing key of its country, be the sender's, and
+    withdraw an item of that same country; otherwise it is reported and nothing is changed."""
+    header = received.opened.header
+    try:
+        statement, _ = rp.parse_withdrawal(received.payload)
+        key = rp.directory_key(
+            client.directory().state, statement.country, statement.key_id, statement.created_ms
+        )
+        statement = rp.verify_withdrawal(received.payload, key)
+    except errors.MsmtError as exc:
+        print(f"withdrawal {header.item_id} ignored: {_printable(exc.detail)} ({exc.code})", file=sys.stderr)
+        return
+    if statement.country != header.originator or statement.item_id != header.in_reply_to:
+        print(
+            f"withdrawal {header.item_id} ignored: it is not {header.originator}'s own statement about the item it replies to",
+            file=sys.stderr,
+        )
+        return
+    saved = sorted(folder.glob(f"*-{statement.item_id}.header.json"))
+    if not saved:
+        print(
+            f"{header.originator} withdrew item {statement.item_id}, which this folder does not hold",
+            file=sys.stderr,
+        )
+        return
+    stem = saved[0].name.removesuffix(".header.json")
+    withdrawn = json.loads(saved[0].read_text())
+    if (withdrawn.get("originator") or {}).get("country") != statement.country:
+        print(
+            f"withdrawal {header.item_id} ignored: item {statement.item_id} is not {statement.country}'s",
+            file=sys.stderr,
+        )
+        return
+    deleted: list[str] = []
+    if withdrawn.get("markings", {}).get("tlp") == "RED" and not keep:
+        for payload in folder.glob(f"{stem}.*"):
+            if not payload.name.endswith((".header.json", ".withdrawn.json")):
+                payload.unlink()
+                deleted.append(payload.name)
+    marker = {
+        "item_id": statement.item_id,
+        "withdrawn_by": statement.country,
+        "reason": statement.reason,
+        "withdrawn_ms": statement.created_ms,
+        "withdrawal_item": header.item_id,
+        "plaintext_deleted": deleted,
+    }
+    _write_private(folder, f"{stem}.withdrawn.json", json.dumps(marker, indent=2).encode())
+    what = f"; its TLP:RED plaintext was deleted ({', '.join(deleted)})" if deleted else ""
+    print(
+        f"{statement.country} WITHDREW item {statement.item_id}: {_printable(statement.reason)}{what}",
+        file=sys.stderr,
+    )
+
+
 def _cursor(folder: Path) -> int:
     cursor_path = folder / CURSOR_FILE
     return int(cursor_path.read_text()) if cursor_path.exists() else 0
@@ -604,6 +665,8 @@ def _pull_once(client: Client, folder: Path, args: argparse.Namespace, wait: flo
             if received is not None:
                 saved += 1
                 to_acknowledge.append(received)
+                if received.opened.header.content_type == WITHDRAWAL_MEDIA_TYPE:
+                    _apply_withdrawal(client, folder, received, keep=getattr(args, "keep_withdrawn", False))
             elif not _is_unavailable(delivery):
                 failed += 1
             handled += 1
@@ -701,6 +764,23 @@ def cmd_show(args: argparse.Namespace) -> int:
                 Path(args.output).write_bytes(opened.payload)
                 view["payload_written_to"] = args.output
     emit(args, view)
+    return EXIT_OK
+
+
+def cmd_withdraw(args: argparse.Namespace) -> int:
+    """Withdraw an item this agency sent: a signed statement to every one of its recipients
+    (the broker refuses it for anyone else's item, or for fewer recipients)."""
+    from . import reports
+
+    broker_url(args)
+    with _client(args) as client:
+        status = client.status(args.item_id)  # only its originator sees this: ours, or a 404
+        recipients = sorted({d["recipient"] for d in status["deliveries"]})
+        if not recipients:
+            raise ui.UserError(f"item {status['item_id']} has no recipient to tell")
+        markings = Markings.create("UNCLASSIFIED", "AMBER", recipients)
+        sent = reports.send_withdrawal(client, status["item_id"], args.reason, recipients, markings)
+    emit(args, {"withdrawn": status["item_id"], "withdrawal": sent.item_id, "recipients": recipients})
     return EXIT_OK
 
 
@@ -929,11 +1009,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", help="where payloads and headers are written; the cursor is kept in it")
     p.add_argument("--limit", type=int, default=100, help="deliveries per request")
     p.add_argument("--no-ack", action="store_true", help="do not acknowledge what was pulled")
+    p.add_argument(
+        "--keep-withdrawn",
+        action="store_true",
+        help="keep the plaintext of TLP:RED items their originator withdraws",
+    )
 
     p = command("watch", "like pull, forever: long-polls and saves items as they arrive", cmd_watch)
     p.add_argument("folder", help="where payloads and headers are written; the cursor is kept in it")
     p.add_argument("--limit", type=int, default=100, help="deliveries per request")
     p.add_argument("--no-ack", action="store_true", help="do not acknowledge what was pulled")
+    p.add_argument(
+        "--keep-withdrawn",
+        action="store_true",
+        help="keep the plaintext of TLP:RED items their originator withdraws",
+    )
     p.add_argument("--once", action="store_true", help="stop after the first batch")
 
     p = command("show", "verify an item and show its signed header (optionally decrypt it)", cmd_show)
@@ -946,6 +1036,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --open: open an item past its originator's expiry (refused otherwise)",
     )
+
+    p = command("withdraw", "withdraw an item you sent: a signed statement to every recipient", cmd_withdraw)
+    p.add_argument("item_id", help="the item's id, or a unique prefix of it")
+    p.add_argument("--reason", required=True, help="why, in one sentence (shown to every recipient)")
 
     p = command("ack", "acknowledge deliveries by sequence number", cmd_ack)
     p.add_argument("seq", type=int, nargs="+", help="sequence numbers from your inbox")

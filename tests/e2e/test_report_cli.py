@@ -146,3 +146,39 @@ def test_draft_revise_endorse_publish_and_verify(setup: dict[str, object]) -> No
         short = run("report", "publish", report_id, "--version", "1", "-o", str(tmp / "v1.msmt"),
                     env=as_["KOR"], expect=1)  # fmt: skip
         assert not (tmp / "v1.msmt").exists() and "Traceback" not in short.stderr
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_withdrawn_tlp_red_item_loses_its_plaintext_at_the_recipient(
+    setup: dict[str, object], keep: bool
+) -> None:
+    """Issue 13 item 4: the originator withdraws a mis-sent TLP:RED item; the recipient's pull
+    marks it withdrawn and deletes its decrypted payload, unless told to keep it."""
+    tmp, db, env = Path(str(setup["tmp"])), str(setup["db"]), dict(setup["env"])  # type: ignore[call-overload]
+    report = tmp / f"red-{keep}.md"
+    report.write_text("Sent to the wrong partner.\n")
+    inbox = tmp / f"usa-inbox-{keep}"
+    with broker_process(db, AUDIENCE, tmp / f"broker-red-{keep}.log") as base:
+        kor = {**env, "MSMT_BROKER_URL": base, "MSMT_KEYS": str(tmp / "KOR")}
+        usa = {**env, "MSMT_BROKER_URL": base, "MSMT_KEYS": str(tmp / "USA")}
+        sent = json.loads(
+            run(
+                "--json", "submit", str(report), "-c", "RESTRICTED", "--tlp", "RED", "-r", "USA", env=kor
+            ).stdout
+        )
+        item_id = sent["item_id"]
+        keep_flag = ["--keep-withdrawn"] if keep else []
+        run("pull", str(inbox), *keep_flag, env=usa)
+        (payload,) = [p for p in inbox.glob(f"*-{item_id}.*") if not p.name.endswith(".json")]
+        assert payload.read_text() == "Sent to the wrong partner.\n"
+
+        withdrawn = run("withdraw", item_id[:13], "--reason", "sent in error", env=kor)
+        assert item_id in withdrawn.stdout
+        other = run("withdraw", item_id, "--reason", "not mine", env=usa, expect=1)  # not USA's item: a 404
+        assert "originated by USA" in other.stderr and "Traceback" not in other.stderr
+        pulled = run("pull", str(inbox), *keep_flag, env=usa)
+        assert f"KOR WITHDREW item {item_id}: sent in error" in pulled.stderr
+    marker = json.loads(next(inbox.glob(f"*-{item_id}.withdrawn.json")).read_text())
+    assert marker["withdrawn_by"] == "KOR" and marker["reason"] == "sent in error"
+    assert payload.exists() == keep
+    assert next(inbox.glob(f"*-{item_id}.header.json")).exists()  # its signed header stays
