@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from .. import metrics
 from ..observability import note
-from ..problems import Problem, conflict, database_unavailable, not_found
+from ..problems import Problem, conflict, database_unavailable, invalid, not_found
 from ..services import inbox as inbox_service
 from ..services import submit as submit_service
 from ..services.auth import Caller
@@ -185,6 +185,9 @@ async def get_item(item_id: ItemIdOrPrefix, caller: CountryDep, state: StateDep)
     return Response(await run_in_threadpool(load), media_type=ENVELOPE_MEDIA_TYPE)
 
 
+ITEM_ID_LENGTH = 36
+
+
 def resolve_prefix(
     session: Session, caller: str, prefix: str, is_admin: bool, *, received: bool = False
 ) -> str:
@@ -193,6 +196,8 @@ def resolve_prefix(
     items are never counted: no existence oracle."""
     if re.fullmatch(ITEM_ID_PATTERN, prefix):
         return prefix
+    if len(prefix) == ITEM_ID_LENGTH:  # a whole id, but not a UUIDv7 (e.g. a v4): not a prefix
+        raise invalid("invalid-request", f"{prefix} is not an item id (a lowercase UUIDv7)")
     query = select(Item.item_id).where(Item.item_id.startswith(prefix, autoescape=True))
     if received:
         delivered = exists().where(Delivery.item_id == Item.item_id, Delivery.recipient == caller)

@@ -336,9 +336,18 @@ def _add_markings(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("markings of the items sent (default: RESTRICTED, AMBER, the participants)")
     g.add_argument("--classification", "-c", default="RESTRICTED", help="default %(default)s")
     g.add_argument("--tlp", default="AMBER", type=str.upper, choices=TLP_LEVELS, help="default AMBER")
-    g.add_argument("--releasable-to", "-r", action="append", default=[], metavar="WHO")
-    g.add_argument("--caveat", action="append", default=[], metavar="CAVEAT")
-    g.add_argument("--topic", "-t", action="append", default=[], metavar="TOPIC")
+    g.add_argument(
+        "--releasable-to",
+        "-r",
+        action="append",
+        default=[],
+        metavar="WHO",
+        help="releasable to these countries or groups (default: the report's participants)",
+    )
+    g.add_argument(
+        "--caveat", action="append", default=[], metavar="CAVEAT", help="a handling caveat (repeatable)"
+    )
+    g.add_argument("--topic", "-t", action="append", default=[], metavar="TOPIC", help="a topic (repeatable)")
 
 
 def register(sub: Any) -> None:
