@@ -1060,11 +1060,12 @@ def build_parser() -> argparse.ArgumentParser:
     command("directory", "list members and key fingerprints from the verified directory", cmd_directory)
     cli_governance.register(sub, ksub)
     cli_reports.register(sub)
+    cli_outbox.register(sub)
     add_witness_parser(sub)
     return ui.json_anywhere(parser)
 
 
-from . import cli_governance, cli_reports  # noqa: E402 - register their commands on the parser below
+from . import cli_governance, cli_outbox, cli_reports  # noqa: E402 - register their commands on the parser below
 
 
 def classify(exc: BaseException) -> tuple[str, int] | None:

@@ -34,11 +34,23 @@ from .core.errors import (
 from .core.note import Checkpoint
 from .core.receipt import DeliveryReceipt, parse_receipt, sign_receipt, verify_receipt
 from .directory import Directory
-from .errors import BrokerError, BrokerUnavailable, ClientError, OriginatorControlled, PolicyRefused
+from .errors import (
+    BrokerError,
+    BrokerUnavailable,
+    ClientError,
+    OriginatorControlled,
+    PolicyRefused,
+    SubmitPending,
+)
+from .outbox import Outbox
 from .trust import TrustStore
 
 ENVELOPE_MEDIA_TYPE = "application/vnd.msmt.envelope"
-RETRYABLE_STATUS = {500, 502, 503, 504}
+RETRYABLE_STATUS = {429, 500, 502, 503, 504}
+# Answers about the envelope itself, which re-sending the same bytes cannot change (a 401 or a
+# 5xx is about the moment, not the item: the envelope stays pending).
+REFUSES_ENVELOPE = {400, 403, 404, 409, 410, 413, 415, 422}
+MAX_RETRY_AFTER_S = 30.0  # a longer Retry-After is reported, not slept through
 ITEM_ID_PREFIX_RE = re.compile(r"^[0-9a-f]{8}[0-9a-f-]{0,28}$")  # a unique prefix: 8 hex digits at least
 WITNESS_WAITS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.5, 1.0, 1.0, 2.0, 2.0, 3.0)  # ~10 s for the witnesses
 ORCON = "ORCON"
@@ -223,6 +235,16 @@ def check_broker_url(url: str) -> str:
     return text
 
 
+def _retry_after(response: httpx.Response | None) -> float:
+    """The broker's Retry-After in seconds (delay-seconds form only), capped; 0 when absent."""
+    if response is None:
+        return 0.0
+    value = response.headers.get("Retry-After", "").strip()
+    if not value.isdigit():
+        return 0.0
+    return min(float(value), MAX_RETRY_AFTER_S)
+
+
 class _ClientCore:
     def __init__(
         self,
@@ -236,9 +258,13 @@ class _ClientCore:
         directory_ttl_s: float = 60.0,
         check_own_keys: bool = True,
         on_retry: Callable[[str], None] | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         """`on_retry`, when given, is called once per request that is being retried, with a
-        sentence saying why (a command line prints it, so a slow failure is not silent)."""
+        sentence saying why (a command line prints it, so a slow failure is not silent).
+
+        `outbox` keeps every sealed envelope until the broker acknowledged it; by default it is
+        `<agency folder>/outbox` when the trust store has a folder, else kept in memory."""
         base_url = check_broker_url(base_url)
         self.base_url = base_url
         self.on_retry = on_retry
@@ -251,6 +277,10 @@ class _ClientCore:
         self.directory_ttl_s = directory_ttl_s
         self._directory: Directory | None = None
         self._directory_at = 0.0
+        if outbox is None:
+            folder = trust.folder if trust is not None else None
+            outbox = Outbox(folder / "outbox" if folder is not None else None)
+        self.outbox = outbox
 
     @property
     def country(self) -> str:
@@ -269,9 +299,12 @@ class _ClientCore:
         request.headers["Authorization"] = f"Bearer {token}"
         return request
 
-    def _delay(self, attempt: int) -> float:
+    def _delay(self, attempt: int, response: httpx.Response | None = None) -> float:
+        """Exponential backoff with jitter, or the broker's Retry-After when it asks for longer
+        (up to MAX_RETRY_AFTER_S)."""
         delay: float = min(self.backoff_s * 2**attempt, 8.0)
-        return delay * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not a secret
+        delay *= 0.5 + random.random() / 2  # noqa: S311 - jitter, not a secret
+        return max(delay, _retry_after(response))
 
     @staticmethod
     def _retryable(response: httpx.Response | None) -> bool:
@@ -316,6 +349,32 @@ class _ClientCore:
         if problem.get("type") == "urn:msmt:problem:recipients-refused":
             raise PolicyRefused(response.status_code, problem)
         raise BrokerError(response.status_code, problem)
+
+    def _keep(self, envelope: bytes) -> str | None:
+        """Put an envelope in the outbox before it is submitted; its item id (None for bytes
+        that are not an envelope at all: the broker's refusal of those is all that is wanted)."""
+        try:
+            item_id = parse(envelope).header.item_id
+        except EnvelopeError:
+            return None
+        self.outbox.put(item_id, envelope)
+        return item_id
+
+    def _not_acknowledged(self, item_id: str | None, exc: ClientError) -> ClientError:
+        """What a failed submission raises: a refusal that re-sending cannot change moves the
+        envelope aside (and is raised as it is); anything else leaves it pending."""
+        if item_id is None:
+            return exc
+        if isinstance(exc, BrokerError) and exc.status in REFUSES_ENVELOPE:
+            self.outbox.refuse(item_id, exc.status, exc.code, str(exc.problem.get("detail", "")))
+            return exc
+        return SubmitPending(item_id, str(exc))
+
+    def _accepted(self, response: httpx.Response) -> Receipt:
+        receipt = self._receipt(response.json())
+        if receipt.item_id not in self.trust.sent_items:  # a re-sent item was maybe recorded
+            self.trust.record_sent(receipt.item_id)
+        return receipt
 
     def _cached_directory(self) -> Directory | None:
         if self._directory is not None and time.monotonic() - self._directory_at < self.directory_ttl_s:
@@ -674,7 +733,7 @@ class Client(_ClientCore):
                 return self._raise_for_problem(response)
             if response is not None:
                 self._retrying(attempt, response, None)
-            time.sleep(self._delay(attempt))
+            time.sleep(self._delay(attempt, response))
         raise AssertionError("unreachable")
 
     def directory(self, *, refresh: bool = False) -> Directory:
@@ -702,18 +761,36 @@ class Client(_ClientCore):
     def submit(self, envelope: bytes) -> Receipt:
         """Submit sealed envelope bytes; safe to call again with the same bytes.
 
-        When the members' root pins a log, the receipt is checked to be in it: the log's leaf
-        for this item must be exactly what we sent, under a checkpoint consistent with every
-        one we verified before."""
-        response = self._request(
-            "POST", "/v1/items", content=envelope, headers={"Content-Type": ENVELOPE_MEDIA_TYPE}
-        )
-        receipt = self._receipt(response.json())
-        if response.status_code != 200:  # 200 answers an identical re-submission
-            self.trust.record_sent(receipt.item_id)
+        The envelope stays in the outbox until the receipt is checked; when the broker cannot
+        be reached (or keeps answering 5xx/429) this raises `SubmitPending` and the outbox
+        re-sends the same bytes later. When the members' root pins a log, the receipt is
+        checked to be in it: the log's leaf for this item must be exactly what we sent, under
+        a checkpoint consistent with every one we verified before."""
+        item_id = self._keep(envelope)
+        try:
+            response = self._request(
+                "POST", "/v1/items", content=envelope, headers={"Content-Type": ENVELOPE_MEDIA_TYPE}
+            )
+        except ClientError as exc:
+            raise self._not_acknowledged(item_id, exc) from exc
+        receipt = self._accepted(response)
         if receipt.log_index is not None and self.trust.log is not None:
             self.prove_included(receipt.log_index, self._sent_leaf(receipt, envelope))
+        if item_id is not None:
+            self.outbox.done(item_id)
         return receipt
+
+    def resend_pending(self) -> list[Receipt]:
+        """Submit every envelope still in the outbox, oldest first, with the bytes it was
+        sealed with. Refused ones are moved aside (see `outbox.refused()`); raises
+        `SubmitPending` when the broker still cannot be reached."""
+        receipts = []
+        for entry in self.outbox.pending():
+            try:
+                receipts.append(self.submit(entry.envelope))
+            except BrokerError:
+                continue  # moved aside with the broker's reason
+        return receipts
 
     def _newer_checkpoint(self) -> Checkpoint:
         try:
@@ -970,7 +1047,7 @@ class AsyncClient(_ClientCore):
                 return self._raise_for_problem(response)
             if response is not None:
                 self._retrying(attempt, response, None)
-            await asyncio.sleep(self._delay(attempt))
+            await asyncio.sleep(self._delay(attempt, response))
         raise AssertionError("unreachable")
 
     async def directory(self, *, refresh: bool = False) -> Directory:
@@ -991,15 +1068,28 @@ class AsyncClient(_ClientCore):
         return self._preflight(response.json())
 
     async def submit(self, envelope: bytes) -> Receipt:
-        response = await self._request(
-            "POST", "/v1/items", content=envelope, headers={"Content-Type": ENVELOPE_MEDIA_TYPE}
-        )
-        receipt = self._receipt(response.json())
-        if response.status_code != 200:
-            self.trust.record_sent(receipt.item_id)
+        item_id = self._keep(envelope)
+        try:
+            response = await self._request(
+                "POST", "/v1/items", content=envelope, headers={"Content-Type": ENVELOPE_MEDIA_TYPE}
+            )
+        except ClientError as exc:
+            raise self._not_acknowledged(item_id, exc) from exc
+        receipt = self._accepted(response)
         if receipt.log_index is not None and self.trust.log is not None:
             await self.prove_included(receipt.log_index, self._sent_leaf(receipt, envelope))
+        if item_id is not None:
+            self.outbox.done(item_id)
         return receipt
+
+    async def resend_pending(self) -> list[Receipt]:
+        receipts = []
+        for entry in self.outbox.pending():
+            try:
+                receipts.append(await self.submit(entry.envelope))
+            except BrokerError:
+                continue
+        return receipts
 
     async def log_checkpoint(self) -> Checkpoint:
         data = (await self._request("GET", "/v1/log/checkpoint", params=self._checkpoint_params())).json()

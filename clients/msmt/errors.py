@@ -26,6 +26,22 @@ class BrokerUnavailable(ClientError):
     code = "broker-unavailable"
 
 
+class SubmitPending(BrokerUnavailable):
+    """A sealed item the broker has not acknowledged: it is kept in the outbox, and re-sending
+    it (`Client.resend_pending()`, `msmt outbox send`) submits the same bytes, so it can never
+    be stored twice. Never call `send()` again for the same report."""
+
+    code = "submit-pending"
+
+    def __init__(self, item_id: str, cause: str) -> None:
+        self.item_id = item_id
+        self.cause = cause
+        super().__init__(
+            f"item {item_id} is not acknowledged yet ({cause}); it is kept in the outbox and "
+            "`msmt outbox send` re-sends the same bytes"
+        )
+
+
 class PolicyRefused(BrokerError):
     """Policy does not allow one or more recipients; `refusals` names every failed rule."""
 

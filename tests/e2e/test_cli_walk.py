@@ -99,6 +99,12 @@ SUCCEEDS = {
     ("msmt", "keys-unreachable", ("keys", "show")),
     ("msmt", "keys-unreachable", ("keys", "export")),
     ("msmt", "keys-unreachable", ("trust", "show")),
+    # the outbox is local: listing it needs no broker, and sending an empty one contacts none
+    ("msmt", "keys-no-scheme", ("outbox",)),
+    ("msmt", "keys-no-scheme", ("outbox", "list")),
+    ("msmt", "keys-unreachable", ("outbox",)),
+    ("msmt", "keys-unreachable", ("outbox", "list")),
+    ("msmt", "keys-unreachable", ("outbox", "send")),
     ("msmt-broker", "missing-db", ("migrate",)),
     ("msmt-broker", "empty-db", ("migrate",)),
     ("msmt-broker", "missing-db", ("policy", "schema")),
