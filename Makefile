@@ -7,10 +7,10 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: demo test lint bench vectors clean
 
-$(STAMP): pyproject.toml clients/pyproject.toml
+$(STAMP): pyproject.toml clients/pyproject.toml clients/verify/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e './clients[gateway]' -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e './clients[gateway]' -e ./clients/verify -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)

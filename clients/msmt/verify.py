@@ -10,8 +10,12 @@ Exit status: 0 the bundle verifies (and, with --root-fingerprint, chains to that
 1 the bundle is rejected (one sentence says why); 2 usage error, unreadable bundle, unwritable
 page.
 
-This module imports only the standard library, `cryptography` and `msmt.core`: it must keep
-working where the client's HTTP and token libraries are not installed.
+This module imports only the standard library, `cryptography` and the pure core (`.core`, by
+relative imports only): it must keep working where the client's HTTP and token libraries are not
+installed. It is shipped twice from this one file: in msmt-client as `msmt.verify`
+(`python -m msmt.verify`), and as `msmt_verify.verify` in the msmt-verify distribution
+(clients/verify/pyproject.toml), which holds nothing but this module and the core, depends on
+`cryptography` alone and owns the `msmt-verify` command.
 """
 
 from __future__ import annotations
@@ -183,8 +187,8 @@ Rule: {e(m.rule.describe(len(m.participants)))}, met on {e(rp.time_of(verdict.sa
  This page only displays it; the bundle is the evidence.</li>
 <li>Obtain the members' root fingerprint from the member states themselves, over a channel you trust,
  and check that it is <code>{e(verdict.root_fingerprint)}</code>.</li>
-<li>Install the verifier (<code>msmt-verify</code>, part of <code>pip install msmt-client</code>; it
- uses only Python 3.11 and <code>cryptography</code> and never the network) and run:
+<li>Install the verifier (<code>pip install msmt-verify</code>, a small package of its own; it
+ needs only Python 3.11 and <code>cryptography</code> and never uses the network) and run:
 <pre>{e(command)}</pre>
  It checks the report and attachment hashes, every endorsement signature (ML-DSA-65 and Ed25519),
  that each signing key belonged to the endorsing state at the time, by replaying the members'
