@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from msmt.client import Batch, Delivery, InboxPage, Received, Rejected
-from msmt.core import Markings, open_envelope, seal
+from msmt.core import Markings, SigningPrivateKey, SigningPublicKey, open_envelope, seal
+from msmt.core import report as rp
 from msmt.errors import BrokerUnavailable
 from tests.integration.conftest import _KEYS
 
@@ -59,6 +60,72 @@ def received(
     return Received(delivery, opened, "ab" * 32)
 
 
+def withdrawal(
+    seq: int,
+    item_id: str,
+    *,
+    origin: str = "KOR",
+    country: str | None = None,
+    signer: SigningPrivateKey | None = None,
+    reason: str = "Mis-sent: the vessel was misidentified.",
+    in_reply_to: str | None = None,
+) -> Received:
+    """A withdrawal of `item_id` sent by `origin`, opened by USA. By default the statement is
+    `origin`'s own, signed with its key; `country`, `signer` and `in_reply_to` forge it."""
+    now = int(time.time() * 1000)
+    statement = rp.withdraw(
+        item_id, country or origin, signer or _KEYS[country or origin].signing, now, reason
+    )
+    envelope = seal(
+        statement,
+        content_type=rp.WITHDRAWAL_MEDIA_TYPE,
+        markings=Markings.create("RESTRICTED", "AMBER", ["USA"], topics=["maritime"]),
+        recipients=[("USA", _KEYS["USA"].encryption.public_key)],
+        originator=origin,
+        signing_key=_KEYS[origin].signing,
+        created_ms=now,
+        in_reply_to=in_reply_to or item_id,
+    )
+    opened = open_envelope(
+        envelope,
+        recipient="USA",
+        private_key=_KEYS["USA"].encryption,
+        originator_key=_KEYS[origin].signing.public_key,
+    )
+    delivery = Delivery(
+        seq,
+        opened.header.item_id,
+        origin,
+        now,
+        now,
+        "RESTRICTED",
+        "AMBER",
+        rp.WITHDRAWAL_MEDIA_TYPE,
+        len(envelope),
+        40 + seq,
+        "pending",
+    )
+    return Received(delivery, opened, "cd" * 32)
+
+
+@dataclass(frozen=True)
+class _State:
+    """The members' signing keys, as a verified directory would give them."""
+
+    seq: int = 1
+
+    def signing_key(self, country: str, key_id: str, at_ms: int) -> SigningPublicKey | None:
+        keys = _KEYS.get(country)
+        if keys is None or keys.signing.public_key.key_id != key_id:
+            return None
+        return keys.signing.public_key
+
+
+@dataclass(frozen=True)
+class FakeDirectory:
+    state: Any = field(default_factory=_State)
+
+
 def rejected(seq: int) -> Rejected:
     delivery = Delivery(seq, "0" * 32, "JPN", 1, 1, "RESTRICTED", "AMBER", "text/plain", 10, seq, "pending")
     return Rejected(delivery, BrokerUnavailable("bad signature"), b"\x00bytes")
@@ -91,6 +158,9 @@ class FakeInbox:
             if page.cursor > after:
                 return page
         return Batch(InboxPage((), after), (), ())
+
+    def directory(self, *, refresh: bool = False) -> FakeDirectory:
+        return FakeDirectory()
 
     def confirm(self, received: Iterable[Received], *, unavailable: Iterable[Delivery] = ()) -> list[int]:
         items = list(received)

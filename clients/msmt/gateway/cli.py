@@ -57,7 +57,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     follower = threading.Thread(
         target=follow,
         args=(client, store, stop),
-        kwargs={"wait": args.wait},
+        kwargs={"wait": args.wait, "keep_withdrawn": config.keep_withdrawn},
         name="inbox-follower",
         daemon=True,
     )
@@ -93,7 +93,7 @@ def cmd_follow(args: argparse.Namespace) -> int:
         with make_client(config) as client:
             total = 0
             while True:
-                followed = follow_once(client, store)
+                followed = follow_once(client, store, keep_withdrawn=config.keep_withdrawn)
                 total += followed.saved.stored
                 if followed.handled == 0:
                     break

@@ -6,6 +6,7 @@
     database_url = "sqlite:////var/lib/msmt-gateway/gateway.db"
     listen = "127.0.0.1:8600"
     audience = "msmt-broker"
+    keep_withdrawn = false                       # true: keep withdrawn TLP:RED items' plaintext
 
     [users]                                      # HTTP Basic; `msmt-gateway hash-password`
     analyst = "scrypt$16384$8$1$<salt>$<hash>"
@@ -123,6 +124,7 @@ class GatewayConfig:
     audience: str
     credentials: Credentials
     title: str = "MSMT agency gateway"
+    keep_withdrawn: bool = False  # keep the plaintext of TLP:RED items their originator withdraws
 
     @classmethod
     def load(cls, path: Path) -> GatewayConfig:
@@ -144,6 +146,7 @@ class GatewayConfig:
             "users",
             "tokens",
             "title",
+            "keep_withdrawn",
         }
         unknown = set(data) - known
         if unknown:
@@ -155,6 +158,9 @@ class GatewayConfig:
         host, _, port = str(data.get("listen", DEFAULT_LISTEN)).rpartition(":")
         if not host or not port.isdigit():
             raise ConfigError(f"listen must be 'host:port', not {data.get('listen')!r}")
+        keep_withdrawn = data.get("keep_withdrawn", False)
+        if not isinstance(keep_withdrawn, bool):
+            raise ConfigError("keep_withdrawn must be true or false")
         users, tokens = data.get("users", {}), data.get("tokens", {})
         if not isinstance(users, dict) or not isinstance(tokens, dict):
             raise ConfigError("[users] and [tokens] must be tables of name = hash")
@@ -174,4 +180,5 @@ class GatewayConfig:
                 {str(k): str(v) for k, v in users.items()}, {str(k): str(v) for k, v in tokens.items()}
             ),
             title=str(data.get("title", "MSMT agency gateway")),
+            keep_withdrawn=keep_withdrawn,
         )

@@ -7,6 +7,17 @@ The schema is made with `metadata.create_all` for now (no Alembic migrations yet
 transaction, and only after it committed are they confirmed (signed receipts) and
 acknowledged; the cursor is saved last. A crash anywhere re-delivers the page, and the unique
 item id makes storing it again a no-op, so nothing is lost and nothing is duplicated.
+
+A withdrawal (an item whose payload is its originator's signed `msmt-withdrawal-v1` statement,
+docs/reports.md section 5) is checked like the CLI checks it: the statement verifies with a
+signing key the members' directory gives its country, its country is the withdrawal's sender
+and it names the item the withdrawal replies to; the withdrawn item must be that country's
+too. Then, in the same transaction as the page: the withdrawn item is marked
+(`gateway_withdrawals`), each STIX object whose current version it carried gets a new version
+with `"revoked": true` and a later `modified` (STIX 2.1, section 3.6), and when it is TLP:RED
+its plaintext is deleted (payload and the objects' content; the revoked versions keep only
+what identifies them) unless the gateway is told to keep it. Anything else is recorded as
+refused and changes nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +28,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +36,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Engine,
     ForeignKey,
     Index,
@@ -34,6 +46,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     create_engine,
+    event,
     func,
     or_,
     select,
@@ -43,11 +56,16 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_col
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..client import Batch, Delivery, Received
+from ..core import governance as gov
+from ..core import report as rp
+from ..core.errors import MsmtError
+from ..errors import ClientError
 from . import stix
 
 log = logging.getLogger("msmt.gateway")
 
 CURSOR_KEY = "inbox_cursor"
+WITHDRAWAL_MEDIA_TYPE = rp.WITHDRAWAL_MEDIA_TYPE
 
 
 class Base(DeclarativeBase):
@@ -111,6 +129,27 @@ class RejectedDelivery(Base):
     rejected_ms: Mapped[int] = mapped_column(BigInteger)
 
 
+class Withdrawn(Base):
+    """A withdrawal this gateway received (its own item is in `gateway_items` too): which item
+    it withdraws, and what was done about it. A new table rather than new columns, so that a
+    database made before it gains it from `create_all`."""
+
+    __tablename__ = "gateway_withdrawals"
+
+    withdrawal_item_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    item_id: Mapped[str] = mapped_column(String(64), index=True)  # the item withdrawn
+    originator: Mapped[str] = mapped_column(String(16))  # who sent the withdrawal
+    reason: Mapped[str] = mapped_column(Text)
+    withdrawn_ms: Mapped[int] = mapped_column(BigInteger)  # when its originator signed it
+    stored_ms: Mapped[int] = mapped_column(BigInteger)
+    # when the withdrawn item was marked here: None while this gateway does not hold it (it is
+    # marked as soon as it is stored), or when the withdrawal was refused
+    applied_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    refused: Mapped[str | None] = mapped_column(Text, nullable=True)  # why it changed nothing
+    revoked: Mapped[int] = mapped_column(Integer, default=0)  # STIX objects given a revoked version
+    plaintext_deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
 class State(Base):
     __tablename__ = "gateway_state"
 
@@ -169,6 +208,7 @@ class Saved:
     duplicates: int  # items stored before (a re-delivery)
     rejected: int
     objects: int  # STIX objects indexed
+    withdrawn: int = 0  # items marked withdrawn
 
 
 @dataclass(frozen=True)
@@ -180,11 +220,21 @@ class ObjectPage:
     next: str | None
 
 
+def _sqlite_secure_delete(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA secure_delete = ON")
+    cursor.close()
+
+
 class Store:
     def __init__(self, url: str, *, echo: bool = False) -> None:
         private_sqlite_file(url)
         self.url = url
         self.engine: Engine = create_engine(url, echo=echo)
+        if self.engine.dialect.name == "sqlite":
+            # deleted content (a withdrawn TLP:RED item's plaintext) is overwritten, not left in
+            # free pages of the file
+            event.listen(self.engine, "connect", _sqlite_secure_delete)
         Base.metadata.create_all(self.engine)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
@@ -208,24 +258,59 @@ class Store:
 
     # --- storing ---------------------------------------------------------------------------
 
-    def save(self, batch: Batch, at_ms: int | None = None) -> Saved:
-        """Store a page's received items and rejections in one transaction (committed on return)."""
+    def save(
+        self,
+        batch: Batch,
+        at_ms: int | None = None,
+        *,
+        withdrawals: Mapping[str, rp.Withdrawal | MsmtError] | None = None,
+        keep_withdrawn: bool = False,
+    ) -> Saved:
+        """Store a page's received items and rejections in one transaction (committed on return).
+
+        `withdrawals` maps the item id of each withdrawal in the page to its statement as
+        `check_withdrawal` verified it, or to why it did not verify (`follow_once` makes it); a
+        withdrawal missing from it is refused. `keep_withdrawn` keeps the plaintext of
+        withdrawn TLP:RED items."""
         at_ms = now_ms() if at_ms is None else at_ms
-        stored = duplicates = objects = rejected = 0
+        checked = withdrawals or {}
+        stored = duplicates = objects = rejected = withdrawn = 0
         with self.sessions.begin() as session:
             last_us = session.scalar(select(func.max(StixObject.added_us))) or 0
             for received in batch.received:
-                if session.get(Item, received.opened.header.item_id) is not None:
+                header = received.opened.header
+                if session.get(Item, header.item_id) is not None:
                     duplicates += 1
                     continue
                 item = _item(received, at_ms)
                 session.add(item)
                 session.flush()  # the item row before the objects that refer to it
                 added = _objects(session, item, received, max(at_ms * 1000, last_us + 1))
-                if added:
-                    last_us = added[-1].added_us
                 objects += len(added)
                 stored += 1
+                pending = list(
+                    session.scalars(
+                        select(Withdrawn).where(
+                            Withdrawn.item_id == item.item_id,
+                            Withdrawn.applied_ms.is_(None),
+                            Withdrawn.refused.is_(None),
+                        )
+                    )
+                )  # withdrawn before it reached this gateway
+                if header.content_type == WITHDRAWAL_MEDIA_TYPE:
+                    statement = checked.get(header.item_id) or ClientError(
+                        "its signed statement was not checked against the members' directory"
+                    )
+                    pending.append(_record_withdrawal(session, received, statement, at_ms))
+                for withdrawal in pending:
+                    if withdrawal.refused is not None:
+                        continue
+                    first_us = max(at_ms * 1000, last_us + 1, *(row.added_us + 1 for row in added))
+                    revoked = _apply_withdrawal(session, withdrawal, at_ms, first_us, keep_withdrawn)
+                    added += revoked
+                    withdrawn += withdrawal.applied_ms is not None
+                if added:
+                    last_us = max(last_us, *(row.added_us for row in added))
             for rejection in batch.rejected:
                 delivery = rejection.delivery
                 if session.get(RejectedDelivery, delivery.seq) is not None:
@@ -242,13 +327,21 @@ class Store:
                     )
                 )
                 rejected += 1
-        return Saved(stored, duplicates, rejected, objects)
+        return Saved(stored, duplicates, rejected, objects, withdrawn)
 
     # --- reading ---------------------------------------------------------------------------
 
     def item(self, item_id: str) -> Item | None:
         with self.sessions() as session:
             return session.get(Item, item_id)
+
+    def withdrawals(self, item_id: str | None = None) -> list[Withdrawn]:
+        """The withdrawals received (of `item_id` only, when given), in the order stored."""
+        query = select(Withdrawn).order_by(Withdrawn.stored_ms, Withdrawn.withdrawal_item_id)
+        if item_id is not None:
+            query = query.where(Withdrawn.item_id == item_id)
+        with self.sessions() as session:
+            return list(session.scalars(query))
 
     def items(self) -> list[Item]:
         with self.sessions() as session:
@@ -391,7 +484,161 @@ def _objects(session: Session, item: Item, received: Received, first_us: int) ->
     return rows
 
 
+# --- withdrawals ---------------------------------------------------------------------------
+
+
+class WithdrawalRefused(ClientError):
+    code = "withdrawal-refused"
+
+
+def check_withdrawal(received: Received, directory: gov.DirectoryState) -> rp.Withdrawal:
+    """The statement a withdrawal carries, verified as the CLI verifies it: with a signing key
+    the members' directory gives its country at the time it was signed; its country must be
+    the withdrawal's sender and its item the one the withdrawal replies to. Raises MsmtError."""
+    header = received.opened.header
+    statement, _ = rp.parse_withdrawal(received.payload)
+    key = rp.directory_key(directory, statement.country, statement.key_id, statement.created_ms)
+    statement = rp.verify_withdrawal(received.payload, key)
+    if statement.country != header.originator or statement.item_id != header.in_reply_to:
+        raise WithdrawalRefused(
+            f"it is not {header.originator}'s own statement about the item it replies to "
+            f"(the statement is {statement.country}'s, about item {statement.item_id})"
+        )
+    return statement
+
+
+def _record_withdrawal(
+    session: Session, received: Received, statement: rp.Withdrawal | MsmtError, at_ms: int
+) -> Withdrawn:
+    header = received.opened.header
+    if isinstance(statement, rp.Withdrawal):
+        row = Withdrawn(
+            withdrawal_item_id=header.item_id,
+            item_id=statement.item_id,
+            originator=header.originator,
+            reason=statement.reason,
+            withdrawn_ms=statement.created_ms,
+            stored_ms=at_ms,
+            revoked=0,
+            plaintext_deleted=False,
+        )
+    else:
+        refused = f"{statement.code}: {statement.detail}"[:4000]
+        log.warning("withdrawal %s from %s refused: %s", header.item_id, header.originator, refused)
+        row = Withdrawn(
+            withdrawal_item_id=header.item_id,
+            item_id=(header.in_reply_to or "")[:64],
+            originator=header.originator,
+            reason="",
+            withdrawn_ms=header.created_ms,
+            stored_ms=at_ms,
+            refused=refused,
+            revoked=0,
+            plaintext_deleted=False,
+        )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def _revocable(obj: dict[str, Any]) -> bool:
+    """STIX 2.1 objects that can be revoked: those with `created` (SDOs, SROs, language
+    content...), not marking definitions (never versioned) nor cyber-observables (no `revoked`)."""
+    return obj.get("type") != "marking-definition" and "created" in obj
+
+
+_TOMBSTONE_KEYS = ("type", "spec_version", "id", "created", "created_by_ref", "object_marking_refs")
+
+
+def _apply_withdrawal(
+    session: Session, withdrawal: Withdrawn, at_ms: int, first_us: int, keep: bool
+) -> list[StixObject]:
+    """Mark the withdrawn item, if this gateway holds it and it is the withdrawer's: revoke the
+    STIX objects whose current version it carried, and delete a TLP:RED item's plaintext
+    unless `keep`. Returns the revoked versions added (dated from `first_us`)."""
+    target = session.get(Item, withdrawal.item_id)
+    if target is None:
+        log.info(
+            "%s withdrew item %s, which this gateway does not hold (yet)",
+            withdrawal.originator,
+            withdrawal.item_id,
+        )
+        return []
+    if target.originator != withdrawal.originator:
+        withdrawal.refused = (
+            f"withdrawal-refused: item {target.item_id} was sent by {target.originator}, not "
+            f"{withdrawal.originator}: only its originator may withdraw it"
+        )
+        log.warning("withdrawal %s refused: %s", withdrawal.withdrawal_item_id, withdrawal.refused)
+        return []
+    delete = target.tlp == "RED" and not keep
+    rows = list(
+        session.scalars(
+            select(StixObject)
+            .where(StixObject.item_id == target.item_id, StixObject.collection == target.originator)
+            .order_by(StixObject.pk)
+        )
+    )
+    revoked: list[StixObject] = []
+    added_us = first_us
+    for object_id in dict.fromkeys(row.object_id for row in rows):
+        latest = session.scalars(
+            select(StixObject)
+            .where(StixObject.collection == target.originator, StixObject.object_id == object_id)
+            .order_by(StixObject.version.desc(), StixObject.pk.desc())
+            .limit(1)
+        ).one()
+        current = json.loads(latest.data)
+        if latest.item_id != target.item_id or not _revocable(current) or current.get("revoked") is True:
+            continue  # a later version came in another item, or it cannot be revoked
+        try:
+            previous_us = parse_timestamp_us(latest.version)
+        except ValueError:
+            previous_us = 0
+        modified = timestamp(max(at_ms * 1000, previous_us + 1))
+        # for a TLP:RED item whose plaintext goes: only what identifies the object, and its markings
+        keys = _TOMBSTONE_KEYS if delete else tuple(current)
+        data = {key: current[key] for key in keys if key in current}
+        data.update(modified=modified, revoked=True)
+        row = StixObject(
+            collection=target.originator,
+            object_id=object_id,
+            object_type=latest.object_type,
+            spec_version=latest.spec_version,
+            version=modified,
+            added_us=added_us,
+            item_id=withdrawal.withdrawal_item_id,
+            data=json.dumps(data, sort_keys=True),
+        )
+        session.add(row)
+        revoked.append(row)
+        added_us += 1
+    if delete:
+        for row in rows:
+            if row.object_id not in stix.TLP_BY_ID:  # the public TLP definitions are no secret
+                session.delete(row)
+        target.payload = b""
+    withdrawal.applied_ms = at_ms
+    withdrawal.revoked = len(revoked)
+    withdrawal.plaintext_deleted = delete
+    session.flush()
+    log.warning(
+        "%s withdrew item %s (%s): %d STIX object(s) revoked%s",
+        withdrawal.originator,
+        target.item_id,
+        withdrawal.reason[:200],
+        len(revoked),
+        "; its TLP:RED plaintext was deleted" if delete else "",
+    )
+    return revoked
+
+
 # --- following the inbox ----------------------------------------------------------------
+
+
+class _VerifiedDirectory(Protocol):
+    @property
+    def state(self) -> gov.DirectoryState: ...
 
 
 class InboxClient(Protocol):
@@ -400,6 +647,8 @@ class InboxClient(Protocol):
     def receive(self, after: int = 0, *, limit: int = 100, wait: float = 0) -> Batch: ...
 
     def confirm(self, received: Iterable[Received], *, unavailable: Iterable[Delivery] = ()) -> list[int]: ...
+
+    def directory(self, *, refresh: bool = False) -> _VerifiedDirectory: ...
 
 
 @dataclass(frozen=True)
@@ -414,19 +663,40 @@ class Followed:
         return self.saved.stored + self.saved.duplicates + self.saved.rejected + self.unavailable
 
 
-def follow_once(client: InboxClient, store: Store, *, wait: float = 0, limit: int = 100) -> Followed:
+def check_withdrawals(client: InboxClient, batch: Batch) -> dict[str, rp.Withdrawal | MsmtError]:
+    """Each withdrawal of the page: its verified statement, or why it does not verify."""
+    checked: dict[str, rp.Withdrawal | MsmtError] = {}
+    state: gov.DirectoryState | None = None
+    for received in batch.received:
+        header = received.opened.header
+        if header.content_type != WITHDRAWAL_MEDIA_TYPE:
+            continue
+        if state is None:
+            state = client.directory().state  # verified from the pinned root
+        try:
+            checked[header.item_id] = check_withdrawal(received, state)
+        except MsmtError as exc:
+            checked[header.item_id] = exc
+    return checked
+
+
+def follow_once(
+    client: InboxClient, store: Store, *, wait: float = 0, limit: int = 100, keep_withdrawn: bool = False
+) -> Followed:
     """One inbox page: receive (verify, decrypt) -> store in one transaction -> confirm and
     acknowledge only after that commit -> move the cursor. Rejected deliveries are stored as
-    such and never acknowledged; the cursor moves past them (one bad item blocks nothing)."""
+    such and never acknowledged; the cursor moves past them (one bad item blocks nothing).
+    Withdrawals are verified and applied in the page's transaction (`Store.save`)."""
     batch = client.receive(store.cursor(), limit=limit, wait=wait)
-    saved = store.save(batch)
+    saved = store.save(batch, withdrawals=check_withdrawals(client, batch), keep_withdrawn=keep_withdrawn)
     acknowledged = client.confirm(batch.received, unavailable=batch.unavailable)
     store.set_cursor(batch.cursor)
     if saved.stored or saved.rejected:
         log.info(
-            "stored %d item(s) (%d STIX objects), %d rejected, %d re-delivered; cursor %d",
+            "stored %d item(s) (%d STIX objects, %d withdrawn), %d rejected, %d re-delivered; cursor %d",
             saved.stored,
             saved.objects,
+            saved.withdrawn,
             saved.rejected,
             saved.duplicates,
             batch.cursor,
@@ -460,6 +730,7 @@ def follow(
     limit: int = 100,
     backoff: Backoff | None = None,
     sleep: Callable[[float], object] | None = None,
+    keep_withdrawn: bool = False,
 ) -> None:
     """Follow the inbox until `stop` is set, reconnecting forever: any error (the broker
     unreachable or answering 5xx, the database down) waits a capped exponential backoff and
@@ -468,7 +739,7 @@ def follow(
     pause = sleep or stop.wait
     while not stop.is_set():
         try:
-            followed = follow_once(client, store, wait=wait, limit=limit)
+            followed = follow_once(client, store, wait=wait, limit=limit, keep_withdrawn=keep_withdrawn)
         except Exception as exc:
             delay = backoff.next_delay()
             log.warning(
