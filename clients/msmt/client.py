@@ -31,6 +31,7 @@ from .core.errors import (
     LeafMismatch,
     NotWitnessed,
 )
+from .core.ids import is_item_id
 from .core.note import Checkpoint
 from .core.receipt import DeliveryReceipt, parse_receipt, sign_receipt, verify_receipt
 from .directory import Directory
@@ -337,6 +338,21 @@ class _ClientCore:
         return f"/v1/items/{text}/status"
 
     @staticmethod
+    def _resolved(asked: str, status: dict[str, Any]) -> dict[str, Any]:
+        """The broker's status answer for `asked` (an id or a unique prefix of one): it must be
+        of an item whose id starts with it, or the broker resolved the prefix to another item."""
+        item_id = status.get("item_id") if isinstance(status, dict) else None
+        if (
+            not isinstance(item_id, str)
+            or not is_item_id(item_id)
+            or not item_id.startswith(asked.strip().lower())
+        ):
+            raise ClientError(
+                f"the broker answered {asked!r} with item {str(item_id)[:64]!r}, which does not start with it"
+            )
+        return status
+
+    @staticmethod
     def _raise_for_problem(response: httpx.Response) -> httpx.Response:
         if response.status_code < 400:
             return response
@@ -611,6 +627,10 @@ class _ClientCore:
         members' directory and names this item and its inbox entry), "missing", or "no
         delivery" when the broker shows none at all (withheld or deleted)."""
         header = verify(envelope, self.keys.signing.public_key).header  # our own item, unaltered
+        if header.item_id != status["item_id"]:
+            raise ClientError(
+                f"the broker answered item {status['item_id']} with item {header.item_id}'s envelope"
+            )
         if header.originator != self.country:
             raise ClientError(f"item {header.item_id} was not sent by {self.country}")
         shown = {d["recipient"] for d in status["deliveries"]}
@@ -956,7 +976,9 @@ class Client(_ClientCore):
     def status(self, item_id: str) -> dict[str, Any]:
         """Delivery state of an item this agency sent: its full id, or a unique prefix of it
         (8 hex digits at least) among this agency's own items; `item_id` in the answer is full."""
-        result: dict[str, Any] = self._request("GET", self._status_path(item_id)).json()
+        result: dict[str, Any] = self._resolved(
+            item_id, self._request("GET", self._status_path(item_id)).json()
+        )
         return result
 
     def delivery_proofs(self, item_id: str) -> dict[str, str]:
@@ -1225,7 +1247,9 @@ class AsyncClient(_ClientCore):
         return await self.acknowledge([*(r.delivery.seq for r in items), *gone])
 
     async def status(self, item_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = (await self._request("GET", self._status_path(item_id))).json()
+        result: dict[str, Any] = self._resolved(
+            item_id, (await self._request("GET", self._status_path(item_id))).json()
+        )
         return result
 
     async def explain(self, recipient: str, markings: Markings) -> dict[str, Any]:
