@@ -97,8 +97,25 @@ def test_not_json_and_not_utf8(valid: bytes) -> None:
         parse(with_header_bytes(valid, b"{not json"))
     with pytest.raises(errors.MalformedEnvelope):
         parse(with_header_bytes(valid, b'{"a":"\xff"}'))
-    with pytest.raises(errors.MalformedEnvelope):
+    # unclosed *and* nested far past 16 levels: two defects, so either code (protocol section 3)
+    with pytest.raises((errors.MalformedEnvelope, errors.NonCanonicalEncoding)):
         parse(with_header_bytes(valid, b"[" * 100_000))
+
+
+def test_parser_limits_are_non_canonical_not_malformed(valid: bytes) -> None:
+    """An integer past the parser's digit limit, and nesting past its recursion limit, are out
+    of the profile (section 3): `non-canonical-encoding`, like any other integer out of range or
+    nesting deeper than 16 (issue 10, finding 7)."""
+    raw = parse(valid).header_bytes
+    created = str(parse(valid).header.created_ms).encode()
+    for header_bytes in (
+        raw.replace(b'"created_ms":' + created, b'"created_ms":' + b"1" * 5000, 1),
+        raw.replace(b'"created_ms":' + created, b'"created_ms":-' + b"1" * 18, 1),
+        raw.replace(b'"caveats":[]', b'"caveats":' + b"[" * 5000 + b"]" * 5000, 1),
+    ):
+        assert header_bytes != raw
+        with pytest.raises(errors.NonCanonicalEncoding):
+            parse(with_header_bytes(valid, header_bytes))
 
 
 def test_integer_beyond_2_53_rejected(valid: bytes) -> None:

@@ -4,6 +4,8 @@ Run once (`python tests/vectors/generate.py --force`); the output is committed a
 later version of the code must still verify and open the valid vectors and reject each
 tamper vector with the error its manifest names. Signatures and HPKE are randomised, so
 re-running produces different (equally valid) files: do not regenerate casually.
+`--supplement` (re)writes only the deterministic additions derived from the committed files
+(`supplement()`: two parser-limit tamper vectors and `hpke.json`); a full run ends with it too.
 """
 
 from __future__ import annotations
@@ -47,10 +49,92 @@ def frame(header: dict[str, Any] | bytes, signature: bytes, ciphertext: bytes) -
     return struct.pack(">4sBI", MAGIC, 1, len(header_bytes)) + header_bytes + signature + ciphertext
 
 
+SUPPLEMENT_TAMPER = {
+    "integer-beyond-digit-limit": "created_ms is a 5,000-digit integer (past Python's 4,300-digit parse limit)",
+    "nesting-beyond-parser-limit": "a header member nested 5,000 arrays deep (past the parser's recursion limit)",
+}
+
+
+def supplement() -> None:
+    """Deterministic additions to the frozen set, derived from the committed files only (so a
+    re-run writes the same bytes): two tamper vectors for limits a JSON parser has of its own,
+    which section 3 makes `non-canonical-encoding`, and `hpke.json`, the HPKE (RFC 9180) vector
+    in the product's own suite (X-Wing, HKDF-SHA256, AES-256-GCM) taken from `valid/basic.msmt`."""
+    from msmt.core.envelope import _HPKE, _info
+
+    manifest = json.loads((OUT / "manifest.json").read_text())
+    key_doc = json.loads((OUT / "keys.json").read_text())
+    keys = load_keys(key_doc)
+    basic = (OUT / "valid" / "basic.msmt").read_bytes()
+    env = parse(basic)
+    text = env.header_bytes
+    created = str(env.header.created_ms).encode()
+    tampered = {
+        "integer-beyond-digit-limit": text.replace(
+            b'"created_ms":' + created, b'"created_ms":' + b"9" * 5000, 1
+        ),
+        "nesting-beyond-parser-limit": text.replace(
+            b'"caveats":[]', b'"caveats":' + b"[" * 5000 + b"]" * 5000, 1
+        ),
+    }
+    for name, header in tampered.items():
+        assert header != text, name
+        (OUT / "tamper" / f"{name}.msmt").write_bytes(frame(header, env.signature, env.ciphertext))
+        entry = {
+            "name": name,
+            "file": f"tamper/{name}.msmt",
+            "stage": "verify",
+            "error": "non-canonical-encoding",
+            "description": SUPPLEMENT_TAMPER[name],
+        }
+        manifest["tamper"] = [t for t in manifest["tamper"] if t["name"] != name] + [entry]
+
+    header = env.header
+    cases = []
+    for recipient in header.recipients:
+        private = keys[recipient.country][1]
+        info = _info(
+            header.item_id, header.originator, header.originator_key_id, recipient.country, recipient.key_id
+        )
+        content_key = _HPKE.decrypt(recipient.wrapped_key, private.hpke_key, info=info)
+        cases.append(
+            {
+                "recipient": recipient.country,
+                "encryption_seed": key_doc["countries"][recipient.country]["encryption_seed"],
+                "info": info.hex(),
+                "aad": "",
+                "enc": recipient.wrapped_key[:1120].hex(),
+                "ct": recipient.wrapped_key[1120:].hex(),
+                "pt": content_key.hex(),
+            }
+        )
+    hpke_doc = {
+        "description": "RFC 9180 base mode, single shot, in the MSMT suite (protocol section 2.4): open "
+        "`enc` and `ct` with the X-Wing key derived from `encryption_seed` (section 2.3), `info` and empty "
+        "`aad`; the result is `pt`, the 32-byte content key. From valid/basic.msmt.",
+        "mode": 0,
+        "kem_id": 0x647A,
+        "kdf_id": 0x0001,
+        "aead_id": 0x0002,
+        "source": "valid/basic.msmt",
+        "cases": cases,
+    }
+    (OUT / "hpke.json").write_text(json.dumps(hpke_doc, indent=2) + "\n")
+    (OUT / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print(f"wrote {len(tampered)} supplementary tamper vectors and {len(cases)} HPKE cases to {OUT}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--force", action="store_true", help="overwrite the committed vectors")
-    if OUT.exists() and not parser.parse_args().force:
+    parser.add_argument(
+        "--supplement", action="store_true", help="(re)write only the deterministic additions (supplement())"
+    )
+    args = parser.parse_args()
+    if args.supplement:
+        supplement()
+        return 0
+    if OUT.exists() and not args.force:
         print(f"{OUT} exists; vectors are frozen. Pass --force to regenerate.", file=sys.stderr)
         return 1
     (OUT / "valid").mkdir(parents=True, exist_ok=True)
@@ -334,6 +418,7 @@ def main() -> int:
     (OUT / "keys.json").write_text(json.dumps(key_doc, indent=2, sort_keys=True) + "\n")
     (OUT / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     print(f"wrote {len(manifest['valid'])} valid and {len(manifest['tamper'])} tamper vectors to {OUT}")
+    supplement()
     return 0
 
 

@@ -77,6 +77,17 @@ def _reject_constant(text: str) -> float:
     raise NonCanonicalEncoding(f"constant {text!r} is not allowed")
 
 
+# 2^53 - 1 has 16 digits: a longer integer is out of the profile's range whatever its value, and
+# is refused before the parser's own digit limit (4,300 in Python) turns it into a syntax error.
+_MAX_INT_CHARS = 17  # a sign and 16 digits
+
+
+def _parse_int(text: str) -> int:
+    if len(text) > _MAX_INT_CHARS:
+        raise NonCanonicalEncoding(f"integer of {len(text.lstrip('-'))} digits is out of range")
+    return int(text)
+
+
 def decode(data: bytes) -> JsonValue:
     """Decode canonical bytes; anything that is not the canonical encoding is rejected."""
     try:
@@ -89,10 +100,13 @@ def decode(data: bytes) -> JsonValue:
             object_pairs_hook=_reject_duplicates,
             parse_float=_reject_float,
             parse_constant=_reject_constant,
+            parse_int=_parse_int,
         )
     except (DuplicateKey, NonCanonicalEncoding):
         raise
-    except (ValueError, RecursionError) as exc:
+    except RecursionError as exc:  # far deeper than the profile's 16 levels (section 3)
+        raise NonCanonicalEncoding("header nests deeper than 16 levels") from exc
+    except ValueError as exc:
         raise MalformedEnvelope(f"header is not valid JSON: {exc}") from exc
     if encode(value) != data:
         raise NonCanonicalEncoding("header bytes are not in canonical form (RFC 8785 profile)")
