@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.resources
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +17,19 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 WRITE_OPTION = "msmt_write"
-MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+
+
+def _migrations() -> Path:
+    """The Alembic scripts: shipped inside the installed package (broker/_migrations, mapped
+    from the top-level migrations/ by pyproject.toml), else, in a source checkout or an
+    editable install, the repository's migrations/ itself."""
+    shipped = Path(str(importlib.resources.files("broker") / "_migrations"))
+    if (shipped / "env.py").is_file():
+        return shipped
+    return Path(__file__).resolve().parents[2] / "migrations"
+
+
+MIGRATIONS = _migrations()
 
 
 def is_sqlite(url: str) -> bool:
