@@ -35,6 +35,7 @@ from .services.health import Readiness, readiness, schema_head
 from .services.log import Integrator
 from .services.notify import notify_in_transaction
 from .services.sequencer import Sequencer
+from .serving import Draining, Failures, Stopping, answer_overload_with_a_problem, watch_stop_signals
 from .settings import Settings
 from .store.db import make_engine, make_sessionmaker, transaction
 
@@ -86,17 +87,12 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DBAPIError)
     async def on_database(request: Request, exc: DBAPIError) -> JSONResponse:
         if not isinstance(exc, OperationalError | InterfaceError):
-            return await on_unexpected(request, exc)
+            raise exc  # not an outage: a failure like any other (Failures answers and logs it)
         request.app.state.broker.outage.failed(f"{request.method} {request.url.path}", exc)
         return _problem_response(request, database_unavailable())
 
-    @app.exception_handler(Exception)
-    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return _problem_response(
-            request,
-            Problem(500, "internal-error", "Internal error", "the broker failed; nothing was changed"),
-        )
+    # Any other exception: `Failures` (a middleware, so that the answer ends the exception
+    # instead of Starlette's last-resort handler raising it again into the server).
 
 
 @asynccontextmanager
@@ -120,9 +116,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     broker.notifier.start(broker.settings.database_url)  # PostgreSQL: other processes' wake-ups
     broker.writer.start()
     retention = asyncio.create_task(_retention(broker)) if settings.retention_days > 0 else None
+    # SIGTERM / SIGINT release the waiting long-polls before the server's graceful stop
+    unwatch = watch_stop_signals(app.state.stopping)
     try:
         yield
     finally:
+        unwatch()
         if retention is not None:
             retention.cancel()
         broker.writer.stop()
@@ -165,6 +164,7 @@ def load_log_signer(settings: Settings) -> LogSigner | None:
 def create_app(settings: Settings | None = None, clock: Callable[[], int] | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_structlog()
+    answer_overload_with_a_problem()
     request_observers: list[Observer] = []
     engine = make_engine(settings.database_url)
     if settings.metrics_port:  # counted in this process, served by `serve` (broker/metrics.py)
@@ -210,11 +210,14 @@ def create_app(settings: Settings | None = None, clock: Callable[[], int] | None
     app.state.broker = broker
     app.state.engine = engine
     outage = broker.outage
-    outage.watch(engine)
+    outage.watch(engine, sessions)
     broker.sequencer.outage = outage
     broker.notifier.outage = outage
     _install_error_handlers(app)
+    app.state.stopping = Stopping()
     app.add_middleware(BodyLimit, settings=settings)
+    app.add_middleware(Draining, stopping=app.state.stopping)
+    app.add_middleware(Failures)  # any exception no handler answered: a 500, connection kept
     app.add_middleware(RequestLog, observers=request_observers)  # outermost: sees every answer
     for module in (items, inbox, directory, governance, log_api, preflight, admin):
         app.include_router(module.router)
@@ -248,7 +251,7 @@ def create_app(settings: Settings | None = None, clock: Callable[[], int] | None
             result = await asyncio.wait_for(run_in_threadpool(check), settings.readiness_timeout_s)
         except TimeoutError:
             result = Readiness(False, {"database": f"no answer within {settings.readiness_timeout_s} s"})
-        if result.ready:
+        if result.ready and engine.dialect.name != "sqlite":  # SQLite: a committed write ends it
             outage.recovered()
         body = {"status": "ready" if result.ready else "not ready", "checks": result.checks}
         return JSONResponse(body, status_code=200 if result.ready else 503)

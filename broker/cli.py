@@ -310,9 +310,17 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+    import logging.config
+
     import uvicorn
     from sqlalchemy import text
     from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    from .observability import configure_structlog, logging_config
+
+    configure_structlog()  # the server's own log format from its first line on: JSON
+    logging.config.dictConfig(logging_config(args.log_level))
 
     # A database that is there but not migrated is a mistake to say before binding the port.
     # One that does not answer now is an outage: the broker starts all the same, /readyz says
@@ -323,12 +331,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
         if isinstance(exc, ProgrammingError) or "no such table" in reason:
             raise
-        import logging.config
-
-        from .observability import configure_structlog, logging_config
-
-        configure_structlog()  # the server's own log format from its first line on: JSON
-        logging.config.dictConfig(logging_config(args.log_level))
         logging.getLogger("msmt.broker").warning(
             "the database %s does not answer (%s); serving anyway: /readyz answers 503 until it does",
             redact(args.database_url),
@@ -336,14 +338,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
 
     from . import metrics
-    from .observability import logging_config
 
     os.environ["MSMT_DATABASE_URL"] = args.database_url
     os.environ.setdefault("MSMT_GC_FREEZE", "1")
+    settings = Settings()
+    cap = connection_cap(settings.max_connections)
+    if cap <= settings.inbox_max_waiting:
+        logging.getLogger("msmt.broker").warning(
+            "MSMT_INBOX_MAX_WAITING=%d is not below the connection cap %d: long-polls can take every connection",
+            settings.inbox_max_waiting,
+            cap,
+        )
     # GET /metrics on a listener of its own (MSMT_METRICS_PORT), served from this process; it
     # names the workers' metrics folder in the environment before they start (broker/metrics.py)
     try:
-        metrics.start_listener(Settings(), api_port=args.port)
+        metrics.start_listener(settings, api_port=args.port)
     except (ValueError, OSError) as exc:
         raise ui.UserError(f"cannot serve metrics: {exc}", EXIT_USAGE) from exc
     uvicorn.run(
@@ -357,8 +366,52 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # itself, with its request id, caller and problem code, so uvicorn's access log is off.
         log_config=logging_config(args.log_level, requests=os.environ.get("MSMT_ACCESS_LOG", "1") != "0"),
         access_log=False,
+        # Connections past the cap are answered 503 at once: the process never runs out of file
+        # descriptors (each worker is a process with its own limit and its own cap).
+        limit_concurrency=cap,
+        # SIGTERM: long-polls are released at once (broker/serving.py, Draining); anything else gets
+        # this long to finish, then is cancelled.
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout_s)),
     )
     return EXIT_OK
+
+
+# File descriptors a broker process needs besides its HTTP connections: the database pool
+# (SQLite: the database, -wal and -shm files per connection), the listeners, logs, the metrics
+# folder's files, the Python modules it opens.
+RESERVED_FDS = 128
+
+
+def connection_cap(wanted: int) -> int:
+    """The connection cap `serve` applies: `wanted`, with the soft RLIMIT_NOFILE raised (up to
+    the hard limit) to hold it plus RESERVED_FDS; where the hard limit is lower, what fits under
+    it, with a warning. Raises UserError when not even a few connections fit."""
+    import logging
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = wanted + RESERVED_FDS
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
+        if target > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return wanted
+    cap = soft - RESERVED_FDS
+    if cap < 16:
+        raise ui.UserError(
+            f"the file-descriptor limit ({soft}) leaves no room for connections: raise it (LimitNOFILE=)",
+            EXIT_USAGE,
+        )
+    logging.getLogger("msmt.broker").warning(
+        "the file-descriptor limit is %d (hard %s): serving at most %d connections, not MSMT_MAX_CONNECTIONS=%d",
+        soft,
+        hard,
+        cap,
+        wanted,
+    )
+    return cap
 
 
 def cmd_directory_install(args: argparse.Namespace) -> int:

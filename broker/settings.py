@@ -37,6 +37,14 @@ class Settings(BaseSettings):
     # and in all per process (503 past it; keep it well below the file-descriptor limit).
     inbox_max_waiting_per_member: int = 20
     inbox_max_waiting: int = 800
+    # Open connections per process (uvicorn's limit_concurrency): past it a request is answered
+    # `503 busy` at once and its connection closed. `serve` raises the soft file-descriptor limit
+    # to fit it (plus RESERVED_FDS for the database, logs and listeners) and, where the hard limit
+    # does not allow that, serves fewer. Keep `inbox_max_waiting` below it.
+    max_connections: int = 1000
+    # On SIGTERM waiting long-polls are answered at once (503 shutting-down); other requests get
+    # this long to finish before they are cancelled. Keep it below the supervisor's stop timeout.
+    shutdown_timeout_s: float = 20.0
     # With `include=envelope`, a page stops before its envelopes exceed this many bytes (a
     # single larger envelope still comes alone).
     inbox_max_page_bytes: int = 16 * 1024 * 1024

@@ -17,10 +17,14 @@ from dataclasses import dataclass
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, event, text
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 
 from ..store.db import alembic_config
 
 log = logging.getLogger("msmt.broker.health")
+
+
+SQLITE_SETTLE_S = 1.0
 
 
 class Outage:
@@ -30,8 +34,11 @@ class Outage:
         self._clock = clock
         self._lock = threading.Lock()
         self.down_since: float | None = None
+        self.last_failure = 0.0
         self.refused = 0
         self.outages = 0
+        # a success ends an outage only this long after its last failure (SQLite: `watch`)
+        self.settle_s = 0.0
 
     @property
     def down(self) -> bool:
@@ -40,9 +47,10 @@ class Outage:
     def failed(self, where: str, error: BaseException) -> None:
         with self._lock:
             self.refused += 1
+            self.last_failure = self._clock()
             if self.down_since is not None:
                 return
-            self.down_since = self._clock()
+            self.down_since = self.last_failure
             self.outages += 1
             self.refused = 1
         reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0][:300]
@@ -52,16 +60,29 @@ class Outage:
         if self.down_since is None:  # the common case: no lock taken
             return
         with self._lock:
-            if self.down_since is None:
+            now = self._clock()
+            if self.down_since is None or now - self.last_failure < self.settle_s:
                 return
-            lasted = self._clock() - self.down_since
+            lasted = now - self.down_since
             refused, self.down_since = self.refused, None
         log.warning(
             "database available again after %.1f s; %d requests were refused meanwhile", lasted, refused
         )
 
-    def watch(self, engine: Engine) -> None:
-        """Any statement that succeeds ends the outage."""
+    def watch(self, engine: Engine, sessions: sessionmaker[Session] | None = None) -> None:
+        """Any statement that succeeds ends the outage. On SQLite (with `sessions`) a commit
+        that comes a second or more after the last failure: a read-only file system still
+        answers reads (and commits that wrote nothing), and one line per outage must not become
+        a line per read that succeeds between failing writes."""
+        if engine.dialect.name == "sqlite" and sessions is not None:
+            self.settle_s = SQLITE_SETTLE_S
+
+            @event.listens_for(sessions, "after_commit")
+            def _committed(*_args: object) -> None:
+                if self.down_since is not None:
+                    self.recovered()
+
+            return
 
         @event.listens_for(engine, "after_cursor_execute")
         def _succeeded(*_args: object) -> None:

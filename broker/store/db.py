@@ -65,6 +65,10 @@ def _tighten(path: Path) -> None:
                 os.chmod(file, PRIVATE_FILE_MODE)
 
 
+# SQLite primary result codes after which a connection is discarded (see make_engine):
+# SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN.
+SQLITE_RECONNECT_CODES = frozenset({8, 10, 13, 14})
+
 # PostgreSQL session limits (seconds): no statement waits longer than this for a lock, and a
 # session that sits idle inside a transaction (a broker process paused or hung mid-commit) is
 # ended by the server, releasing its locks, after this long. Settings can override them.
@@ -95,6 +99,16 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cursor.close()
             if path is not None:
                 _tighten(path)  # -wal and -shm exist now
+
+        @event.listens_for(engine, "handle_error")
+        def _stale_connection(context: Any) -> None:
+            # A connection that met a read-only or failing file system may stay broken after the
+            # file system is back: one opened while it was read-only is read-only for good
+            # (SQLite falls back to a read-only open). Treat these errors as a lost connection:
+            # SQLAlchemy then drops it and every pooled one, and opens fresh ones on demand.
+            code = getattr(context.original_exception, "sqlite_errorcode", None)
+            if isinstance(code, int) and code & 0xFF in SQLITE_RECONNECT_CODES:
+                context.is_disconnect = True
 
         @event.listens_for(engine, "begin")
         def _on_begin(connection: Any) -> None:

@@ -197,6 +197,15 @@ def test_long_polls_finish_before_a_broker_is_killed(services: dict[str, Any]) -
     minutes, _, seconds = grace.rstrip("s").rpartition("m")
     total = int(minutes or 0) * 60 + int(seconds or 0)
     assert total > Settings.model_fields["inbox_max_wait_s"].default
+    assert total > Settings.model_fields["shutdown_timeout_s"].default
+
+
+def test_file_descriptors_hold_the_connection_cap(services: dict[str, Any]) -> None:
+    from broker.cli import RESERVED_FDS
+
+    nofile = services["broker"]["ulimits"]["nofile"]  # normalised: a number, or soft/hard
+    soft = nofile["soft"] if isinstance(nofile, dict) else nofile
+    assert int(soft) >= Settings.model_fields["max_connections"].default + RESERVED_FDS
 
 
 def test_postgres_is_unreachable_from_outside(config: dict[str, Any]) -> None:

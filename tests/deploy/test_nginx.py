@@ -87,10 +87,19 @@ def test_terminates_tls_13_only(conf: list[dict[str, Any]]) -> None:
 def test_long_polls_and_envelopes_fit(conf: list[dict[str, Any]]) -> None:
     (timeout,) = find(conf, "proxy_read_timeout")
     assert seconds(timeout["args"][0]) > DEFAULTS["inbox_max_wait_s"].default
-    (body,) = find(conf, "client_max_body_size")
-    assert size_bytes(body["args"][0]) >= DEFAULTS["max_envelope_bytes"].default
     (buffering,) = find(conf, "proxy_request_buffering")
     assert buffering["args"] == ["off"]
+
+
+def test_body_limits_match_the_brokers(conf: list[dict[str, Any]]) -> None:
+    """The proxy refuses what the broker would refuse, and nothing the broker accepts: the
+    largest body is the broker's envelope limit, and a body that stops arriving is dropped after
+    the broker's body timeout (both count the time between two reads)."""
+    (body,) = find(conf, "client_max_body_size")
+    assert size_bytes(body["args"][0]) == DEFAULTS["max_envelope_bytes"].default
+    assert DEFAULTS["max_json_bytes"].default <= DEFAULTS["max_envelope_bytes"].default
+    (body_timeout,) = find(conf, "client_body_timeout")
+    assert seconds(body_timeout["args"][0]) == DEFAULTS["body_timeout_s"].default
 
 
 def test_everything_goes_to_the_broker_upstream(conf: list[dict[str, Any]]) -> None:

@@ -87,3 +87,21 @@ def test_serves_on_loopback_behind_the_proxy() -> None:
     argv = split_command(start)
     assert argv[1] == "serve"
     assert argv[argv.index("--host") + 1] == "127.0.0.1"
+
+
+def test_file_descriptors_hold_the_connection_cap_and_stop_waits_for_shutdown() -> None:
+    """Each broker process may hold MSMT_MAX_CONNECTIONS connections plus what it keeps for
+    itself (broker.cli.RESERVED_FDS) under LimitNOFILE; its long-polls stay below that cap; and
+    systemd waits longer than the broker's own graceful stop before it kills."""
+    from broker.cli import RESERVED_FDS
+    from broker.settings import Settings
+
+    defaults = Settings.model_fields
+    svc = service()
+    (nofile,) = svc["LimitNOFILE"]
+    soft = int(nofile.split(":")[0])
+    max_connections = defaults["max_connections"].default
+    assert soft >= max_connections + RESERVED_FDS, nofile
+    assert defaults["inbox_max_waiting"].default < max_connections
+    (stop,) = svc["TimeoutStopSec"]
+    assert stop.endswith("s") and int(stop[:-1]) > defaults["shutdown_timeout_s"].default
