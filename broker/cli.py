@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from msmt import ui
+from msmt.auth import audience_of
 from msmt.core import (
     ApiPrivateKey,
     Markings,
@@ -341,6 +342,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     os.environ["MSMT_DATABASE_URL"] = args.database_url
     os.environ.setdefault("MSMT_GC_FREEZE", "1")
+    if not os.environ.get("MSMT_AUDIENCE"):
+        os.environ["MSMT_AUDIENCE"] = own_url(args.host, args.port)
     settings = Settings()
     cap = connection_cap(settings.max_connections)
     if cap <= settings.inbox_max_waiting:
@@ -374,6 +377,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout_s)),
     )
     return EXIT_OK
+
+
+def own_url(host: str, port: int) -> str:
+    """The broker's identity when MSMT_AUDIENCE is not set: the URL of the one address it
+    listens on. Listening on every address, it cannot know which name members use."""
+    if host in ("", "0.0.0.0", "::", "[::]"):  # noqa: S104 - recognising, not binding
+        raise ui.UserError(
+            f"listening on every address ({host or 'all'}), the broker cannot tell the URL members reach "
+            "it at: set MSMT_AUDIENCE to that URL (e.g. https://broker.msmt.example), which tokens name",
+            EXIT_USAGE,
+        )
+    return audience_of(f"http://{f'[{host}]' if ':' in host else host}:{port}")
 
 
 # File descriptors a broker process needs besides its HTTP connections: the database pool

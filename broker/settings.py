@@ -8,6 +8,8 @@ from typing import Any
 from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from msmt.auth import audience_of
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MSMT_", frozen=True)
@@ -16,8 +18,11 @@ class Settings(BaseSettings):
     # Or the URL from a file (a container secret, a systemd credential): it then never appears
     # in the environment or on a command line. Wins over `database_url`.
     database_url_file: str | None = None
-    # JWT audience: the identity of this broker. Tokens for another broker are refused.
-    audience: str = "msmt-broker"
+    # JWT audience: the identity of this broker, its base URL as members reach it (e.g.
+    # https://broker.msmt.example), normalised by msmt.auth.audience_of: tokens made for any other
+    # deployment are refused. `serve` sets it from --host/--port when it listens on one address
+    # and it is not given; behind a proxy (TLS, another name) set it to the proxy's URL.
+    audience: str = ""
     token_max_lifetime_s: int = 300
     token_leeway_s: int = 30
     max_envelope_bytes: int = 64 * 1024 * 1024 + 2 * 1024 * 1024
@@ -80,6 +85,15 @@ class Settings(BaseSettings):
     metrics_country_labels: bool = False
     # The inbox gauges are read from the database at most this often, however often scraped.
     metrics_cache_s: float = 10.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _audience_normalised(cls, data: Any) -> Any:
+        if isinstance(data, dict) and str(data.get("audience", "")).lower().startswith(
+            ("http://", "https://")
+        ):
+            data = {**data, "audience": audience_of(str(data["audience"]))}
+        return data
 
     @model_validator(mode="before")
     @classmethod

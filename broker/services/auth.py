@@ -218,6 +218,12 @@ def authenticate(
     active = registry.owner_active(owner)
     public = api_public_key(record.raw)
 
+    if not settings.audience:
+        raise unauthorized(
+            "wrong-audience",
+            "this broker has no identity to check tokens against: its operator must set MSMT_AUDIENCE "
+            "to the URL members reach it at",
+        )
     try:
         claims = jwt.decode(
             token,

@@ -6,12 +6,30 @@ import base64
 import hashlib
 import secrets
 import time
+from urllib.parse import urlsplit
 
 import jwt
 
 from .core import ApiPrivateKey
 
 DEFAULT_LIFETIME_S = 120
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def audience_of(url: str) -> str:
+    """A broker's identity in tokens (`aud`): its base URL as members reach it, normalised
+    (scheme and host in lower case, no default port, no trailing slash), so that a token made
+    for one broker is refused by every other deployment."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"  # IPv6 literal
+    port = parts.port
+    netloc = host if port is None or DEFAULT_PORTS.get(scheme) == port else f"{host}:{port}"
+    return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
 
 
 def body_hash(body: bytes) -> str:

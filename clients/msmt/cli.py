@@ -56,7 +56,7 @@ environment:
   MSMT_BROKER_URL   broker base URL (--broker)
   MSMT_KEYS         key folder (--keys), default ./msmt-keys
   MSMT_TRUST        pinned root and verified directory (--trust), default KEYS/trust
-  MSMT_AUDIENCE     the broker's identity in tokens (--audience), default msmt-broker
+  MSMT_AUDIENCE     the broker's identity in tokens (--audience), default the broker URL
   MSMT_PASSPHRASE   passphrase of the key folder; asked for when unset
   MSMT_DEBUG        1: show the traceback behind an error
   COLUMNS           width that tables wrap to (default: the terminal's)
@@ -922,8 +922,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--audience",
-        default=os.environ.get("MSMT_AUDIENCE", "msmt-broker"),
-        help="the broker's identity in API tokens (default %(default)s)",
+        default=os.environ.get("MSMT_AUDIENCE"),
+        help="the broker's identity in API tokens (default: the broker URL, as the broker expects "
+        "unless its operator set MSMT_AUDIENCE otherwise)",
     )
     parser.add_argument(
         "--trust",

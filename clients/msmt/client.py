@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from .agency import AgencyKeys
-from .auth import mint_token
+from .auth import audience_of, mint_token
 from .core import Envelope, Markings, Opened, canonical, logleaf, open_envelope, parse, seal, verify
 from .core.errors import (
     BadReceipt,
@@ -253,7 +253,7 @@ class _ClientCore:
         keys: AgencyKeys,
         *,
         trust: TrustStore,
-        audience: str = "msmt-broker",
+        audience: str | None = None,
         retries: int = 4,
         backoff_s: float = 0.25,
         directory_ttl_s: float = 60.0,
@@ -272,7 +272,8 @@ class _ClientCore:
         self.keys = keys
         self.trust = trust
         self.check_own_keys = check_own_keys
-        self.audience = audience
+        # the broker's identity in tokens: by default its URL as we reach it (msmt.auth.audience_of)
+        self.audience = audience or audience_of(base_url)
         self.retries = retries
         self.backoff_s = backoff_s
         self.directory_ttl_s = directory_ttl_s

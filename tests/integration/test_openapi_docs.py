@@ -51,10 +51,10 @@ PACKAGED_SHA256 = {
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    """A broker with the 11 members (for the guide's tokens), audience `msmt-broker` as in the guide."""
+    """A broker with the 11 members (for the guide's tokens), at the URL the guide's tokens name."""
     url = f"sqlite:///{tmp_path_factory.mktemp('docs') / 'broker.db'}"
     bootstrap(url, int(time.time() * 1000))
-    app = create_app(Settings(database_url=url))
+    app = create_app(Settings(database_url=url, audience="http://127.0.0.1:8000"))
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
     app.state.engine.dispose()

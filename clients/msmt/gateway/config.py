@@ -5,7 +5,7 @@
     trust = "/var/lib/msmt-gateway/trust"        # the pinned root (default: <keys>/trust)
     database_url = "sqlite:////var/lib/msmt-gateway/gateway.db"
     listen = "127.0.0.1:8600"
-    audience = "msmt-broker"
+    # audience = "https://broker.example:8443"  # only if the broker's MSMT_AUDIENCE is not its URL
     keep_withdrawn = false                       # true: keep withdrawn TLP:RED items' plaintext
 
     [users]                                      # HTTP Basic; `msmt-gateway hash-password`
@@ -121,7 +121,7 @@ class GatewayConfig:
     database_url: str
     host: str
     port: int
-    audience: str
+    audience: str | None  # None: the broker URL (msmt.auth.audience_of), as the broker expects
     credentials: Credentials
     title: str = "MSMT agency gateway"
     keep_withdrawn: bool = False  # keep the plaintext of TLP:RED items their originator withdraws
@@ -175,7 +175,7 @@ class GatewayConfig:
             database_url=str(data.get("database_url", f"sqlite:///{base / 'gateway.db'}")),
             host=host.strip("[]"),
             port=int(port),
-            audience=str(data.get("audience", "msmt-broker")),
+            audience=str(data["audience"]) if "audience" in data else None,
             credentials=Credentials(
                 {str(k): str(v) for k, v in users.items()}, {str(k): str(v) for k, v in tokens.items()}
             ),
