@@ -626,6 +626,11 @@ BAD_STATEMENTS: dict[str, tuple[Callable[[World], bytes], int, str]] = {
         422,
         "malformed-statement",
     ),
+    "a name with a C1 control character": (
+        lambda w: _signed(w, _entry(w, "enrol-member", ["KOR"], country="SWE", member=_member("Swe\u0085den"))),
+        422,
+        "malformed-statement",
+    ),
     "a name with a bidirectional override": (
         lambda w: _signed(w, _entry(w, "enrol-member", ["KOR"], country="SWE", member=_member("Swe\u202eden"))),
         422,
@@ -726,3 +731,20 @@ def test_a_405_names_the_allowed_methods(world: World, method: str, path: str, a
     assert "allow" in r.headers, dict(r.headers)
     named = {m.strip() for m in r.headers["allow"].split(",")} - {"HEAD", "OPTIONS"}
     assert named and named <= allowed and method not in named
+
+
+def test_an_unsigned_envelope_cannot_tell_whether_an_item_id_exists(world: World) -> None:
+    """Issue 10 finding 6: an envelope reusing a stored item's id with a bad signature got 409
+    (the id exists) where a fresh id got 422: any member could probe for ids. The signature is
+    checked before the id is looked up, so both answers are the same and nothing is stored."""
+    stored = world.seal("KOR", ["USA"], b"the real item")
+    assert world.submit("KOR", stored).status_code == 201
+    existing_id = parse(stored).header.item_id
+    forged = world.seal("KOR", ["USA"], b"a probe", item_id=existing_id)
+    fresh = world.seal("KOR", ["USA"], b"a probe")
+    answers = []
+    with unchanged(world):
+        for envelope in (forged, fresh):
+            response = world.submit("KOR", flip(envelope, signature_offset(envelope) + 5))
+            answers.append((response.status_code, response.json()["type"]))
+    assert answers[0] == answers[1] == (422, "urn:msmt:problem:bad-signature")
