@@ -308,12 +308,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
         options["in_reply_to"] = args.in_reply_to
     if args.expires_in is not None:
         options["expires_ms"] = int(time.time() * 1000) + args.expires_in * 1000
-    with _client(args) as client:
+    with _client(args) as client, _UploadBar() as bar:
         receipt = client.send(
             payload,
             content_type=content_type,
             markings=markings,
             recipients=[c.upper() for c in args.to] if args.to else None,
+            progress=bar,
             **options,
         )
     result = {
@@ -323,6 +324,28 @@ def cmd_submit(args: argparse.Namespace) -> int:
     }
     emit(args, result, [result])
     return EXIT_OK
+
+
+class _UploadBar:
+    """`msmt submit`'s upload progress: a bar on a terminal for envelopes of 1 MiB or more."""
+
+    SHOWN_FROM = 1024 * 1024
+
+    def __init__(self) -> None:
+        self.bar: ui.Progress | None = None
+
+    def __call__(self, sent: int, total: int) -> None:
+        if self.bar is None and total >= self.SHOWN_FROM:
+            self.bar = ui.Progress(total, "uploading", unit="bytes")
+        if self.bar is not None:
+            self.bar.update(sent)
+
+    def __enter__(self) -> _UploadBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _guess_type(name: str) -> str:

@@ -14,7 +14,7 @@ import asyncio
 import random
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -236,6 +236,23 @@ def check_broker_url(url: str) -> str:
     return text
 
 
+Progress = Callable[[int, int], None]  # (bytes sent, bytes in all)
+UPLOAD_CHUNK = 256 * 1024
+
+
+def _upload(body: bytes, progress: Progress) -> Iterator[bytes]:
+    view = memoryview(body)
+    progress(0, len(body))
+    for start in range(0, len(body), UPLOAD_CHUNK):
+        yield bytes(view[start : start + UPLOAD_CHUNK])
+        progress(min(start + UPLOAD_CHUNK, len(body)), len(body))
+
+
+async def _upload_async(body: bytes, progress: Progress) -> AsyncIterator[bytes]:
+    for chunk in _upload(body, progress):
+        yield chunk
+
+
 def _retry_after(response: httpx.Response | None) -> float:
     """The broker's Retry-After in seconds (delay-seconds form only), capped; 0 when absent."""
     if response is None:
@@ -288,7 +305,7 @@ class _ClientCore:
     def country(self) -> str:
         return self.keys.country
 
-    def _authorize(self, request: httpx.Request) -> httpx.Request:
+    def _authorize(self, request: httpx.Request, body: bytes) -> httpx.Request:
         """Sign a token bound to exactly this request: method, path and query as sent, body."""
         token = mint_token(
             self.keys.api,
@@ -296,10 +313,37 @@ class _ClientCore:
             self.audience,
             method=request.method,
             target=request.url.raw_path.decode("ascii"),
-            body=request.read(),
+            body=body,
         )
         request.headers["Authorization"] = f"Bearer {token}"
         return request
+
+    def _build(
+        self,
+        http: httpx.Client | httpx.AsyncClient,
+        method: str,
+        path: str,
+        headers: dict[str, str] | None,
+        kwargs: dict[str, Any],
+        progress: Progress | None,
+    ) -> httpx.Request:
+        """The signed request. With `progress`, a bytes body is streamed in chunks and
+        `progress(sent, total)` is called after each (from 0 again on a retry); the token is
+        bound to the whole body all the same."""
+        body = kwargs.get("content")
+        if progress is None or not isinstance(body, bytes):
+            request = http.build_request(method, path, headers=headers, **kwargs)
+            return self._authorize(request, request.read())
+        chunks = (
+            _upload_async(body, progress) if isinstance(http, httpx.AsyncClient) else _upload(body, progress)
+        )
+        request = http.build_request(
+            method,
+            path,
+            headers={**(headers or {}), "Content-Length": str(len(body))},
+            **{**kwargs, "content": chunks},
+        )
+        return self._authorize(request, body)
 
     def _delay(self, attempt: int, response: httpx.Response | None = None) -> float:
         """Exponential backoff with jitter, or the broker's Retry-After when it asks for longer
@@ -739,13 +783,18 @@ class Client(_ClientCore):
         self.close()
 
     def _request(
-        self, method: str, path: str, *, headers: dict[str, str] | None = None, **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: dict[str, str] | None = None,
+        progress: Progress | None = None,
+        **kwargs: Any,
     ) -> httpx.Response:
         for attempt in range(self.retries + 1):
             response: httpx.Response | None = None
             try:
-                request = self._http.build_request(method, path, headers=headers, **kwargs)
-                response = self._http.send(self._authorize(request))
+                response = self._http.send(self._build(self._http, method, path, headers, kwargs, progress))
             except httpx.TransportError as exc:
                 if attempt == self.retries:
                     raise self._unreachable(exc) from exc
@@ -779,7 +828,7 @@ class Client(_ClientCore):
             self._request("POST", "/v1/preflight", json={"markings": markings.to_dict()}).json()
         )
 
-    def submit(self, envelope: bytes) -> Receipt:
+    def submit(self, envelope: bytes, *, progress: Progress | None = None) -> Receipt:
         """Submit sealed envelope bytes; safe to call again with the same bytes.
 
         The envelope stays in the outbox until the receipt is checked; when the broker cannot
@@ -790,7 +839,11 @@ class Client(_ClientCore):
         item_id = self._keep(envelope)
         try:
             response = self._request(
-                "POST", "/v1/items", content=envelope, headers={"Content-Type": ENVELOPE_MEDIA_TYPE}
+                "POST",
+                "/v1/items",
+                content=envelope,
+                headers={"Content-Type": ENVELOPE_MEDIA_TYPE},
+                progress=progress,
             )
         except ClientError as exc:
             raise self._not_acknowledged(item_id, exc) from exc
@@ -854,6 +907,7 @@ class Client(_ClientCore):
         content_type: str,
         markings: Markings,
         recipients: Iterable[str] | None = None,
+        progress: Progress | None = None,
         **options: Any,
     ) -> Receipt:
         """Seal for `recipients` (default: every partner preflight allows) and submit.
@@ -863,7 +917,7 @@ class Client(_ClientCore):
         directory = self.directory(refresh=True)
         targets = self._recipients(directory, markings, self.preflight(markings), recipients)
         envelope = self._seal(directory, payload, content_type, markings, targets, options)
-        return self.submit(envelope)
+        return self.submit(envelope, progress=progress)
 
     def forward(self, received: Received, recipients: Iterable[str]) -> Receipt:
         """Pass a received item on as a new item (in reply to it), under its original markings.
@@ -1055,13 +1109,20 @@ class AsyncClient(_ClientCore):
         await self.aclose()
 
     async def _request(
-        self, method: str, path: str, *, headers: dict[str, str] | None = None, **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: dict[str, str] | None = None,
+        progress: Progress | None = None,
+        **kwargs: Any,
     ) -> httpx.Response:
         for attempt in range(self.retries + 1):
             response: httpx.Response | None = None
             try:
-                request = self._http.build_request(method, path, headers=headers, **kwargs)
-                response = await self._http.send(self._authorize(request))
+                response = await self._http.send(
+                    self._build(self._http, method, path, headers, kwargs, progress)
+                )
             except httpx.TransportError as exc:
                 if attempt == self.retries:
                     raise self._unreachable(exc) from exc
@@ -1090,11 +1151,15 @@ class AsyncClient(_ClientCore):
         response = await self._request("POST", "/v1/preflight", json={"markings": markings.to_dict()})
         return self._preflight(response.json())
 
-    async def submit(self, envelope: bytes) -> Receipt:
+    async def submit(self, envelope: bytes, *, progress: Progress | None = None) -> Receipt:
         item_id = self._keep(envelope)
         try:
             response = await self._request(
-                "POST", "/v1/items", content=envelope, headers={"Content-Type": ENVELOPE_MEDIA_TYPE}
+                "POST",
+                "/v1/items",
+                content=envelope,
+                headers={"Content-Type": ENVELOPE_MEDIA_TYPE},
+                progress=progress,
             )
         except ClientError as exc:
             raise self._not_acknowledged(item_id, exc) from exc
@@ -1151,12 +1216,13 @@ class AsyncClient(_ClientCore):
         content_type: str,
         markings: Markings,
         recipients: Iterable[str] | None = None,
+        progress: Progress | None = None,
         **options: Any,
     ) -> Receipt:
         directory = await self.directory(refresh=True)
         targets = self._recipients(directory, markings, await self.preflight(markings), recipients)
         envelope = self._seal(directory, payload, content_type, markings, targets, options)
-        return await self.submit(envelope)
+        return await self.submit(envelope, progress=progress)
 
     async def forward(self, received: Received, recipients: Iterable[str]) -> Receipt:
         payload, content_type, markings = self._check_forward(received)

@@ -254,6 +254,11 @@ class Progress:
 
     step = advance
 
+    def update(self, done: int) -> None:
+        """Set how much is done (an upload restarting after a retry goes back to 0)."""
+        self.done = 0
+        self.advance(done)
+
     def close(self) -> None:
         if self.enabled:
             self.stream.write("\n")

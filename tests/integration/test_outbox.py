@@ -169,3 +169,40 @@ def test_async_client_keeps_and_resends_the_same_bytes(world: World) -> None:
         assert receipt.recipients == ("JPN",)
 
     asyncio.run(scenario())
+
+
+def test_a_large_envelope_is_streamed_with_progress_and_its_token_still_binds_the_body(world: World) -> None:
+    """Issue 11: upload progress. The body goes out in chunks, `progress(sent, total)` follows
+    it (back to 0 when a retry sends it again), and the broker accepts the token bound to the
+    whole body."""
+    calls: list[tuple[int, int]] = []
+    refused = {"n": 0}
+    inner = forwarding(world)
+
+    def once_refused(request: httpx.Request) -> httpx.Response:
+        if (request.method, request.url.path) == SUBMIT and refused["n"] == 0:
+            refused["n"] += 1
+            request.read()  # the first attempt is sent whole, then the connection fails
+            raise httpx.ConnectError("connection reset")
+        return inner.handle_request(request)
+
+    payload = bytes(range(256)) * 6 * 1024  # 1.5 MiB
+    with client(world, "KOR", httpx.MockTransport(once_refused)) as kor:
+        receipt = kor.send(
+            payload,
+            content_type="application/octet-stream",
+            markings=MARKINGS,
+            recipients=["USA"],
+            progress=lambda sent, total: calls.append((sent, total)),
+        )
+    total = calls[-1][1]
+    assert total > len(payload) and calls[-1] == (total, total)
+    restarts = [i for i, (sent, _) in enumerate(calls) if sent == 0]
+    assert len(restarts) == 2  # one pass per attempt
+    second = [sent for sent, _ in calls[restarts[1] :]]
+    assert second == sorted(second) and len(second) >= 6  # 256 KiB chunks
+    assert world.count("items") == 1
+    with client(world, "USA") as usa:
+        (delivery,) = usa.inbox().deliveries
+        assert delivery.item_id == receipt.item_id
+        assert usa.open(delivery).payload == payload
