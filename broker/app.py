@@ -44,14 +44,11 @@ log = logging.getLogger("msmt.broker")
 
 def _problem_response(request: Request, problem: Problem) -> JSONResponse:
     note(problem=problem.code)
-    headers = {"WWW-Authenticate": "Bearer"} if problem.status == 401 else None
-    if problem.status in (429, 503):
-        headers = {"Retry-After": "1"}
     return JSONResponse(
         problem.to_dict(instance=request.url.path),
         status_code=problem.status,
         media_type=PROBLEM_MEDIA_TYPE,
-        headers=headers,
+        headers=problem.headers() or None,
     )
 
 

@@ -18,17 +18,29 @@ documents. The store reads and writes documents in `services/policy.py`.
     status = "active"
     accreditation = "SECRET"
     groups = []
+
+    [quotas]                      # every member's quotas (docs/operations.md#quotas)
+    requests_per_second = 100
+    burst = 200
+    long_polls = 20
+    stored_bytes = "20 GiB"
+    largest_envelope = "16 MiB"
+
+    [quotas.countries.NZL]        # one member's own: any of the five
+    long_polls = 4
 """
 
 from __future__ import annotations
 
 import itertools
+import re
 import tomllib
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from fractions import Fraction
+from typing import Annotated, Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from msmt.core import Markings
 from msmt.core.markings import COUNTRY_RE, RELEASABLE_RE, TLP_LEVELS, TOPIC_RE, TOPICS
@@ -85,6 +97,113 @@ class DenyRuleDoc(_Strict):
     tlp: list[str] | None = None
 
 
+# --- quotas ----------------------------------------------------------------------------------
+
+KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
+_UNITS = {"B": 1, "KiB": KiB, "MiB": MiB, "GiB": GiB, "TiB": TiB}
+_SIZE_RE = re.compile(r"(\d{1,15}(?:\.\d{1,6})?) ?(B|KiB|MiB|GiB|TiB)")
+# No valid envelope is larger (header <= 1 MiB, ciphertext <= 64 MiB + 16, signatures and
+# framing): the broker's default body limit for submissions, MSMT_MAX_ENVELOPE_BYTES.
+LARGEST_ENVELOPE_LIMIT = 66 * MiB
+MAX_QUOTA_BYTES = 1 << 62  # fits a BIGINT with room for the sum of a batch
+
+
+def _to_bytes(value: Any) -> Any:
+    """A byte size: a whole number of bytes, or a string such as "16 MiB" or "1.5 GiB"
+    (binary units B, KiB, MiB, GiB, TiB)."""
+    if isinstance(value, str):
+        match = _SIZE_RE.fullmatch(value.strip())
+        if match is None:
+            raise ValueError(
+                f"{value!r} is not a size: give a whole number of bytes or a number and a unit "
+                'of B, KiB, MiB, GiB or TiB, such as "16 MiB"'
+            )
+        exact = Fraction(match.group(1)) * _UNITS[match.group(2)]
+        if exact.denominator != 1:
+            raise ValueError(f"{value!r} is not a whole number of bytes")
+        return int(exact)
+    return value
+
+
+def size_text(size: int) -> str:
+    """The size in the largest binary unit that divides it exactly: 16777216 -> "16 MiB"."""
+    for unit in ("TiB", "GiB", "MiB", "KiB"):
+        if size and size % _UNITS[unit] == 0:
+            return f"{size // _UNITS[unit]} {unit}"
+    return f"{size} B"
+
+
+Bytes = Annotated[int, BeforeValidator(_to_bytes), Field(strict=True, ge=0, le=MAX_QUOTA_BYTES)]
+Rate = Annotated[float, Field(strict=True, gt=0, le=1_000_000)]
+Burst = Annotated[int, Field(strict=True, ge=1, le=1_000_000)]
+LongPolls = Annotated[int, Field(strict=True, ge=0, le=1_000_000)]
+QUOTA_FIELDS = ("requests_per_second", "burst", "long_polls", "stored_bytes", "largest_envelope")
+
+
+class QuotaOverrideDoc(_Strict):
+    """One member's own quotas; a field left out is the `[quotas]` default."""
+
+    requests_per_second: Rate | None = None
+    burst: Burst | None = None
+    long_polls: LongPolls | None = None
+    stored_bytes: Bytes | None = None
+    largest_envelope: Bytes | None = None
+
+
+class QuotasDoc(_Strict):
+    """Per-member quotas (docs/operations.md#quotas). The defaults stop one member from
+    taking a broker's capacity, connections or disk, and stay well above what an agency's
+    own clients do (the benchmarks' busiest member makes ~35 requests per second)."""
+
+    # each member's requests, refilling a bucket of `burst` (per broker process)
+    requests_per_second: Rate = 100.0
+    burst: Burst = 200
+    # inbox long-polls waiting at once (per broker process)
+    long_polls: LongPolls = 20
+    # bytes of envelopes the member originated and the broker still stores (not purged)
+    stored_bytes: Bytes = 20 * GiB
+    # the largest envelope the member may submit (the protocol allows up to 64 MiB of payload)
+    largest_envelope: Bytes = 16 * MiB
+    countries: dict[str, QuotaOverrideDoc] = Field(default_factory=dict, max_length=1000)
+
+    def normalized(self) -> QuotasDoc:
+        """Overrides in code order, those that set nothing dropped."""
+        return self.model_copy(
+            update={
+                "countries": {
+                    code: override
+                    for code, override in sorted(self.countries.items())
+                    if override.model_dump(exclude_none=True)
+                }
+            }
+        )
+
+    def for_member(self, code: str) -> dict[str, Any]:
+        """The member's five quotas: its override's, else the defaults."""
+        override = self.countries.get(code)
+        own = override.model_dump(exclude_none=True) if override is not None else {}
+        return {name: own.get(name, getattr(self, name)) for name in QUOTA_FIELDS}
+
+
+def _quota_problems(quotas: QuotasDoc, countries: dict[str, CountryDoc]) -> list[str]:
+    problems = []
+    tables = [("quotas", quotas.model_dump(include=set(QUOTA_FIELDS)))] + [
+        (f"quotas.countries.{code}", override.model_dump(exclude_none=True))
+        for code, override in quotas.countries.items()
+    ]
+    for where, values in tables:
+        largest = values.get("largest_envelope")
+        if largest is not None and not 1 <= largest <= LARGEST_ENVELOPE_LIMIT:
+            problems.append(
+                f"{where}.largest_envelope: {size_text(largest)} is outside 1 B .. {size_text(LARGEST_ENVELOPE_LIMIT)} "
+                f"(the broker's body limit for submissions, MSMT_MAX_ENVELOPE_BYTES: no valid envelope is larger)"
+            )
+    for code in quotas.countries:
+        if code not in countries:
+            problems.append(f"quotas.countries.{code}: {code} is not in countries")
+    return problems
+
+
 class PolicyDocument(_Strict):
     format: Literal["msmt-policy-v1"] = "msmt-policy-v1"
     ladder: list[str] = Field(min_length=1, max_length=16)
@@ -92,6 +211,8 @@ class PolicyDocument(_Strict):
     countries: dict[str, CountryDoc] = Field(default_factory=dict)
     agreements: list[AgreementDoc] = Field(default_factory=list)
     deny_rules: list[DenyRuleDoc] = Field(default_factory=list)
+    # absent in a document: every default of QuotasDoc
+    quotas: QuotasDoc = Field(default_factory=QuotasDoc)
 
     @model_validator(mode="after")
     def _consistent(self) -> PolicyDocument:
@@ -133,6 +254,7 @@ class PolicyDocument(_Strict):
                 ),
                 key=lambda r: r.id,
             ),
+            quotas=self.quotas.normalized(),
         )
 
 
@@ -196,6 +318,7 @@ def _problems(doc: PolicyDocument) -> list[str]:
         for tlp in rule.tlp or []:
             if tlp not in TLP_LEVELS:
                 problems.append(f"{where}: {tlp} is not a TLP 2.0 level")
+    problems.extend(_quota_problems(doc.quotas, doc.countries))
     return problems
 
 
@@ -296,8 +419,23 @@ def from_dict(data: Any) -> PolicyDocument:
 
 def render(doc: PolicyDocument, header: str = "") -> str:
     data = doc.normalized().model_dump(exclude_none=True)
+    quotas = data["quotas"]
+    for table in (quotas, *quotas["countries"].values()):
+        _readable(table)
+    if not quotas["countries"]:
+        del quotas["countries"]
     comment = "".join(f"# {line}\n" for line in header.splitlines())
     return comment + tomli_w.dumps(data)
+
+
+def _readable(quotas: dict[str, Any]) -> None:
+    """Sizes as "16 MiB" where a unit divides them; whole rates as integers."""
+    for name in ("stored_bytes", "largest_envelope"):
+        if name in quotas and size_text(quotas[name]).split()[1] != "B":
+            quotas[name] = size_text(quotas[name])
+    rate = quotas.get("requests_per_second")
+    if isinstance(rate, float) and rate.is_integer():
+        quotas["requests_per_second"] = int(rate)
 
 
 def json_schema() -> dict[str, Any]:
@@ -423,6 +561,7 @@ def plan(current: PolicyDocument, proposed: PolicyDocument, *, with_access: bool
             result.changes.append(f"deny rule {rule_id}: added ({new_rules[rule_id].reason})")
         elif old_rules[rule_id] != new_rules[rule_id]:
             result.changes.append(f"deny rule {rule_id}: changed")
+    result.changes.extend(quota_changes(cur.quotas, new.quotas))
     if with_access and result.changes and not result.errors:
         result.access = access_changes(cur, new)
     return result
@@ -444,6 +583,36 @@ def access_changes(current: PolicyDocument, proposed: PolicyDocument) -> list[st
         if old - new:
             lines.append(f"{originator} -> {recipient} loses {_describe(old - new, current.ladder)}")
     return lines
+
+
+def quota_changes(current: QuotasDoc, proposed: QuotasDoc) -> list[str]:
+    """Each default and each member's own quota that changes, with its effective value."""
+    lines = []
+    for name in QUOTA_FIELDS:
+        old, new = getattr(current, name), getattr(proposed, name)
+        if old != new:
+            lines.append(f"quotas: {name} {_quota_text(name, old)} -> {_quota_text(name, new)}")
+    for code in sorted(set(current.countries) | set(proposed.countries)):
+        before, after = current.for_member(code), proposed.for_member(code)
+        old_own = current.countries.get(code, QuotaOverrideDoc()).model_dump(exclude_none=True)
+        new_own = proposed.countries.get(code, QuotaOverrideDoc()).model_dump(exclude_none=True)
+        if old_own == new_own:
+            continue
+        parts = []
+        for name in QUOTA_FIELDS:
+            if old_own.get(name) == new_own.get(name):
+                continue
+            old_text = _quota_text(name, before[name]) + ("" if name in old_own else " (default)")
+            new_text = _quota_text(name, after[name]) + ("" if name in new_own else " (default)")
+            parts.append(f"{name} {old_text} -> {new_text}")
+        lines.append(f"quotas of {code}: {'; '.join(parts)}")
+    return lines
+
+
+def _quota_text(name: str, value: float) -> str:
+    if name in ("stored_bytes", "largest_envelope"):
+        return size_text(int(value))
+    return f"{value:g}"
 
 
 def _agreement_text(agreement: AgreementDoc | DefaultAgreementDoc) -> str:

@@ -9,15 +9,29 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 
 
 class Problem(Exception):
-    """An error with a stable `type` code, an HTTP status and a human sentence."""
+    """An error with a stable `type` code, an HTTP status and a human sentence.
 
-    def __init__(self, status: int, code: str, title: str, detail: str, **extra: Any) -> None:
+    `retry_after`: seconds to wait before repeating the request (429 and 503 answers carry
+    `Retry-After`, 1 s unless the problem says otherwise)."""
+
+    def __init__(
+        self, status: int, code: str, title: str, detail: str, *, retry_after: int | None = None, **extra: Any
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
         self.title = title
         self.detail = detail
+        self.retry_after = retry_after
         self.extra = extra
+
+    def headers(self) -> dict[str, str]:
+        """The headers the answer carries besides its body."""
+        if self.status == 401:
+            return {"WWW-Authenticate": "Bearer"}
+        if self.status in (429, 503):
+            return {"Retry-After": str(self.retry_after or 1)}
+        return {}
 
     def to_dict(self, instance: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {

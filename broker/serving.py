@@ -56,8 +56,7 @@ async def _send_problem(scope: Scope, send: Send, problem: Problem, *, close: bo
     note(problem=problem.code)
     body = JSONResponse(problem.to_dict(instance=scope.get("path")), media_type=PROBLEM_MEDIA_TYPE).body
     headers = [(b"content-type", PROBLEM_MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode())]
-    if problem.status in (429, 503):
-        headers.append((b"retry-after", b"1"))
+    headers += [(name.lower().encode(), value.encode()) for name, value in problem.headers().items()]
     if close:
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": problem.status, "headers": headers})

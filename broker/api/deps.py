@@ -18,11 +18,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..observability import note
+from ..policydoc import QuotasDoc
 from ..problems import PROBLEM_MEDIA_TYPE, Problem, forbidden, unauthorized
+from ..services import policy as policy_service
 from ..services.auth import Caller, ReplayCache, Target, authenticate
 from ..services.health import Outage
 from ..services.log import Integrator
 from ..services.notify import InboxNotifier
+from ..services.quota import Quota, QuotaBook, RateLimiter, envelope_too_large, rate_limited
 from ..services.registry import RegistryCache
 from ..services.sequencer import Sequencer
 from ..settings import Settings
@@ -46,6 +49,9 @@ class BrokerState:
     # database outages, logged once each (services/health.py)
     outage: Outage = field(default_factory=Outage)
     long_polls: LongPolls = field(default_factory=lambda: LongPolls(20, 800))
+    # the members' quotas (the policy document's [quotas]) and their request-rate buckets
+    quotas: QuotaBook = field(default_factory=QuotaBook)
+    limiter: RateLimiter = field(default_factory=RateLimiter)
 
     @property
     def log(self) -> Integrator:
@@ -61,7 +67,10 @@ class BrokerState:
 class LongPolls:
     """Waiting long-polls, per member and in all: each holds a connection (a file descriptor),
     so one member cannot take them all, and the process stays below its descriptor limit.
-    Past the member's cap: 429 with Retry-After; past the process's: 503 with Retry-After."""
+    Past the member's cap: 429 with Retry-After; past the process's: 503 with Retry-After.
+
+    A member's cap is its `long_polls` quota (the policy document), and never more than
+    `per_member` (MSMT_INBOX_MAX_WAITING_PER_MEMBER: this process's ceiling for any member)."""
 
     def __init__(self, per_member: int, total: int) -> None:
         self.per_member = per_member
@@ -69,13 +78,15 @@ class LongPolls:
         self.by_member: dict[str, int] = {}
         self.count = 0
 
-    def enter(self, member: str) -> None:  # the event loop's thread only: no lock needed
-        if self.by_member.get(member, 0) >= self.per_member:
+    def enter(self, member: str, quota: int | None = None) -> None:  # the event loop's thread only
+        cap = self.per_member if quota is None else min(quota, self.per_member)
+        if self.by_member.get(member, 0) >= cap:
             raise Problem(
                 429,
                 "too-many-long-polls",
                 "Too many requests",
-                f"{member} already has {self.per_member} long-polls waiting; wait for one to return",
+                f"{member} already has {cap} long-polls waiting (its long_polls quota); "
+                "wait for one to return",
             )
         if self.count >= self.total:
             raise Problem(
@@ -114,30 +125,51 @@ def request_target(request: Request) -> Target:
     return Target(request.method, path, shared_replay_check=shared)
 
 
+def _authenticate(state: BrokerState, token: str, now_ms: int, target: Target) -> Caller:
+    caller = authenticate(
+        state.sessions, state.registry, state.settings, token, now_ms, target, state.replays
+    )
+    registry = state.registry.latest()
+    if registry is not None and not caller.is_admin:  # bring the quotas up to the registry's version
+
+        def load() -> QuotasDoc:
+            with state.sessions() as session:
+                return policy_service.quotas(session)
+
+        state.quotas.at(registry.version, load)
+    return caller
+
+
+def member_quota(state: BrokerState, caller: Caller) -> Quota:
+    """The caller's quotas as of the registry version its authentication read."""
+    return state.quotas.latest().of(caller.owner)
+
+
 async def current_caller(request: Request, state: StateDep) -> Caller:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise unauthorized("missing-token", "send 'Authorization: Bearer <JWT>' signed with your API key")
     caller = await run_in_threadpool(
-        authenticate,
-        state.sessions,
-        state.registry,
-        state.settings,
-        token.strip(),
-        state.clock(),
-        request_target(request),
-        state.replays,
+        _authenticate, state, token.strip(), state.clock(), request_target(request)
     )
     note(caller=caller.owner)
+    quota = None if caller.is_admin else member_quota(state, caller)
+    if quota is not None:  # members' requests only: the admins are the operator's own
+        wait = state.limiter.take(caller.owner, quota.requests_per_second, quota.burst)
+        if wait > 0:
+            raise rate_limited(caller.owner, quota, wait)
     if caller.body_sha256 is not None:
-        # The token is good; only now is the body read (within the route's size limit).
-        limit = (
-            state.settings.max_envelope_bytes
-            if request.method == "POST" and request.scope["path"].rstrip("/") in SUBMIT_PATHS
-            else state.settings.max_json_bytes
-        )
-        body = await read_body(request, limit)
+        # The token is good; only now is the body read (within the route's size limit, and a
+        # single envelope within the member's largest_envelope quota).
+        path = request.scope["path"].rstrip("/")
+        limit = state.settings.max_json_bytes
+        too_large: Problem | None = None
+        if request.method == "POST" and path in SUBMIT_PATHS:
+            limit = state.settings.max_envelope_bytes
+            if path == SUBMIT_PATHS[0] and quota is not None and quota.largest_envelope < limit:
+                limit, too_large = quota.largest_envelope, envelope_too_large(caller.owner, quota)
+        body = await read_body(request, limit, too_large)
         request._body = body
         digest = base64.urlsafe_b64encode(hashlib.sha256(body).digest()).rstrip(b"=").decode()
         if not hmac.compare_digest(digest, caller.body_sha256):
@@ -180,16 +212,18 @@ class BodyTimeout(BodyRefused):
         )
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """Read the raw body, refusing more than `limit` bytes before buffering them."""
+async def read_body(request: Request, limit: int, too_large: Problem | None = None) -> bytes:
+    """Read the raw body, refusing more than `limit` bytes before buffering them (with
+    `too_large`, or `413 body-too-large`)."""
+    refusal = too_large or BodyTooLarge(limit)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(limit)
+        raise refusal
     chunks, total = [], 0
     async for chunk in request.stream():
         total += len(chunk)
         if total > limit:
-            raise BodyTooLarge(limit)
+            raise refusal
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -278,8 +312,7 @@ async def _send_problem(send: Send, problem: Problem, path: str) -> None:
     note(problem=problem.code)
     body = json.dumps(problem.to_dict(instance=path)).encode()
     headers = [(b"content-type", PROBLEM_MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode())]
-    if problem.status == 401:
-        headers.append((b"www-authenticate", b"Bearer"))
+    headers += [(name.lower().encode(), value.encode()) for name, value in problem.headers().items()]
     if isinstance(problem, BodyRefused):  # the rest of the body is not read: end the connection
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": problem.status, "headers": headers})

@@ -15,7 +15,7 @@ from .. import metrics
 from ..problems import invalid
 from ..services import inbox as inbox_service
 from . import schemas
-from .deps import CountryDep, StateDep
+from .deps import CountryDep, StateDep, member_quota
 from .problem_docs import PROBLEMS
 
 router = APIRouter(prefix="/v1/inbox", tags=["inbox"])
@@ -72,7 +72,8 @@ async def list_inbox(
             if page.deliveries or remaining <= 0:
                 return page
             if not waiting:  # a long-poll holds a connection: counted, and capped
-                state.long_polls.enter(caller.owner)
+                # past the member's long_polls quota: 429 too-many-long-polls, Retry-After: 1
+                state.long_polls.enter(caller.owner, member_quota(state, caller).long_polls)
                 waiting = True
             # woken by the integrator's publish; the timeout is only the safety re-check
             metrics.longpoll_waiting(1)

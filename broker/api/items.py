@@ -19,10 +19,11 @@ from ..problems import Problem, conflict, database_unavailable, invalid, not_fou
 from ..services import inbox as inbox_service
 from ..services import submit as submit_service
 from ..services.auth import Caller
+from ..services.quota import envelope_too_large
 from ..services.sequencer import Stopping, Ticket
 from ..store.models import Delivery, Item
 from . import schemas
-from .deps import BrokerState, CallerDep, CountryDep, StateDep, read_body
+from .deps import BrokerState, CallerDep, CountryDep, StateDep, member_quota, read_body
 from .problem_docs import PROBLEMS
 
 router = APIRouter(prefix="/v1/items", tags=["items"])
@@ -57,7 +58,9 @@ async def submit_item(
     """Submit a sealed envelope (docs/protocol.md). 201 when stored and in the log, 200 for an
     identical re-submission, 202 when stored but not yet integrated into the log (the item is
     durably accepted; its log index and inbox numbers follow)."""
-    data = await read_body(request, state.settings.max_envelope_bytes)
+    quota = member_quota(state, caller)
+    limit = min(state.settings.max_envelope_bytes, quota.largest_envelope)
+    data = await read_body(request, limit, envelope_too_large(caller.owner, quota))
     prepared = await run_in_threadpool(_prepare, state, caller, data, state.clock())
     note(item=prepared.envelope.header.item_id)
     # Stored and logged by the sequencer, in a batch with whatever else is queued
@@ -127,10 +130,16 @@ async def submit_batch(request: Request, caller: CountryDep, state: StateDep) ->
     data = await read_body(request, state.settings.max_envelope_bytes)
     envelopes = submit_service.split_batch(data, state.settings.submit_batch_max_items)
     now = state.clock()
+    quota = member_quota(state, caller)
 
     def prepare_all() -> list[submit_service.Prepared | Problem]:
         out: list[submit_service.Prepared | Problem] = []
         for envelope in envelopes:
+            if len(envelope) > quota.largest_envelope:  # refused alone, as if submitted alone
+                refusal = envelope_too_large(caller.owner, quota, len(envelope))
+                metrics.submission_refused(refusal)
+                out.append(refusal)
+                continue
             try:
                 out.append(_prepare(state, caller, envelope, now))
             except Problem as problem:

@@ -20,7 +20,16 @@ from sqlalchemy.orm import Session
 
 from msmt.core import merkle
 
-from ..store.models import AdminAction, CheckpointRow, Delivery, InboxCounter, Item, LogEntry, LogState
+from ..store.models import (
+    AdminAction,
+    CheckpointRow,
+    Delivery,
+    InboxCounter,
+    Item,
+    LogEntry,
+    LogState,
+    MemberUsage,
+)
 
 # Rows read per round trip while streaming the log and the envelopes.
 CHUNK = 10_000
@@ -53,6 +62,7 @@ def check(session: Session, head: str | None, *, deep: bool = False) -> Report:
         ("inbox-sequences", lambda: _inbox_sequences(session)),
         ("log-indexes", lambda: _log_indexes(session)),
         ("log-roots", lambda: _log_roots(session, deep)),
+        ("stored-bytes", lambda: _stored_bytes(session)),
     ]
     if deep:
         rules.append(("envelope-digests", lambda: _envelope_digests(session)))
@@ -129,6 +139,21 @@ def _inbox_sequences(session: Session) -> Iterator[str]:
     for recipient, last in counters.items():
         if recipient not in seen and last:
             yield f"{recipient}'s inbox counter says {last}, but it holds no numbered delivery"
+
+
+def _stored_bytes(session: Session) -> Iterator[str]:
+    """Each member's stored-bytes counter (its quota is checked against it) equals the sizes
+    of the envelopes it originated that are not purged."""
+    usage = select(MemberUsage.country, MemberUsage.stored_bytes)
+    counted = {code: size for code, size in session.execute(usage)}
+    sums = (
+        select(Item.originator, func.sum(Item.size)).where(Item.purged_ms.is_(None)).group_by(Item.originator)
+    )
+    actual = {code: size for code, size in session.execute(sums)}
+    for code in sorted(set(counted) | set(actual)):
+        says, holds = int(counted.get(code) or 0), int(actual.get(code) or 0)
+        if says != holds:
+            yield f"{code}'s stored-bytes counter says {says}, its stored envelopes hold {holds} bytes"
 
 
 def _log_indexes(session: Session) -> Iterator[str]:
@@ -233,11 +258,23 @@ def purge(session: Session, older_than_ms: int, now_ms: int, actor: str, *, dry_
     condition = purgeable(older_than_ms, now_ms)
     if dry_run:
         return session.scalar(select(func.count()).select_from(Item).where(condition)) or 0
-    result = session.execute(
-        update(Item).where(condition).values(envelope=None, purged_ms=now_ms),
+    freed: dict[str, int] = {}
+    purged = 0
+    for originator, size in session.execute(
+        update(Item)
+        .where(condition)
+        .values(envelope=None, purged_ms=now_ms)
+        .returning(Item.originator, Item.size),
         execution_options={"synchronize_session": False},
-    )
-    purged = int(getattr(result, "rowcount", 0) or 0)
+    ):
+        freed[originator] = freed.get(originator, 0) + size
+        purged += 1
+    for code, size in sorted(freed.items()):  # the stored-bytes quota counts them no more
+        session.execute(
+            update(MemberUsage)
+            .where(MemberUsage.country == code)
+            .values(stored_bytes=MemberUsage.stored_bytes - size)
+        )
     if purged:
         session.add(
             AdminAction(

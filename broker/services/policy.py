@@ -1,6 +1,6 @@
 """The policy document in the store: export, plan, apply atomically, keep every version.
 
-Every change to countries, groups, accreditations, agreements, deny rules or the ladder is
+Every change to countries, groups, accreditations, agreements, deny rules, quotas or the ladder is
 kept as a whole document under the registry version it produced, and each accepted item
 records the registry version that allowed it, so any past delivery can be explained with
 the exact rules that were in force.
@@ -27,6 +27,7 @@ from ..policydoc import (
     Plan,
     PolicyDocument,
     PolicyDocumentError,
+    QuotasDoc,
     Topics,
 )
 from ..problems import gone, invalid, not_found
@@ -43,11 +44,18 @@ from ..store.models import (
 from . import log as log_service
 
 LADDER_SETTING = "ladder"
+QUOTAS_SETTING = "quotas"
 
 
 def ladder(session: Session) -> list[str]:
     row = session.get(BrokerSetting, LADDER_SETTING)
     return list(json.loads(row.value)) if row else list(DEFAULT_LADDER)
+
+
+def quotas(session: Session) -> QuotasDoc:
+    """The members' quotas as stored (the defaults until a document sets them)."""
+    row = session.get(BrokerSetting, QUOTAS_SETTING)
+    return QuotasDoc() if row is None else QuotasDoc.model_validate_json(row.value)
 
 
 def export_document(session: Session) -> PolicyDocument:
@@ -88,12 +96,16 @@ def export_document(session: Session) -> PolicyDocument:
         )
         for c in session.scalars(select(Country))
     }
+    stored = quotas(session)
+    # a member's own quotas show while it is a member (the directory decides who is)
+    own = {code: q for code, q in stored.countries.items() if code in countries}
     document = PolicyDocument.model_construct(
         ladder=ladder(session),
         default_agreement=default,
         countries=countries,
         agreements=agreements,
         deny_rules=rules,
+        quotas=stored.model_copy(update={"countries": own}),
     )
     return document.normalized()
 
@@ -135,6 +147,7 @@ def apply_document(
         return result, None
     doc = proposed.normalized()
     _write_setting(session, LADDER_SETTING, json.dumps(doc.ladder))
+    _write_setting(session, QUOTAS_SETTING, doc.quotas.model_dump_json(exclude_none=True))
     session.execute(delete(Agreement))
     session.execute(delete(DenyRule))
     session.flush()

@@ -10,8 +10,9 @@ numbers, the stored subtrees and one signed checkpoint. One commit, one fsync an
 checkpoint signature serve the whole batch; each caller is answered only after it.
 
 Several broker processes (PostgreSQL): acceptance takes no global lock, so every process
-stores its batches concurrently; the integration lock (an advisory lock) decides which one
-integrates. A process whose items another process integrated learns it by reading their log
+stores its batches concurrently (only batches with items of the same originator wait for
+each other, on its stored-bytes row: services/quota.py); the integration lock (an advisory
+lock) decides which one integrates. A process whose items another process integrated learns it by reading their log
 indexes (every few milliseconds while it has callers waiting, never otherwise).
 
 Without submissions the writer wakes every `interval_s`, or when `kick()`ed after a directory
@@ -39,6 +40,7 @@ from ..store.db import transaction
 from ..store.models import Item
 from .health import Outage
 from .log import Integrated, Integrator
+from .quota import QuotaBook
 from .registry import RegistryCache
 from .submit import Prepared, Receipt, accept_batch, receipt_for
 
@@ -86,6 +88,7 @@ class Sequencer:
         self._threads: list[threading.Thread] = []
         self._failing = False
         self.outage: Outage | None = None  # database outages, told once (services/health.py)
+        self.quotas = QuotaBook()  # the stored-bytes quotas, as of the registry version read
         self.batches = 0  # statistics for benchmarks and tests
         self.stored = 0
 
@@ -185,12 +188,14 @@ class Sequencer:
         for attempt in range(3):
             try:
                 with transaction(self.factory) as session:
-                    answers = accept_batch(session, self.registry_cache, [t.prepared for t in batch])
+                    answers = accept_batch(
+                        session, self.registry_cache, [t.prepared for t in batch], self.quotas
+                    )
                     integrated = self.integrator.integrate_in(session)
                 break
             except IntegrityError:
-                # Another process stored one of these item ids after we looked: look again
-                # (it is answered as a re-submission now).
+                # Another process stored one of these item ids after we looked, or the first
+                # stored-bytes row of a member: look again (a re-submission is answered as one).
                 if attempt == 2:
                     raise
         self.integrator.committed(integrated)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Table, insert, select
+from sqlalchemy import Table, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -21,13 +21,16 @@ from ..problems import Problem, conflict, forbidden, invalid
 from ..settings import Settings
 from ..store import queries
 from ..store.db import transaction
-from ..store.models import Delivery, Item, LogPending
+from ..store.models import Delivery, Item, LogPending, MemberUsage
+from . import policy as policy_service
 from .auth import Caller
+from .quota import QuotaBook, Quotas, storage_quota_exceeded
 from .registry import Registry, RegistryCache, signing_public_key
 
 ITEMS: Table = Item.__table__  # type: ignore[assignment]
 DELIVERIES: Table = Delivery.__table__  # type: ignore[assignment]
 PENDING: Table = LogPending.__table__  # type: ignore[assignment]
+USAGE: Table = MemberUsage.__table__  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -187,7 +190,10 @@ def prepare(
 
 
 def accept_batch(
-    session: Session, registry_cache: RegistryCache, batch: Sequence[Prepared]
+    session: Session,
+    registry_cache: RegistryCache,
+    batch: Sequence[Prepared],
+    quotas: QuotaBook | None = None,
 ) -> list[Receipt | Problem]:
     """Store every acceptable item of `batch` in the caller's transaction (items, their
     deliveries without inbox numbers, and their log staging rows): one answer per entry, in
@@ -196,8 +202,14 @@ def accept_batch(
 
     No global lock is taken: the log index and inbox numbers are assigned when the integrator
     takes these items into the log (services/log.py). The registry is read under a share
-    lock, so no directory or policy change can commit between these checks and the commit."""
+    lock, so no directory or policy change can commit between these checks and the commit.
+    Each originator's stored-bytes row is locked (in code order: no deadlock) until the
+    commit, so that its quota holds across broker processes; only batches of the same
+    originator wait for each other on it."""
     registry = registry_cache.get(session, share_lock=True)
+    book = quotas if quotas is not None else QuotaBook()
+    usage = _Usage.lock(session, {p.envelope.header.originator for p in batch})
+    limits = book.at(registry.version, lambda: policy_service.quotas(session))
     ids = list({p.envelope.header.item_id for p in batch})
     stored = dict(
         session.execute(
@@ -233,6 +245,7 @@ def accept_batch(
         try:
             _check_again(registry, prepared)
             references.check(header)
+            usage.admit(header.originator, limits, len(prepared.data))
         except Problem as problem:
             answers[position] = problem
             continue
@@ -255,12 +268,52 @@ def accept_batch(
         session.execute(insert(ITEMS), items)
         session.execute(insert(DELIVERIES), deliveries)
         session.execute(insert(PENDING), pending)
+        usage.write(session)
     for item_id, positions in existing.items():
         receipt = receipt_for(session, item_id, created=False)
         for position in positions:
             answers[position] = receipt
     assert all(a is not None for a in answers)
     return [a for a in answers if a is not None]
+
+
+@dataclass
+class _Usage:
+    """The stored bytes of a batch's originators, their rows locked until the commit."""
+
+    stored: dict[str, int]
+    added: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def lock(cls, session: Session, originators: set[str]) -> _Usage:
+        codes = sorted(originators)
+        stored = dict(
+            session.execute(
+                select(USAGE.c.country, USAGE.c.stored_bytes)
+                .where(USAGE.c.country.in_(codes))
+                .order_by(USAGE.c.country)
+                .with_for_update()
+            ).all()
+        )
+        missing = [code for code in codes if code not in stored]
+        if missing:  # its first item: another process inserting it too makes one of us retry
+            session.execute(insert(USAGE), [{"country": code, "stored_bytes": 0} for code in missing])
+            stored.update(dict.fromkeys(missing, 0))
+        return cls(stored)
+
+    def admit(self, member: str, quotas: Quotas, size: int) -> None:
+        """Count `size` more bytes for `member`, or raise the Problem if they do not fit."""
+        used = self.stored[member] + self.added.get(member, 0)
+        quota = quotas.of(member)
+        if used + size > quota.stored_bytes:
+            raise storage_quota_exceeded(member, quota, used, size)
+        self.added[member] = self.added.get(member, 0) + size
+
+    def write(self, session: Session) -> None:
+        for code, size in sorted(self.added.items()):
+            session.execute(
+                update(USAGE).where(USAGE.c.country == code).values(stored_bytes=USAGE.c.stored_bytes + size)
+            )
 
 
 @dataclass
@@ -363,12 +416,12 @@ def submit(
     """Accept one envelope in its own transaction, or raise a Problem; nothing is written
     unless every check passes. (The broker batches submissions: services/sequencer.py.)"""
     prepared = prepare(factory, registry_cache, settings, caller, data, now_ms)
-    for _ in range(2):
+    for _ in range(3):
         try:
             with transaction(factory) as session:
                 (answer,) = accept_batch(session, registry_cache, [prepared])
         except IntegrityError:
-            continue  # a concurrent submission of the same item won the race: look again
+            continue  # a concurrent submission of the same item (or member) won the race: look again
         if isinstance(answer, Problem):
             raise answer
         return answer

@@ -129,6 +129,18 @@ class Item(Base):
     )  # the policy that allowed it
 
 
+class MemberUsage(Base):
+    """Bytes of envelopes each member originated that the broker still stores (not purged):
+    what its `stored_bytes` quota is checked against. Changed in the transaction that stores
+    items (services/submit.py) or purges them (services/maintenance.py); `msmt-broker check`
+    compares it with the items themselves."""
+
+    __tablename__ = "member_usage"
+
+    country: Mapped[str] = mapped_column(String(3), primary_key=True)
+    stored_bytes: Mapped[int] = mapped_column(BigInteger)
+
+
 class InboxCounter(Base):
     """Per-recipient sequence, advanced only by the integrator in log order."""
 

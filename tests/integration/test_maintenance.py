@@ -58,6 +58,7 @@ def test_a_consistent_database_has_no_finding(world: World) -> None:
         "inbox-sequences",
         "log-indexes",
         "log-roots",
+        "stored-bytes",
         "envelope-digests",
     )
     assert report.counts["items"] == 3 and report.counts["deliveries"] == 6
