@@ -655,8 +655,14 @@ def _is_unavailable(delivery: Delivery) -> bool:
     return delivery.unavailable is not None and _is_seq(delivery.seq) and is_item_id(delivery.item_id)
 
 
-def _pull_once(client: Client, folder: Path, args: argparse.Namespace, wait: float) -> tuple[int, int, int]:
-    """Pull one page after the saved cursor; return (saved, rejected, unavailable).
+def _pull_once(
+    client: Client, folder: Path, args: argparse.Namespace, wait: float
+) -> tuple[int, int, int, list[int]]:
+    """Pull one page after the saved cursor; return (saved, rejected, unavailable, missing).
+
+    `missing` are the inbox entry numbers the page skips (from the cursor on): each inbox is
+    gap-free, so a skipped one was withheld or deleted by the broker; each is reported on
+    standard error as an AUDIT line (the cheap part of `msmt audit`, on every poll).
 
     A delivery the broker lists as expired or purged is not fetched (it never will be): it is
     reported on standard error and acknowledged.
@@ -672,6 +678,9 @@ def _pull_once(client: Client, folder: Path, args: argparse.Namespace, wait: flo
     cursor = _cursor(folder)
     # one request for the page and its envelopes (capped in bytes by the broker)
     page = client.inbox(cursor, limit=args.limit, wait=wait, envelopes=True)
+    missing = _skipped(cursor, [d.seq for d in page.deliveries])
+    for seq in missing:
+        print(f"AUDIT: inbox entry {seq} is missing: withheld or deleted by the broker", file=sys.stderr)
     progress = Progress(len(page.deliveries), "pulling")
     saved = failed = handled = 0
     reached = cursor
@@ -705,7 +714,34 @@ def _pull_once(client: Client, folder: Path, args: argparse.Namespace, wait: flo
             reached = page.cursor
         if reached != cursor:
             _write_private(folder, CURSOR_FILE, str(reached).encode())
-    return saved, failed, len(gone)
+    return saved, failed, len(gone), missing
+
+
+def _skipped(cursor: int, seqs: list[Any]) -> list[int]:
+    """Entry numbers after `cursor` that a page in ascending order jumps over."""
+    missing: list[int] = []
+    expected = cursor + 1
+    for seq in seqs:
+        if not _is_seq(seq):
+            continue
+        missing.extend(range(expected, min(seq, expected + 1000 - len(missing))))
+        expected = max(expected, seq + 1)
+    return missing  # a broker claiming a huge jump is named by its first thousand entries
+
+
+def _log_still_consistent(client: Client) -> str | None:
+    """When the members' root pins a log: its newest checkpoint, checked consistent with the
+    one this agency holds (what `msmt audit` does first). The problem sentence, or None."""
+    if client.trust.log is None:
+        return None
+    try:
+        client.log_checkpoint()
+    except BrokerError as exc:
+        if exc.code != "no-checkpoint":
+            raise
+    except errors.LogError as exc:
+        return f"{exc.detail} ({exc.code})"
+    return None
 
 
 def header_view(header: dict[str, Any]) -> dict[str, Any]:
@@ -717,13 +753,13 @@ def header_view(header: dict[str, Any]) -> dict[str, Any]:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     folder = Path(args.folder)
-    total_saved = total_failed = total_gone = 0
+    total_saved = total_failed = total_gone = total_missing = 0
     with _client(args) as client:  # URL, keys and trust checked before the folder is made
         while True:
             before = _cursor(folder)
-            saved, failed, gone = _pull_once(client, folder, args, wait=0)
+            saved, failed, gone, missing = _pull_once(client, folder, args, wait=0)
             total_saved, total_failed = total_saved + saved, total_failed + failed
-            total_gone += gone
+            total_gone, total_missing = total_gone + gone, total_missing + len(missing)
             # until a page is empty (a short page is not the end: pages are capped in bytes)
             # or brings the cursor no further
             if saved + failed + gone == 0 or _cursor(folder) == before:
@@ -731,19 +767,30 @@ def cmd_pull(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {"saved": total_saved, "rejected": total_failed, "folder": str(folder)}
     if total_gone:
         result["unavailable"] = total_gone  # expired or purged: acknowledged, never fetched
+    if total_missing:
+        result["missing"] = total_missing  # skipped entry numbers: withheld or deleted (AUDIT lines)
     emit(args, result)
+    if total_missing:
+        return EXIT_AUDIT
     return EXIT_INVALID_ITEM if total_failed else EXIT_OK
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
     folder = Path(args.folder)
-    failed_any = False
+    failed_any = audit_any = False
     with _client(args) as client:  # URL, keys and trust checked before the folder is made
         print(f"watching the inbox; new items go to {folder} (Ctrl-C to stop)", file=sys.stderr)
         try:
             while True:
-                saved, failed, gone = _pull_once(client, folder, args, wait=30)
+                # every poll, the cheap parts of `msmt audit`: the log still extends what this
+                # agency verified (else stop: a forked or rolled-back log), and no entry skipped
+                fork = _log_still_consistent(client)
+                if fork is not None:
+                    print(f"AUDIT: {fork}", file=sys.stderr)
+                    return EXIT_AUDIT
+                saved, failed, gone, missing = _pull_once(client, folder, args, wait=30)
                 failed_any = failed_any or bool(failed)
+                audit_any = audit_any or bool(missing)
                 if saved or failed or gone:
                     print(
                         f"{_ms(int(time.time() * 1000))}: {saved} saved, {failed} rejected"
@@ -754,6 +801,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
                     break
         except KeyboardInterrupt:
             print("stopped", file=sys.stderr)
+    if audit_any:
+        return EXIT_AUDIT
     return EXIT_INVALID_ITEM if failed_any else EXIT_OK
 
 
