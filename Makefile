@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench vectors clean
+.PHONY: demo test lint bench vectors clean soak
 
 $(STAMP): pyproject.toml clients/pyproject.toml clients/verify/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ bench: $(STAMP)
 	$(BIN)/python bench/envelope.py
 	$(BIN)/python bench/directory.py
 	$(BIN)/python bench/merkle.py
+
+# The chaos suite of `make test` (tests/chaos) with its large counts: 25 kill -9s of a broker under
+# load on each database, 100,000 hostile requests, 1,500 long-polls under a 1,024-descriptor
+# limit, 3 PostgreSQL restarts; the figures of every scenario are printed at the end.
+soak: $(STAMP)
+	MSMT_CHAOS_SCALE=soak $(BIN)/pytest -p no:cacheprovider -n 2 --dist worksteal tests/chaos
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -31,11 +31,18 @@ from .api.docs import install_docs
 from .observability import LIFECYCLE_LOGGER, Observer, RequestLog, configure_structlog, note
 from .problems import PROBLEM_MEDIA_TYPE, Problem, database_unavailable
 from .services import maintenance
-from .services.health import Readiness, readiness, schema_head
+from .services.health import Readiness, is_outage, readiness, schema_head
 from .services.log import Integrator
 from .services.notify import notify_in_transaction
 from .services.sequencer import Sequencer
-from .serving import Draining, Failures, Stopping, answer_overload_with_a_problem, watch_stop_signals
+from .serving import (
+    Draining,
+    Failures,
+    Stopping,
+    answer_overload_with_a_problem,
+    quiet_accept_errors,
+    watch_stop_signals,
+)
 from .settings import Settings
 from .store.db import make_engine, make_sessionmaker, transaction
 
@@ -83,7 +90,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DBAPIError)
     async def on_database(request: Request, exc: DBAPIError) -> JSONResponse:
-        if not isinstance(exc, OperationalError | InterfaceError):
+        if not is_outage(exc):
             raise exc  # not an outage: a failure like any other (Failures answers and logs it)
         request.app.state.broker.outage.failed(f"{request.method} {request.url.path}", exc)
         return _problem_response(request, database_unavailable())
@@ -115,6 +122,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     retention = asyncio.create_task(_retention(broker)) if settings.retention_days > 0 else None
     # SIGTERM / SIGINT release the waiting long-polls before the server's graceful stop
     unwatch = watch_stop_signals(app.state.stopping)
+    quiet_accept_errors(asyncio.get_running_loop())
     try:
         yield
     finally:

@@ -346,12 +346,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["MSMT_AUDIENCE"] = own_url(args.host, args.port)
     settings = Settings()
     cap = connection_cap(settings.max_connections)
-    if cap <= settings.inbox_max_waiting:
+    waiting = waiting_cap(cap, settings.inbox_max_waiting)
+    if waiting < settings.inbox_max_waiting:
         logging.getLogger("msmt.broker").warning(
-            "MSMT_INBOX_MAX_WAITING=%d is not below the connection cap %d: long-polls can take every connection",
+            "MSMT_INBOX_MAX_WAITING=%d leaves too few of the %d connections for anything but long-polls: "
+            "serving at most %d waiting long-polls",
             settings.inbox_max_waiting,
             cap,
+            waiting,
         )
+        os.environ["MSMT_INBOX_MAX_WAITING"] = str(waiting)  # the workers read it
     # GET /metrics on a listener of its own (MSMT_METRICS_PORT), served from this process; it
     # names the workers' metrics folder in the environment before they start (broker/metrics.py)
     try:
@@ -372,6 +376,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # Connections past the cap are answered 503 at once: the process never runs out of file
         # descriptors (each worker is a process with its own limit and its own cap).
         limit_concurrency=cap,
+        # Where the descriptors are too few for MSMT_MAX_CONNECTIONS, the standard asyncio loop:
+        # on EMFILE its accept backs off for a second and leaves the excess connections in the
+        # kernel's backlog, where uvloop closes them unanswered (tests/chaos, 1,500 long-polls
+        # under 1,024 descriptors). Its accept errors are one log line a minute (serving.py).
+        loop="auto" if cap >= settings.max_connections else "asyncio",
         # SIGTERM: long-polls are released at once (broker/serving.py, Draining); anything else gets
         # this long to finish, then is cancelled.
         timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout_s)),
@@ -397,6 +406,12 @@ def own_url(host: str, port: int) -> str:
 RESERVED_FDS = 128
 
 
+def waiting_cap(connections: int, wanted: int) -> int:
+    """Long-polls may wait on at most 4 in 5 of the connections: submissions, acknowledgements
+    and the other requests keep the rest."""
+    return max(1, min(wanted, connections * 4 // 5))
+
+
 def connection_cap(wanted: int) -> int:
     """The connection cap `serve` applies: `wanted`, with the soft RLIMIT_NOFILE raised (up to
     the hard limit) to hold it plus RESERVED_FDS; where the hard limit is lower, what fits under
@@ -413,7 +428,10 @@ def connection_cap(wanted: int) -> int:
             soft = target
     if soft == resource.RLIM_INFINITY or soft >= needed:
         return wanted
-    cap = soft - RESERVED_FDS
+    # Half of what is left: a connection past the cap still takes a descriptor from its accept
+    # until its 503 is written, and a burst of them must not exhaust the limit (tests/chaos:
+    # 1,500 long-polls under 1,024 descriptors).
+    cap = (soft - RESERVED_FDS) // 2
     if cap < 16:
         raise ui.UserError(
             f"the file-descriptor limit ({soft}) leaves no room for connections: raise it (LimitNOFILE=)",

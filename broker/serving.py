@@ -230,6 +230,36 @@ def answer_overload_with_a_problem() -> None:
             module.service_unavailable = _overloaded  # type: ignore[attr-defined]
 
 
+ACCEPT_FAILED = "socket.accept() out of system resource"
+
+
+def quiet_accept_errors(loop: asyncio.AbstractEventLoop, every_s: float = 60.0) -> None:
+    """The asyncio loop reports each accept() that fails for want of descriptors (it then waits
+    a second before accepting again: the connections wait in the kernel's backlog) with a
+    traceback; under a connection storm that is thousands. Say it once a minute, with a count."""
+    previous = loop.get_exception_handler()
+    seen = {"last": -every_s, "since": 0}
+
+    def handler(running: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if not str(context.get("message", "")).startswith(ACCEPT_FAILED):
+            if previous is not None:
+                previous(running, context)
+            else:
+                running.default_exception_handler(context)
+            return
+        seen["since"] += 1
+        now = time.monotonic()
+        if now - seen["last"] >= every_s:
+            log.warning(
+                "out of file descriptors: accepting paused for a second at a time (%d times since the "
+                "last report); connections wait in the backlog",
+                seen["since"],
+            )
+            seen["last"], seen["since"] = now, 0
+
+    loop.set_exception_handler(handler)
+
+
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 

@@ -57,8 +57,10 @@ class Settings(BaseSettings):
     # base64 (mode 0600); its verifier keys go into the members' root (`extra.log`).
     log_origin: str = "msmt-broker/log"
     log_key_file: str | None = None
-    # How long a submission waits for the integrator before answering 202 (still durable).
-    log_settle_timeout_s: float = 10.0
+    # How long a submission waits for the integrator before answering 202 (still durable). Below
+    # the PostgreSQL lock timeout (MSMT_DB_LOCK_TIMEOUT_S, 5 s): a broker hung while holding the
+    # integration lock must not stall the others' answers longer than that (tests/chaos).
+    log_settle_timeout_s: float = 4.0
     log_sweep_interval_s: float = 0.5
     # `serve` sets this: freeze the start-up heap out of the garbage collector (broker/app.py).
     gc_freeze: bool = False

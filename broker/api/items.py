@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import exists, or_, select
-from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from .. import metrics
@@ -19,6 +19,7 @@ from ..problems import Problem, conflict, database_unavailable, invalid, not_fou
 from ..services import inbox as inbox_service
 from ..services import submit as submit_service
 from ..services.auth import Caller
+from ..services.health import is_outage
 from ..services.quota import envelope_too_large
 from ..services.sequencer import Stopping, Ticket
 from ..store.models import Delivery, Item
@@ -91,7 +92,7 @@ def _prepare(state: BrokerState, caller: Caller, data: bytes, now_ms: int) -> su
 
 def _failure(exc: Exception) -> str:
     """The problem an unexpected exception is answered with (app.py's handlers)."""
-    return "database-unavailable" if isinstance(exc, OperationalError | InterfaceError) else "internal-error"
+    return "database-unavailable" if is_outage(exc) else "internal-error"
 
 
 async def _answer(state: BrokerState, ticket: Ticket, deadline: float | None) -> submit_service.Receipt:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, event, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..store.db import alembic_config
@@ -25,6 +25,19 @@ log = logging.getLogger("msmt.broker.health")
 
 
 SQLITE_SETTLE_S = 1.0
+
+
+def is_outage(exc: BaseException) -> bool:
+    """The database is unreachable or dropped the session (a network or server failure, or the
+    server ending a session it found idle in a transaction: psycopg raises that as an
+    InternalError, SQLSTATE 25P03, and SQLAlchemy marks the connection invalidated), as opposed
+    to a statement that failed."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    if isinstance(exc, DBAPIError):
+        sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+        return exc.connection_invalidated or sqlstate == "25P03" or sqlstate.startswith(("08", "57P"))
+    return False
 
 
 class Outage:

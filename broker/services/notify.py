@@ -207,12 +207,22 @@ class InboxNotifier:
                             if note.channel == CHANNEL:
                                 self.publish(parse_payload(note.payload))
             except Exception as exc:  # the listener must outlive a database outage
+                lost = self._listening.is_set()  # a connection that worked, not a failed connect
                 if self._stop.is_set():
                     pass
+                elif lost:
+                    # Reconnect at once before saying anything: after a server restart this
+                    # connection is found dead only when it is next read, often after the
+                    # database is back, and that is not a new outage. A reconnection that
+                    # fails is (below).
+                    log.info("inbox listener lost its connection (%s); reconnecting", exc)
                 elif self.outage is not None:
                     self.outage.failed("the inbox listener", exc)  # one line per outage
-                elif self._listening.is_set():  # lost, not a failed reconnection: once
-                    log.warning("inbox listener lost its connection (%s); reconnecting", exc)
+                else:
+                    log.warning("inbox listener cannot connect (%s); retrying", exc)
+                if lost:
+                    self._listening.clear()
+                    continue
             finally:
                 self._listening.clear()
             self._stop.wait(self._reconnect_s)

@@ -31,14 +31,14 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .. import metrics
 from ..problems import Problem
 from ..store.db import transaction
 from ..store.models import Item
-from .health import Outage
+from .health import Outage, is_outage
 from .log import Integrated, Integrator
 from .quota import QuotaBook
 from .registry import RegistryCache
@@ -177,7 +177,7 @@ class Sequencer:
                         )
                         metrics.submission_failed(failure)
                         ticket.stored.set_exception(exc)
-                if self.outage is not None and isinstance(exc, OperationalError | InterfaceError):
+                if self.outage is not None and is_outage(exc):
                     self.outage.failed("the sequencer", exc)  # one line per outage, shared
                 elif not self._failing:  # one line per failure spell, not one per attempt
                     log.error("the sequencer cannot write: %s", exc, exc_info=True)
@@ -261,7 +261,7 @@ class Sequencer:
                 self.integrator.witness()
                 failing = False
             except Exception as exc:  # never fatal; a failure spell is one log line
-                if self.outage is not None and isinstance(exc, OperationalError | InterfaceError):
+                if self.outage is not None and is_outage(exc):
                     self.outage.failed("the witness thread", exc)  # the database's outage, told once
                 elif not failing:
                     log.exception("asking the witnesses failed; retrying")

@@ -151,5 +151,15 @@ def test_the_cap_stays_below_the_file_descriptor_limit() -> None:
 
     # a low soft limit under a high hard one is raised to fit the cap
     assert _cap_under(256, 8192) == (1000, 1000 + RESERVED_FDS)
-    # a hard limit too low for the cap: the cap shrinks below it
-    assert _cap_under(300, 300) == (300 - RESERVED_FDS, 300)
+    # a hard limit too low for the cap: the cap shrinks to half of what is left, so that a burst
+    # of connections past it (each holding a descriptor until its 503 is written) fits too
+    assert _cap_under(300, 300) == ((300 - RESERVED_FDS) // 2, 300)
+    assert _cap_under(1024, 1024) == ((1024 - RESERVED_FDS) // 2, 1024)
+
+
+def test_long_polls_leave_connections_for_the_rest() -> None:
+    from broker.cli import waiting_cap
+
+    assert waiting_cap(1000, 800) == 800  # the defaults: unchanged
+    assert waiting_cap(448, 800) == 358  # under 1,024 descriptors
+    assert waiting_cap(20, 1) == 1
