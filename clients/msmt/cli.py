@@ -301,6 +301,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     broker_url(args)
     payload = sys.stdin.buffer.read() if args.file == "-" else ui.read_bytes(args.file, "report")
     content_type = args.content_type or _guess_type(args.file)
+    from .gateway.stix import check_outgoing  # needs no extra: stix2 only deepens the check
+
+    check_outgoing(payload, content_type, markings)  # a STIX bundle no stricter than its markings
     options: dict[str, Any] = {}
     if args.supersedes:
         options["supersedes"] = args.supersedes

@@ -2,6 +2,7 @@
 
     msmt-gateway serve --config gateway.toml     follow the inbox and serve TAXII 2.1
     msmt-gateway follow --config gateway.toml    move what the inbox holds now into the database
+    msmt-gateway migrate --config gateway.toml   bring the database's schema up to date
     msmt-gateway hash-password                   a [users] line's value (asks for the password)
     msmt-gateway new-token NAME                  a random API token and its [tokens] line
 
@@ -25,7 +26,8 @@ from ..client import Client
 from ..core.errors import MsmtError
 from ..trust import TrustStore
 from .config import GatewayConfig, hash_password, hash_token
-from .store import Store, follow, follow_once
+from .send import Sender
+from .store import Store, current_revision, follow, follow_once, migrate
 
 log = logging.getLogger("msmt.gateway")
 
@@ -39,10 +41,27 @@ def _passphrase() -> str:
     return getpass.getpass("key passphrase: ")
 
 
-def make_client(config: GatewayConfig) -> Client:
-    keys = AgencyKeys.load(config.keys, _passphrase())
+def make_client(config: GatewayConfig, keys: AgencyKeys | None = None) -> Client:
+    keys = keys or AgencyKeys.load(config.keys, _passphrase())
     trust = TrustStore.load(config.trust)
     return Client(config.broker_url, keys, trust=trust, audience=config.audience)
+
+
+RESEND_EVERY_S = 30.0
+
+
+def resend_loop(sender: Sender, stop: threading.Event, every: float = RESEND_EVERY_S) -> None:
+    """Submit what the outbox holds (TAXII POSTs the broker did not acknowledge), forever."""
+    while not stop.is_set():
+        try:
+            sent = sender.resend()
+            if sent:
+                log.info("re-sent %d item(s) from the outbox", sent)
+        except Exception as exc:
+            log.warning(
+                "re-sending the outbox failed (%s: %s); retrying in %.0f s", type(exc).__name__, exc, every
+            )
+        stop.wait(every)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -53,6 +72,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = GatewayConfig.load(Path(args.config))
     store = Store(config.database_url)
     client = make_client(config)
+    # TAXII POSTs go out through a client of their own: the follower's is busy long-polling
+    sending = make_client(config, client.keys) if config.send else None
+    sender = Sender(sending, store, config.send) if sending is not None else None
     stop = threading.Event()
     follower = threading.Thread(
         target=follow,
@@ -62,6 +84,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         daemon=True,
     )
     follower.start()
+    if sender is not None:
+        threading.Thread(target=resend_loop, args=(sender, stop), name="outbox-resender", daemon=True).start()
     log.info(
         "following %s's inbox at %s; TAXII 2.1 on %s:%d",
         client.country,
@@ -71,7 +95,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     try:
         uvicorn.run(
-            create_app(store, config.credentials, title=config.title),
+            create_app(store, config.credentials, title=config.title, sender=sender),
             host=config.host,
             port=config.port,
             log_level=args.log_level,
@@ -82,6 +106,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         stop.set()
         follower.join(timeout=args.wait + 5)
         client.close()
+        if sending is not None:
+            sending.close()
         store.close()
     return 0
 
@@ -100,6 +126,17 @@ def cmd_follow(args: argparse.Namespace) -> int:
         print(f"stored {total} new item(s); cursor {store.cursor()}")
     finally:
         store.close()
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    config = GatewayConfig.load(Path(args.config))
+    before = migrate(config.database_url, args.revision)
+    after = current_revision(config.database_url)
+    if before == after:
+        print(f"the gateway database is at schema revision {after}: nothing to do")
+    else:
+        print(f"the gateway database is at schema revision {after} (it was at {before or 'none'})")
     return 0
 
 
@@ -134,6 +171,10 @@ def parser() -> argparse.ArgumentParser:
     once = sub.add_parser("follow", help="store what the inbox holds now, then exit")
     once.add_argument("--config", required=True)
     once.set_defaults(func=cmd_follow)
+    upgrade = sub.add_parser("migrate", help="bring the gateway database's schema up to date (Alembic)")
+    upgrade.add_argument("--config", required=True)
+    upgrade.add_argument("--revision", default="head", help="the schema revision to reach (default: head)")
+    upgrade.set_defaults(func=cmd_migrate)
     hashing = sub.add_parser("hash-password", help="hash a TAXII user's password (scrypt) for [users]")
     hashing.set_defaults(func=cmd_hash_password)
     token = sub.add_parser("new-token", help="make an API token for a TAXII consumer, and its [tokens] line")

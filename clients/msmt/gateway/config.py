@@ -14,6 +14,15 @@
     [tokens]                                     # API tokens (Authorization: Bearer/Token)
     opencti = "sha256$<hex of sha256(token)>"
 
+    [send.partners]                              # a writable TAXII collection: what is POSTed
+    classification = "RESTRICTED"                # to it is sealed and sent under these markings
+    tlp = "AMBER"                                # or "bundle": its strictest object's TLP
+    releasable_to = ["ALL"]
+    topics = ["cyber"]
+    # caveats = ["ORCON"]
+    # recipients = ["USA", "JPN"]                # default: every partner the markings allow
+    writers = ["analyst"]                        # who may POST (users or token names)
+
 Passwords are stored as scrypt hashes (hashlib.scrypt, per-user salt), API tokens as SHA-256
 digests (they are random and long); both are compared in constant time.
 """
@@ -23,12 +32,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..core.errors import MsmtError
+from ..core.markings import TLP_LEVELS, Markings
 from ..errors import ClientError
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
@@ -113,6 +125,74 @@ class Credentials:
         return found
 
 
+BUNDLE_TLP = "bundle"  # a send profile's tlp: the strictest TLP the bundle's objects carry
+PROFILE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
+@dataclass(frozen=True)
+class SendProfile:
+    """A writable TAXII collection: objects POSTed to it are sealed under these markings and
+    sent to `recipients` (None: every partner the markings allow, as `msmt submit` does)."""
+
+    name: str
+    classification: str
+    tlp: str  # a TLP 2.0 level, or BUNDLE_TLP
+    releasable_to: tuple[str, ...]
+    caveats: tuple[str, ...] = ()
+    topics: tuple[str, ...] = ()
+    recipients: tuple[str, ...] | None = None
+    writers: frozenset[str] = frozenset()
+
+    def markings(self, tlp: str) -> Markings:
+        return Markings.create(self.classification, tlp, self.releasable_to, self.caveats, self.topics)
+
+    @classmethod
+    def from_dict(cls, name: str, data: Any) -> SendProfile:
+        where = f"[send.{name}]"
+        if not PROFILE_RE.fullmatch(name):
+            raise ConfigError(f"{where}: a send profile's name must be lower-case letters, digits, - or _")
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where} must be a table")
+        known = {"classification", "tlp", "releasable_to", "caveats", "topics", "recipients", "writers"}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"{where}: unknown settings {sorted(unknown)}")
+
+        def strings(key: str, default: list[str] | None = None) -> list[str]:
+            value = data.get(key, default)
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{where}: {key} must be a list of strings")
+            return value
+
+        tlp = data.get("tlp", BUNDLE_TLP)
+        if tlp != BUNDLE_TLP and tlp not in TLP_LEVELS:
+            raise ConfigError(f"{where}: tlp must be one of {', '.join(TLP_LEVELS)} or {BUNDLE_TLP!r}")
+        writers = strings("writers", [])
+        if not writers:
+            raise ConfigError(
+                f"{where}: name its writers (users or token names): POSTing to it signs items as this agency"
+            )
+        profile = cls(
+            name=name,
+            classification=str(data.get("classification", "")),
+            tlp=str(tlp),
+            releasable_to=tuple(v.upper() for v in strings("releasable_to")),
+            caveats=tuple(strings("caveats", [])),
+            topics=tuple(strings("topics", [])),
+            recipients=tuple(v.upper() for v in strings("recipients")) if "recipients" in data else None,
+            writers=frozenset(writers),
+        )
+        try:  # the markings must be well formed, whatever TLP the bundle brings
+            profile.markings("RED" if tlp == BUNDLE_TLP else str(tlp))
+        except MsmtError as exc:
+            raise ConfigError(f"{where}: {exc.detail}") from exc
+        if tlp == "RED" and "ALL" in profile.releasable_to:
+            raise ConfigError(f"{where}: a TLP:RED item cannot be releasable to ALL: name its recipients")
+        if profile.recipients is not None and not profile.recipients:
+            raise ConfigError(f"{where}: recipients, when given, must name at least one partner")
+        return profile
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
     broker_url: str
@@ -125,6 +205,7 @@ class GatewayConfig:
     credentials: Credentials
     title: str = "MSMT agency gateway"
     keep_withdrawn: bool = False  # keep the plaintext of TLP:RED items their originator withdraws
+    send: tuple[SendProfile, ...] = ()  # writable TAXII collections
 
     @classmethod
     def load(cls, path: Path) -> GatewayConfig:
@@ -147,6 +228,7 @@ class GatewayConfig:
             "tokens",
             "title",
             "keep_withdrawn",
+            "send",
         }
         unknown = set(data) - known
         if unknown:
@@ -161,6 +243,10 @@ class GatewayConfig:
         keep_withdrawn = data.get("keep_withdrawn", False)
         if not isinstance(keep_withdrawn, bool):
             raise ConfigError("keep_withdrawn must be true or false")
+        send = data.get("send", {})
+        if not isinstance(send, dict):
+            raise ConfigError("[send] must hold one table per send profile: [send.NAME]")
+        profiles = tuple(SendProfile.from_dict(str(name), value) for name, value in sorted(send.items()))
         users, tokens = data.get("users", {}), data.get("tokens", {})
         if not isinstance(users, dict) or not isinstance(tokens, dict):
             raise ConfigError("[users] and [tokens] must be tables of name = hash")
@@ -181,4 +267,5 @@ class GatewayConfig:
             ),
             title=str(data.get("title", "MSMT agency gateway")),
             keep_withdrawn=keep_withdrawn,
+            send=profiles,
         )

@@ -8,17 +8,21 @@ The TLP 2.0 marking-definition ids are the OASIS ones (cti-stix-common-objects,
 extension-definition-specifications/tlp-2.0, extension
 `extension-definition--60a3c5c5-0d10-413e-aab3-9e08dde9e88d`); the STIX 2.1 TLP 1.0 ids
 (`TLP:WHITE` and co., section 7.2.1.4 of STIX 2.1) are read too, WHITE as CLEAR.
+
+The `stix2` library (the `stix` or `gateway` extra of msmt-client) is imported only to
+validate objects: without it (`pip install ./clients` alone), `msmt submit` still checks the
+bundle's structure, ids and TLP markings against the envelope, and warns that the objects
+were not validated against STIX 2.1.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import cache
 from typing import Any
-
-import stix2  # type: ignore[import-untyped]
-from stix2.exceptions import STIXError  # type: ignore[import-untyped]
 
 from ..core.markings import TLP_LEVELS, Markings
 from ..errors import ClientError
@@ -48,6 +52,23 @@ ID_RE = re.compile(
     r"^[a-z0-9][a-z0-9-]{0,250}--[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 )
 MAX_OBJECTS = 100_000
+log = logging.getLogger("msmt.stix")
+
+
+@cache
+def _stix2_parser() -> tuple[Callable[..., Any], tuple[type[Exception], ...]] | None:
+    """stix2's parser and the errors it raises, or None when stix2 is not installed."""
+    try:
+        import stix2  # type: ignore[import-untyped]
+        from stix2.exceptions import STIXError  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    return stix2.parse, (STIXError, ValueError, TypeError, KeyError)
+
+
+def can_validate() -> bool:
+    """Whether objects are validated against STIX 2.1 (the stix2 library is installed)."""
+    return _stix2_parser() is not None
 
 
 def tlp2_definition(level: str) -> dict[str, Any]:
@@ -110,12 +131,21 @@ def parse_bundle(payload: bytes | str | dict[str, Any]) -> dict[str, Any]:
     objects = data.get("objects", [])
     if not isinstance(objects, list) or len(objects) > MAX_OBJECTS:
         raise InvalidStix(f"bundle {bundle_id}: 'objects' must be a list of at most {MAX_OBJECTS}", bundle_id)
+    parser = _stix2_parser()
+    if parser is None and objects:
+        log.warning(
+            "stix2 is not installed: bundle %s was checked for its structure and TLP markings only, "
+            "not validated against STIX 2.1 (pip install 'msmt-client[stix]')",
+            bundle_id,
+        )
     for index, obj in enumerate(objects):
-        _check_object(obj, index)
+        _check_object(obj, index, parser)
     return data
 
 
-def _check_object(obj: Any, index: int) -> None:
+def _check_object(
+    obj: Any, index: int, parser: tuple[Callable[..., Any], tuple[type[Exception], ...]] | None
+) -> None:
     if not isinstance(obj, dict):
         raise InvalidStix(f"object #{index} of the bundle is not a JSON object")
     object_id = obj.get("id")
@@ -125,10 +155,12 @@ def _check_object(obj: Any, index: int) -> None:
         raise InvalidStix(
             f"object {object_id}: its type {obj.get('type')!r} does not match its id", object_id
         )
-    try:
-        stix2.parse(obj, allow_custom=True, version="2.1")
-    except (STIXError, ValueError, TypeError, KeyError) as exc:
-        raise InvalidStix(f"object {object_id} is not valid STIX 2.1: {exc}", object_id) from exc
+    if parser is not None:
+        parse, errors = parser
+        try:
+            parse(obj, allow_custom=True, version="2.1")
+        except errors as exc:
+            raise InvalidStix(f"object {object_id} is not valid STIX 2.1: {exc}", object_id) from exc
     if object_id in TLP2_IDS.values():
         level = TLP_BY_ID[object_id]
         extension = (obj.get("extensions") or {}).get(TLP_EXTENSION_ID) or {}

@@ -1,7 +1,9 @@
 """The gateway's local database: what the agency received, verified and decrypted.
 
 SQLite by default (the file is created 0600), PostgreSQL with a `postgresql+psycopg://` URL.
-The schema is made with `metadata.create_all` for now (no Alembic migrations yet).
+The schema is made by the Alembic revisions shipped in `msmt/gateway/migrations`
+(`msmt-gateway migrate`, and on opening a `Store`); a database an earlier gateway made with
+`create_all` is taken over as it is (`migrate`).
 
 `follow_once` moves one inbox page into the database: the page's items are stored in one
 transaction, and only after it committed are they confirmed (signed receipts) and
@@ -34,6 +36,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -48,6 +54,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     or_,
     select,
 )
@@ -150,6 +157,26 @@ class Withdrawn(Base):
     plaintext_deleted: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
+class Submission(Base):
+    """Objects an analyst POSTed to a writable TAXII collection, sealed and sent as one item:
+    the TAXII status resource `GET /msmt/status/{status_id}/` answers from it."""
+
+    __tablename__ = "gateway_submissions"
+
+    status_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    profile: Mapped[str] = mapped_column(String(32))  # the send profile (collection) posted to
+    requested_by: Mapped[str] = mapped_column(String(128))  # the user or token name
+    request_us: Mapped[int] = mapped_column(BigInteger)
+    item_id: Mapped[str] = mapped_column(String(64), index=True)  # the sealed item
+    outcome: Mapped[str] = mapped_column(String(16))  # sent, pending (in the outbox), refused
+    objects: Mapped[str] = mapped_column(Text)  # JSON [[id, version], ...]
+    tlp: Mapped[str] = mapped_column(String(16))  # the envelope's
+    recipients: Mapped[str] = mapped_column(Text)  # JSON list, once the broker accepted it
+    log_index: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    message: Mapped[str] = mapped_column(Text)
+    updated_ms: Mapped[int] = mapped_column(BigInteger)
+
+
 class State(Base):
     __tablename__ = "gateway_state"
 
@@ -226,16 +253,70 @@ def _sqlite_secure_delete(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def alembic_config(url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(url: str) -> str | None:
+    """The database's schema revision (None: not made by the migrations, or empty)."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+
+
+def migrate(url: str, revision: str = "head") -> str | None:
+    """Bring the database's schema to `revision`; a store made by `create_all` (before the
+    gateway had migrations: its tables but no `alembic_version`) is taken over as it is: the
+    first revision creates only the tables it lacks, and the revision is recorded. Returns
+    the revision it was at before (None: new, or taken over)."""
+    private_sqlite_file(url)
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            before = MigrationContext.configure(connection).get_current_revision()
+            tables = set(inspect(connection).get_table_names())
+    finally:
+        engine.dispose()
+    if before is None and "gateway_items" in tables:
+        log.info("taking over a gateway database made before migrations (%d tables)", len(tables))
+    if before != head_revision() or revision != "head":
+        command.upgrade(alembic_config(url), revision)
+    return before
+
+
 class Store:
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, upgrade: bool = True) -> None:
+        """Open the gateway's database; `upgrade` brings its schema to the current revision
+        first (else a database behind it is refused)."""
         private_sqlite_file(url)
+        if upgrade:
+            migrate(url)
+        elif current_revision(url) != head_revision():
+            raise ClientError(
+                f"the gateway database is at schema revision {current_revision(url)}, not "
+                f"{head_revision()}: run `msmt-gateway migrate`"
+            )
         self.url = url
         self.engine: Engine = create_engine(url, echo=echo)
         if self.engine.dialect.name == "sqlite":
             # deleted content (a withdrawn TLP:RED item's plaintext) is overwritten, not left in
             # free pages of the file
             event.listen(self.engine, "connect", _sqlite_secure_delete)
-        Base.metadata.create_all(self.engine)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def close(self) -> None:
@@ -346,6 +427,44 @@ class Store:
     def items(self) -> list[Item]:
         with self.sessions() as session:
             return list(session.scalars(select(Item).order_by(Item.stored_ms, Item.item_id)))
+
+    # --- submissions (TAXII POST) ------------------------------------------------------------
+
+    def add_submission(self, row: Submission) -> None:
+        with self.sessions.begin() as session:
+            session.add(row)
+
+    def submission(self, status_id: str) -> Submission | None:
+        with self.sessions() as session:
+            return session.get(Submission, status_id)
+
+    def pending_submissions(self) -> list[Submission]:
+        with self.sessions() as session:
+            return list(session.scalars(select(Submission).where(Submission.outcome == "pending")))
+
+    def settle_submission(
+        self,
+        item_id: str,
+        outcome: str,
+        message: str,
+        *,
+        recipients: Sequence[str] = (),
+        log_index: int | None = None,
+    ) -> int:
+        """Record what became of a pending item (sent or refused); how many rows changed."""
+        with self.sessions.begin() as session:
+            rows = list(
+                session.scalars(
+                    select(Submission).where(Submission.item_id == item_id, Submission.outcome == "pending")
+                )
+            )
+            for row in rows:
+                row.outcome = outcome
+                row.message = message[:4000]
+                row.recipients = json.dumps(sorted(recipients))
+                row.log_index = log_index
+                row.updated_ms = now_ms()
+            return len(rows)
 
     def collections(self) -> list[str]:
         """Originators whose STIX this gateway holds, plus every originator it received from."""

@@ -8,8 +8,13 @@ proxy's job.
 
 Endpoints: discovery `/taxii2/`, API root, collections, a collection, objects (`added_after`,
 `limit`, `next`, `match[id|type|version|spec_version]`, with `X-TAXII-Date-Added-First/Last`),
-an object, its versions, the manifest, status. Adding objects (POST) is not offered:
-collections say `can_write: false` and a POST is refused with 403.
+an object, its versions, the manifest, status.
+
+Each send profile of the configuration (`[send.NAME]`) adds a writable collection (`can_read:
+false`, `can_write: true` for its writers): a POSTed envelope's objects are validated, checked
+against the profile's markings, sealed and sent to partners (`msmt.gateway.send`), and the
+answer is a status resource, `complete` once the broker accepted the item, `pending` while it
+waits in the outbox. The received collections stay read-only.
 """
 
 from __future__ import annotations
@@ -22,11 +27,16 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from .config import Credentials
-from .store import ObjectPage, Store, parse_timestamp_us, timestamp
+from ..core.errors import MsmtError
+from ..errors import BrokerError, BrokerUnavailable, PolicyRefused
+from . import stix
+from .config import Credentials, SendProfile
+from .send import BadSubmission, Sender, status_resource
+from .store import ObjectPage, Store, Submission, parse_timestamp_us, timestamp
 
 TAXII_MEDIA_TYPE = "application/taxii+json;version=2.1"
 STIX_MEDIA_TYPE = "application/stix+json;version=2.1"
@@ -41,21 +51,55 @@ def collection_id(originator: str) -> str:
     return str(uuid.uuid5(COLLECTION_NAMESPACE, f"msmt-gateway/collection/{originator}"))
 
 
+def send_collection_id(profile: str) -> str:
+    return str(uuid.uuid5(COLLECTION_NAMESPACE, f"msmt-gateway/send/{profile}"))
+
+
 class TaxiiError(Exception):
-    def __init__(self, status: int, title: str, description: str = "", headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        description: str = "",
+        headers: dict[str, str] | None = None,
+        *,
+        error_code: str | None = None,
+        details: dict[str, Any] | None = None,
+    ):
         super().__init__(title)
         self.status, self.title, self.description, self.headers = status, title, description, headers or {}
+        self.error_code, self.details = error_code, details
 
 
 def taxii(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(json.dumps(body), status_code=status, media_type=TAXII_MEDIA_TYPE, headers=headers)
 
 
-def error_body(status: int, title: str, description: str = "") -> dict[str, Any]:
+def error_body(
+    status: int,
+    title: str,
+    description: str = "",
+    error_code: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A TAXII 2.1 error message (section 3.6.1)."""
     body: dict[str, Any] = {"title": title, "http_status": str(status)}
     if description:
         body["description"] = description
+    if error_code:
+        body["error_code"] = error_code
+    if details:
+        body["details"] = details
     return body
+
+
+def _taxii_body(accepted: str | None) -> bool:
+    """A POST's Content-Type: a TAXII 2.1 envelope (application/taxii+json;version=2.1)."""
+    if not accepted:
+        return False
+    tokens = [t.strip().lower() for t in accepted.split(";")]
+    params = {t.replace(" ", "") for t in tokens[1:]} - {"charset=utf-8"}
+    return tokens[0] == "application/taxii+json" and params <= {"version=2.1"}
 
 
 def _acceptable(accept: str | None) -> bool:
@@ -72,7 +116,16 @@ def _acceptable(accept: str | None) -> bool:
     return False
 
 
-def create_app(store: Store, credentials: Credentials, *, title: str = "MSMT agency gateway") -> FastAPI:
+def create_app(
+    store: Store,
+    credentials: Credentials,
+    *,
+    title: str = "MSMT agency gateway",
+    sender: Sender | None = None,
+) -> FastAPI:
+    profiles: dict[str, SendProfile] = dict(sender.profiles) if sender is not None else {}
+    writable = {send_collection_id(name): profile for name, profile in profiles.items()}
+
     def authenticated(request: Request) -> str:
         """The user or token name; 401 otherwise. Then 406 unless the client accepts TAXII 2.1."""
         who = _authenticate(credentials, request.headers.get("authorization", ""))
@@ -93,7 +146,8 @@ def create_app(store: Store, credentials: Credentials, *, title: str = "MSMT age
 
     @app.exception_handler(TaxiiError)
     async def _taxii_error(_: Request, exc: TaxiiError) -> Response:
-        return taxii(error_body(exc.status, exc.title, exc.description), exc.status, exc.headers)
+        body = error_body(exc.status, exc.title, exc.description, exc.error_code, exc.details)
+        return taxii(body, exc.status, exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
@@ -107,7 +161,26 @@ def create_app(store: Store, credentials: Credentials, *, title: str = "MSMT age
         for originator in store.collections():
             if collection_id(originator) == collection:
                 return originator
+        if collection in writable:
+            raise TaxiiError(
+                403,
+                "write-only collection",
+                f"collection {writable[collection].name!r} sends what is posted to it; it serves nothing",
+            )
         raise TaxiiError(404, "no such collection", f"collection {collection[:80]} is not on this server")
+
+    def describe_send(profile: SendProfile, who: str) -> dict[str, Any]:
+        tlp = "the strictest TLP of its objects" if profile.tlp == "bundle" else f"TLP:{profile.tlp}"
+        to = ", ".join(profile.recipients) if profile.recipients else "every partner the markings allow"
+        return {
+            "id": send_collection_id(profile.name),
+            "title": f"send: {profile.name}",
+            "description": f"objects posted here are sealed and sent through the MSMT broker as "
+            f"{profile.classification}, {tlp}, releasable to {', '.join(profile.releasable_to)}, to {to}",
+            "can_read": False,
+            "can_write": who in profile.writers,
+            "media_types": [STIX_MEDIA_TYPE],
+        }
 
     def describe(originator: str) -> dict[str, Any]:
         return {
@@ -147,18 +220,22 @@ def create_app(store: Store, credentials: Credentials, *, title: str = "MSMT age
     @app.get("/{api_root}/status/{status_id}/")
     def status(api_root: str, status_id: str) -> Response:
         _check_root(api_root)
-        raise TaxiiError(
-            404, "no such status", "this server accepts no objects, so it has no status resources"
-        )
+        row = sender.status(status_id) if sender is not None and len(status_id) <= 36 else None
+        if row is None:
+            raise TaxiiError(404, "no such status", f"no status resource {status_id[:80]} on this server")
+        return taxii(status_resource(row))
 
     @app.get("/{api_root}/collections/")
-    def collections(api_root: str) -> Response:
+    def collections(api_root: str, who: str = Depends(authenticated)) -> Response:
         _check_root(api_root)
-        return taxii({"collections": [describe(o) for o in store.collections()]})
+        received = [describe(o) for o in store.collections()]
+        return taxii({"collections": received + [describe_send(p, who) for p in profiles.values()]})
 
     @app.get("/{api_root}/collections/{collection}/")
-    def collection(api_root: str, collection: str) -> Response:
+    def collection(api_root: str, collection: str, who: str = Depends(authenticated)) -> Response:
         _check_root(api_root)
+        if collection in writable:
+            return taxii(describe_send(writable[collection], who))
         return taxii(describe(find_collection(collection)))
 
     @app.get("/{api_root}/collections/{collection}/objects/")
@@ -168,12 +245,29 @@ def create_app(store: Store, credentials: Credentials, *, title: str = "MSMT age
         return _envelope(page, {"objects": page.objects})
 
     @app.post("/{api_root}/collections/{collection}/objects/")
-    def add_objects(api_root: str, collection: str) -> Response:
+    async def add_objects(
+        api_root: str, collection: str, request: Request, who: str = Depends(authenticated)
+    ) -> Response:
         _check_root(api_root)
-        find_collection(collection)
-        raise TaxiiError(
-            403, "read-only collection", "items are sent through the MSMT broker, not over TAXII"
-        )
+        profile = writable.get(collection)
+        if profile is None or sender is None:
+            find_collection(collection)
+            raise TaxiiError(
+                403,
+                "read-only collection",
+                "this collection serves what partners sent; post to a 'send:' collection to send",
+            )
+        if who not in profile.writers:
+            raise TaxiiError(403, "not a writer", f"{who} may not send through {profile.name!r}")
+        if not _taxii_body(request.headers.get("content-type")):
+            raise TaxiiError(415, "unsupported media type", f"post a TAXII envelope as {TAXII_MEDIA_TYPE}")
+        body = await _read_body(request)
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise TaxiiError(400, "invalid JSON", f"the body is not JSON: {exc}") from exc
+        row = await run_in_threadpool(_submit, sender, profile, who, data)
+        return taxii(status_resource(row), 202)
 
     @app.get("/{api_root}/collections/{collection}/objects/{object_id}/")
     def one_object(api_root: str, collection: str, object_id: str, request: Request) -> Response:
@@ -207,6 +301,58 @@ def create_app(store: Store, credentials: Credentials, *, title: str = "MSMT age
         return _envelope(page, {"objects": records})
 
     return app
+
+
+async def _read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > MAX_CONTENT_LENGTH):
+        raise TaxiiError(
+            413, "too large", f"this server takes at most {MAX_CONTENT_LENGTH} bytes per request"
+        )
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_CONTENT_LENGTH:
+            raise TaxiiError(
+                413, "too large", f"this server takes at most {MAX_CONTENT_LENGTH} bytes per request"
+            )
+    return bytes(body)
+
+
+def _submit(sender: Sender, profile: SendProfile, who: str, data: Any) -> Submission:
+    """`Sender.submit`, its refusals as TAXII errors (nothing was sent for any of them)."""
+    try:
+        return sender.submit(profile, who, data)
+    except stix.StixError as exc:
+        details = {"object_id": exc.object_id} if exc.object_id else None
+        raise TaxiiError(422, "objects refused", exc.detail, error_code=exc.code, details=details) from exc
+    except BadSubmission as exc:
+        raise TaxiiError(400, "invalid envelope", exc.detail, error_code=exc.code) from exc
+    except PolicyRefused as exc:
+        reasons = "; ".join(
+            f"{country}: {r.get('reason', '')}" for country, rs in exc.refusals.items() for r in rs
+        )
+        raise TaxiiError(
+            422,
+            "refused by policy",
+            f"{exc.problem.get('detail', '')}: {reasons}",
+            error_code="recipients-refused",
+            details={"recipients": exc.refusals},
+        ) from exc
+    except BrokerUnavailable as exc:  # before sealing (a SubmitPending is a pending status)
+        raise TaxiiError(
+            503,
+            "broker unavailable",
+            f"nothing was sent: {exc.detail}",
+            {"Retry-After": "30"},
+            error_code=exc.code,
+        ) from exc
+    except BrokerError as exc:
+        raise TaxiiError(
+            502, "the broker refused the item", f"nothing was delivered: {exc.detail}", error_code=exc.code
+        ) from exc
+    except MsmtError as exc:
+        raise TaxiiError(422, "cannot send", exc.detail, error_code=exc.code) from exc
 
 
 def _check_root(api_root: str) -> None:

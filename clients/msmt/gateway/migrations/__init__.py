@@ -1,0 +1,1 @@
+"""The gateway's Alembic migrations (`msmt-gateway migrate`); shipped in the package."""

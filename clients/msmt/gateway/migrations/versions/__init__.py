@@ -1,0 +1,1 @@
+"""The gateway's schema revisions, oldest first."""
