@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, event, text
@@ -97,9 +98,21 @@ class Outage:
 
             return
 
+        # A server going down closes its sessions one by one: a statement on a connection not
+        # yet closed can still succeed a few milliseconds into the outage, and that is not its
+        # end. A success ends it on a connection opened since it began, or a second after the
+        # last failure (an outage the connections survive, such as lock timeouts).
+        @event.listens_for(engine, "connect")
+        def _opened(_dbapi_connection: object, record: Any) -> None:
+            record.info["opened"] = self._clock()
+
         @event.listens_for(engine, "after_cursor_execute")
-        def _succeeded(*_args: object) -> None:
-            if self.down_since is not None:
+        def _succeeded(conn: Any, *_args: object) -> None:
+            down_since = self.down_since
+            if down_since is None:
+                return
+            opened = conn.info.get("opened", 0.0)
+            if opened > down_since or self._clock() - self.last_failure >= SQLITE_SETTLE_S:
                 self.recovered()
 
 
