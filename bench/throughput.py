@@ -34,8 +34,11 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sqlalchemy import text
+
 from bench.broker import ROSTER, enrol_observer, seal_items
 from broker.services.submit import join_batch
+from broker.store.db import make_engine
 from msmt.auth import mint_token
 from msmt.core import parse, verify
 from tests.e2e.servers import broker_server
@@ -126,6 +129,43 @@ def verify_cost(items: list[tuple[str, bytes]], repeat: int = 200) -> float:
     return (time.process_time() - start) / len(envelopes)
 
 
+def integration_figures(url: str) -> dict[str, float]:
+    """Integration against submission, from what the run left in the store: items accepted per
+    second (their `received_ms`) and item leaves integrated per second (their log entries'
+    `created_ms`) over the run's window, and how long each item waited between the two."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT i.received_ms, e.created_ms FROM items i LEFT JOIN log_entries e "
+                    "ON e.kind = 'item' AND e.ref = i.item_id"
+                )
+            ).all()
+    finally:
+        engine.dispose()
+    received = sorted(r[0] for r in rows)
+    integrated = sorted(r[1] for r in rows if r[1] is not None)
+    lags = sorted(r[1] - r[0] for r in rows if r[1] is not None)
+    if not rows or not integrated:
+        return {"integrated": 0.0}
+
+    def rate(times: list[int]) -> float:
+        return 1000 * (len(times) - 1) / max(times[-1] - times[0], 1)
+
+    def pct(p: float) -> float:
+        return float(lags[min(len(lags) - 1, int(p * len(lags)))])
+
+    return {
+        "integrated": len(integrated) / len(rows),
+        "accept_rate": rate(received),
+        "integrate_rate": rate(integrated),
+        "lag_p50": pct(0.50),
+        "lag_p99": pct(0.99),
+        "lag_max": float(lags[-1]),
+    }
+
+
 def run(
     url: str,
     items: list[tuple[str, bytes]],
@@ -171,6 +211,7 @@ def run(
         "rate": accepted / elapsed,
         "cpu_ms": 1000 * cpu / max(accepted, 1),
         "logged": statuses[201] / max(accepted, 1),
+        **integration_figures(url),
     }
 
 
@@ -218,6 +259,14 @@ def main() -> int:
                 f"per submission = {figures['cpu_ms'] / verify_ms:.1f}x signature verification | "
                 f"{100 * figures['logged']:.0f}% answered 201 (in the log)"
             )
+            if figures["integrated"]:
+                print(
+                    f"{'':>10}   log integration in the same run: {figures['integrate_rate']:7.1f} item leaves/s "
+                    f"against {figures['accept_rate']:.1f} items stored/s (ratio "
+                    f"{figures['integrate_rate'] / figures['accept_rate']:.2f}); "
+                    f"{100 * figures['integrated']:.1f}% of the items integrated; stored -> integrated "
+                    f"p50 {figures['lag_p50']:.0f} ms, p99 {figures['lag_p99']:.0f} ms, max {figures['lag_max']:.0f} ms"
+                )
     return 0
 
 

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from . import __version__, ui
 from .agency import AgencyKeys
@@ -903,9 +904,22 @@ def cmd_audit(args: argparse.Namespace) -> int:
     overdue_ms = args.overdue_hours * 3600 * 1000
     now = int(time.time() * 1000)
     problems: list[str] = []
+    witnesses = _witness_urls(args.witness)
+    compared: list[dict[str, Any]] = []
     with _client(args) as client:
         if client.trust.log is not None:
             client.log_checkpoint()  # the log is consistent with every checkpoint seen before
+        if witnesses:
+            from .gossip import compare_with_witnesses
+
+            for c in compare_with_witnesses(client, witnesses):
+                compared.append(
+                    {"witness": c.witness, "verdict": c.verdict, "size": c.size, "detail": c.detail}
+                )
+                if c.is_finding:
+                    problems.append(f"{c.verdict}: {c.detail}")
+                elif c.verdict != "agrees":
+                    print(f"audit: witness {c.witness}: {c.verdict}: {c.detail}", file=sys.stderr)
         for seq in client.inbox_gaps():
             problems.append(f"inbox entry {seq} is missing: withheld or deleted by the broker")
         sent = client.trust.sent_items
@@ -920,8 +934,28 @@ def cmd_audit(args: argparse.Namespace) -> int:
                     )
     for problem in problems:
         print(f"AUDIT: {problem}", file=sys.stderr)
-    emit(args, {"problems": problems, "items_checked": len(sent)})
+    evidence = [str(path) for path in client.trust.evidence()]
+    if problems and evidence:
+        print(f"audit: evidence kept in {Path(evidence[-1]).parent}", file=sys.stderr)
+    emit(
+        args, {"problems": problems, "items_checked": len(sent), "witnesses": compared, "evidence": evidence}
+    )
     return EXIT_AUDIT if problems else EXIT_OK
+
+
+def _witness_urls(given: list[str] | None) -> dict[str, str]:
+    """`--witness NAME=URL` (or a bare URL, named by its host) for checkpoint gossip."""
+    out: dict[str, str] = {}
+    for value in given or []:
+        name, sep, url = value.partition("=")
+        if not sep:
+            name, url = urlsplit(value).netloc or value, value
+        if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
+            raise ClientError(
+                f"--witness {value!r}: give NAME=URL with an http(s) URL (the witness's prefix)"
+            )
+        out[name] = url
+    return out
 
 
 def cmd_directory(args: argparse.Namespace) -> int:
@@ -1131,6 +1165,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--overdue-hours", type=float, default=24.0, help="a receipt missing after this is a finding"
+    )
+    p.add_argument(
+        "--witness",
+        action="append",
+        metavar="NAME=URL",
+        help="a member witness to compare checkpoints with (its URL prefix, as in the broker's "
+        "MSMT_WITNESS_URLS); repeat for each: a split view or fork is a finding, kept as evidence",
     )
 
     command("directory", "list members and key fingerprints from the verified directory", cmd_directory)

@@ -11,6 +11,8 @@ without sockets.
 from __future__ import annotations
 
 import asyncio
+import base64
+import logging
 import random
 import re
 import time
@@ -27,12 +29,15 @@ from .core.errors import (
     BadReceipt,
     EnvelopeError,
     ForeignOwnKey,
+    InvalidConsistencyProof,
     KeyMaterialError,
     LeafMismatch,
+    LogRollback,
+    MsmtError,
     NotWitnessed,
 )
 from .core.ids import is_item_id
-from .core.note import Checkpoint
+from .core.note import Checkpoint, open_checkpoint
 from .core.receipt import DeliveryReceipt, parse_receipt, sign_receipt, verify_receipt
 from .directory import Directory
 from .errors import (
@@ -46,6 +51,7 @@ from .errors import (
 from .outbox import Outbox
 from .trust import TrustStore
 
+log = logging.getLogger("msmt.client")
 ENVELOPE_MEDIA_TYPE = "application/vnd.msmt.envelope"
 RETRYABLE_STATUS = {429, 500, 502, 503, 504}
 # Answers about the envelope itself, which re-sending the same bytes cannot change (a 401 or a
@@ -496,9 +502,45 @@ class _ClientCore:
         assert identity is not None
         note = str(data["note"]).encode()
         proof = None if consistency is None else [canonical.b64decode(p, "proof") for p in consistency]
-        checkpoint = logleaf.accept_checkpoint(identity, note, self.trust.checkpoint(), proof)
+        previous = self.trust.checkpoint()
+        try:
+            checkpoint = logleaf.accept_checkpoint(identity, note, previous, proof)
+        except (LogRollback, InvalidConsistencyProof) as exc:
+            self._keep_evidence(note, previous, proof, exc, "the broker")
+            raise
         self.trust.save_checkpoint(note)
         return checkpoint
+
+    def _keep_evidence(
+        self,
+        note: bytes,
+        previous: Checkpoint | None,
+        proof: list[bytes] | None,
+        exc: Exception,
+        source: str,
+    ) -> None:
+        """Keep two log-signed checkpoints that cannot both be true (14.8): another root for a
+        size already verified (a split view), or a larger tree no consistency proof links to
+        the one held (a fork). An older checkpoint alone proves nothing: it is not kept."""
+        identity = self.trust.log
+        if identity is None or previous is None or self.trust.checkpoint_note is None:
+            return
+        try:
+            new, _ = open_checkpoint(note, identity.verifiers(), origin=identity.origin)
+        except MsmtError:
+            return  # not signed by the log: anyone could have made it, so it proves nothing
+        if new.size == previous.size and new.root_hash != previous.root_hash:
+            kind = "split-view"
+        elif new.size > previous.size and proof is not None:
+            kind = "inconsistent"
+        else:
+            return
+        held = ("the checkpoint this agency had verified", self.trust.checkpoint_note)
+        shown = (f"the checkpoint {source} showed", note)
+        extra = [] if proof is None else [("the consistency proof it served, base64", _b64_lines(proof))]
+        path = self.trust.save_evidence(kind, str(exc), [held, shown, *extra])
+        if path is not None:
+            log.warning("kept evidence of a %s of the transparency log in %s", kind, path)
 
     def _checkpoint_params(self) -> dict[str, int]:
         identity = self.trust.log
@@ -1346,3 +1388,7 @@ class AsyncClient(_ClientCore):
         response = await self._request("POST", f"/v1/governance/proposals/{pid}/signatures", json=signature)
         result: dict[str, Any] = response.json()
         return result
+
+
+def _b64_lines(proof: list[bytes]) -> bytes:
+    return "\n".join(base64.b64encode(h).decode() for h in proof).encode()

@@ -24,6 +24,7 @@ from .errors import ClientError
 CHAIN_FILE = "directory-chain.txt"
 CHECKPOINT_FILE = "log-checkpoint.txt"
 SENT_FILE = "sent-items.txt"
+EVIDENCE_DIR = "evidence"  # log-signed checkpoints that contradict each other (docs/protocol.md 14.8)
 FUTURE_SKEW_MS = 60 * 60 * 1000  # clients' clocks drift more than servers'
 
 
@@ -71,6 +72,38 @@ class TrustStore:
         self.checkpoint_note = note
         if self.folder is not None:
             self._write(CHECKPOINT_FILE, note.decode())
+
+    def save_evidence(self, kind: str, detail: str, notes: Iterable[tuple[str, bytes]]) -> Path | None:
+        """Keep checkpoints the log signed that contradict each other, with where each came
+        from: two log-signed trees of one size prove a fork to anyone holding the log's public
+        keys, with no need to trust this agency's word. One file per finding, never replaced."""
+        if self.folder is None:
+            return None
+        folder = self.folder / EVIDENCE_DIR
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        body = [f"msmt log evidence: {kind}", f"found: {stamp}", f"detail: {detail}", ""]
+        for source, note in notes:
+            body += [f"--- {source}", note.decode("utf-8", "replace").rstrip("\n"), ""]
+        text = "\n".join(body)
+        for n in range(1000):
+            path = folder / f"{stamp}-{kind}-{n}.txt"
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(text)
+                out.flush()
+                os.fsync(out.fileno())
+            return path
+        return None
+
+    def evidence(self) -> list[Path]:
+        """The evidence files kept so far, oldest first."""
+        if self.folder is None or not (self.folder / EVIDENCE_DIR).is_dir():
+            return []
+        return sorted((self.folder / EVIDENCE_DIR).glob("*.txt"))
 
     @classmethod
     def pin(cls, root: bytes, folder: Path | None = None) -> TrustStore:

@@ -25,6 +25,7 @@ the members' root, which requires two of them) and the unmodified client library
 from __future__ import annotations
 
 import hashlib
+import json
 import signal
 import subprocess
 import sys
@@ -64,6 +65,16 @@ THRESHOLD = 2  # of three member witnesses: any two majorities share a witness
 ORIGIN = LOG_SIGNER.origin
 ORIGIN_HASH = hashlib.sha256(ORIGIN.encode()).hexdigest()
 LOG_VERIFIERS = LOG_SIGNER.identity().verifiers()
+
+
+def _evidence_notes(path: Path) -> list[Checkpoint]:
+    """The log-signed checkpoints in an evidence file, each verified with the log's own keys."""
+    notes = []
+    for block in path.read_text().split("\n--- ")[1:]:
+        _, _, body = block.partition("\n")
+        if body.startswith(ORIGIN):
+            notes.append(open_checkpoint(body.strip("\n").encode() + b"\n", LOG_VERIFIERS)[0])
+    return notes
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 20) -> Any:
@@ -454,6 +465,8 @@ def test_a_log_rebuilt_without_an_item_is_refused_by_witnesses_and_clients(d: De
         status, _, err = d.msmt("USA", base, "audit")
         assert status == 1 and f"already verified {size}: it went backwards (log-rollback)" in err, err
         assert TrustStore.load(d.keys("USA") / "trust").checkpoint() == held
+        # an older checkpoint alone proves nothing against the log: no evidence is kept for it
+        assert TrustStore.load(d.keys("USA") / "trust").evidence() == []
 
         # Two of the three witnesses lose their state: with no memory of the original tree, they
         # cosign the rebuilt one, which the broker then serves as witnessed...
@@ -468,6 +481,12 @@ def test_a_log_rebuilt_without_an_item_is_refused_by_witnesses_and_clients(d: De
         status, _, err = d.msmt("USA", base, "audit")
         assert status == 1 and "(invalid-consistency-proof)" in err, err
         assert TrustStore.load(d.keys("USA") / "trust").checkpoint() == held
+        # the two log-signed trees no proof links are kept, for anyone to check with the log's keys
+        kept = TrustStore.load(d.keys("USA") / "trust").evidence()
+        assert kept and all("-inconsistent-" in path.name for path in kept)
+        notes = _evidence_notes(kept[0])
+        assert [c.size for c in notes] == [size, size + 1] and notes[0] == held
+        assert notes[1].root_hash == bytes(rebuilt[0])
 
 
 # --- a split view: two checkpoints of one size, shown to two members -------------------------
@@ -559,6 +578,37 @@ def test_a_split_view_is_caught_by_the_witnesses_and_by_a_client_that_talks_to_b
         status, _, err = d.msmt("USA", b, "audit")
         assert status == 1 and f"two different trees of {size} entries: a split view" in err, err
         assert TrustStore.load(d.keys("USA") / "trust").checkpoint() == seen
+        # USA keeps the two log-signed trees of one size: proof of the fork for anyone
+        kept = TrustStore.load(d.keys("USA") / "trust").evidence()
+        assert kept and all("-split-view-" in path.name for path in kept)
+        assert _evidence_notes(kept[0]) == [seen, split]
+
+        # JPN, which only talks to B, catches it by gossip: it asks every member witness for the
+        # latest checkpoint that witness cosigned; the first cosigned A's tree of that size
+        gossip = [arg for w in d.witnesses for arg in ("--witness", f"{w.name}={w.url}")]
+        status, out, err = d.msmt("JPN", b, "--json", "audit", *gossip)
+        assert status == 8, err
+        report = json.loads(out)
+        verdicts = {c["witness"]: c["verdict"] for c in report["witnesses"]}
+        assert verdicts == {
+            d.witnesses[0].name: "split-view",
+            d.witnesses[1].name: "agrees",
+            d.witnesses[2].name: "agrees",
+        }
+        assert any(
+            f"witness {d.witnesses[0].name} cosigned another tree of {size}" in p for p in report["problems"]
+        )
+        (jpn_evidence,) = TrustStore.load(d.keys("JPN") / "trust").evidence()
+        assert _evidence_notes(jpn_evidence) == [split, seen]
+        # a member whose view the witnesses share finds nothing, and a dead witness is no finding
+        status, out, err = d.msmt(
+            "USA", a, "--json", "audit", *gossip[:2], "--witness", f"gone=http://127.0.0.1:{free_port()}"
+        )
+        assert status == 0, err
+        assert {c["witness"]: c["verdict"] for c in json.loads(out)["witnesses"]} == {
+            d.witnesses[0].name: "agrees",
+            "gone": "unreachable",
+        }
         with d.client("USA", a) as usa:  # A's view is still the one USA holds
             assert usa.log_checkpoint() == seen
 
