@@ -961,6 +961,12 @@ class Client(_ClientCore):
         envelope = self._seal(directory, payload, content_type, markings, targets, options)
         return self.submit(envelope, progress=progress)
 
+    def recipients_for(self, markings: Markings, recipients: Iterable[str] | None = None) -> set[str]:
+        """Who `send` would seal for, without sealing: the members' verified directory and our
+        policy copy decide, the broker's preflight only narrows (a named recipient it refuses
+        raises PolicyRefused)."""
+        return self._recipients(self.directory(), markings, self.preflight(markings), recipients)
+
     def forward(self, received: Received, recipients: Iterable[str]) -> Receipt:
         """Pass a received item on as a new item (in reply to it), under its original markings.
 

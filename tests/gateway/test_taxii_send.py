@@ -198,6 +198,8 @@ def test_bad_posts_get_taxii_errors(world: dict[str, Any]) -> None:
 
     assert post({"objects": []}).status_code == 400
     assert post(b"{not json").status_code == 400
+    deep = post(b"[" * 100_000 + b"]" * 100_000)  # deeper than the JSON parser's stack: 400, not 500
+    assert deep.status_code == 400 and "too deeply" in deep.json()["description"]
     assert (
         post({"objects": [indicator()]}, headers={**headers, "Content-Type": "text/plain"}).status_code == 415
     )

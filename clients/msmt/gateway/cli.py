@@ -5,6 +5,8 @@
     msmt-gateway migrate --config gateway.toml   bring the database's schema up to date
     msmt-gateway hash-password                   a [users] line's value (asks for the password)
     msmt-gateway new-token NAME                  a random API token and its [tokens] line
+    msmt-gateway misp-export --config gateway.toml --out DIR     what it received, as a MISP feed
+    msmt-gateway misp-import --config gateway.toml --profile NAME EVENT.json   send a MISP event
 
 The key folder's passphrase comes from MSMT_PASSPHRASE, or is asked for on the terminal.
 """
@@ -68,6 +70,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .taxii import create_app
+    from .web import with_inbox
 
     config = GatewayConfig.load(Path(args.config))
     store = Store(config.database_url)
@@ -87,7 +90,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if sender is not None:
         threading.Thread(target=resend_loop, args=(sender, stop), name="outbox-resender", daemon=True).start()
     log.info(
-        "following %s's inbox at %s; TAXII 2.1 on %s:%d",
+        "following %s's inbox at %s; TAXII 2.1 and the web inbox (/inbox/) on %s:%d",
         client.country,
         config.broker_url,
         config.host,
@@ -95,7 +98,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     try:
         uvicorn.run(
-            create_app(store, config.credentials, title=config.title, sender=sender),
+            # the TAXII routes as they are, the analysts' web inbox under /inbox/ (docs/gateway.md)
+            with_inbox(
+                create_app(store, config.credentials, title=config.title, sender=sender),
+                store,
+                config.credentials,
+                title=config.title,
+                sender=sender,
+            ),
             host=config.host,
             port=config.port,
             log_level=args.log_level,
@@ -160,6 +170,44 @@ def cmd_new_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_misp_export(args: argparse.Namespace) -> int:
+    from .misp import export_feed, parse_since
+
+    config = GatewayConfig.load(Path(args.config))
+    since = parse_since(args.since) if args.since is not None else None
+    store = Store(config.database_url)
+    try:
+        result = export_feed(store, Path(args.out), since_ms=since, include_red=args.include_red)
+    finally:
+        store.close()
+    print("\n".join(result.summary()))
+    return 0
+
+
+def cmd_misp_import(args: argparse.Namespace) -> int:
+    from .misp import MispError, check_event, describe, import_event, read_event_file
+
+    config = GatewayConfig.load(Path(args.config))
+    profiles = {p.name: p for p in config.send}
+    profile = profiles.get(args.profile)
+    if profile is None:
+        known = ", ".join(sorted(profiles)) or "none: add a [send.NAME] table"
+        raise MispError(f"the configuration has no send profile {args.profile!r} (send profiles: {known})")
+    event = read_event_file(Path(args.event))
+    check_event(event, profile)  # before asking for the keys' passphrase
+    store = Store(config.database_url)
+    try:
+        with make_client(config) as client:
+            user = f"misp-import ({os.environ.get('USER') or os.environ.get('LOGNAME') or 'cli'})"
+            imported = import_event(
+                Sender(client, store, config.send), profile, event, country=client.country, user=user
+            )
+    finally:
+        store.close()
+    print("\n".join(describe(imported)))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="msmt-gateway", description="The MSMT agency gateway (docs/gateway.md).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -180,6 +228,19 @@ def parser() -> argparse.ArgumentParser:
     token = sub.add_parser("new-token", help="make an API token for a TAXII consumer, and its [tokens] line")
     token.add_argument("name")
     token.set_defaults(func=cmd_new_token)
+    feed = sub.add_parser("misp-export", help="write what the gateway received as a MISP feed directory")
+    feed.add_argument("--config", required=True)
+    feed.add_argument("--out", required=True, help="the feed directory (created 0700)")
+    feed.add_argument("--since", help="only items stored since: 2026-03-01 or 2026-03-01T12:00:00Z")
+    feed.add_argument(
+        "--include-red", action="store_true", help="export TLP:RED items too (never by default)"
+    )
+    feed.set_defaults(func=cmd_misp_export)
+    misp_in = sub.add_parser("misp-import", help="send a MISP event (JSON) through a send profile")
+    misp_in.add_argument("--config", required=True)
+    misp_in.add_argument("--profile", required=True, help="the [send.NAME] profile whose markings it takes")
+    misp_in.add_argument("event", help="the MISP event: {'Event': {...}} or the bare event, as JSON")
+    misp_in.set_defaults(func=cmd_misp_import)
     return p
 
 

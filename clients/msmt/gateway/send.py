@@ -107,34 +107,68 @@ class Sender:
         """Send the POSTed objects; the submission as recorded (outcome sent or pending).
         Raises `stix.StixError`, `BadSubmission`, or the client's errors (nothing was sent)."""
         prepared = prepare(profile, body)
+        return self.send_prepared(
+            profile, user, prepared, prepared.payload, stix.STIX_MEDIA_TYPE, via="TAXII POST"
+        )
+
+    def send_prepared(
+        self,
+        profile: SendProfile,
+        user: str,
+        prepared: Prepared,
+        payload: bytes,
+        content_type: str,
+        *,
+        via: str,
+    ) -> Submission:
+        """Seal `payload` under the prepared markings for the profile's recipients and submit
+        it, one conversation with the broker at a time; record the submission (sent, or pending
+        in the outbox). `via` says who asked, for the log. Raises the client's errors."""
         request_us = time.time_ns() // 1000
         with self._lock:
             try:
                 receipt = self.client.send(
-                    prepared.payload,
-                    content_type=stix.STIX_MEDIA_TYPE,
+                    payload,
+                    content_type=content_type,
                     markings=prepared.markings,
                     recipients=profile.recipients,
                 )
             except SubmitPending as exc:
                 row = self._row(profile, user, request_us, prepared, exc.item_id, "pending", exc.cause)
                 log.warning(
-                    "TAXII POST by %s: item %s is pending in the outbox (%s)", user, exc.item_id, exc.cause
+                    "%s by %s: item %s is pending in the outbox (%s)", via, user, exc.item_id, exc.cause
                 )
             else:
                 row = self._row(profile, user, request_us, prepared, receipt.item_id, "sent", _sent(receipt))
                 row.recipients = json.dumps(sorted(receipt.recipients))
                 row.log_index = receipt.log_index
                 log.info(
-                    "TAXII POST by %s to %s: %d object(s) sent as item %s to %s",
+                    "%s by %s to %s: %s sent as item %s to %s",
+                    via,
                     user,
                     profile.name,
-                    len(prepared.bundle["objects"]),
+                    f"{len(prepared.bundle.get('objects', []))} object(s)"
+                    if content_type == stix.STIX_MEDIA_TYPE
+                    else f"a {content_type} payload",
                     receipt.item_id,
                     ", ".join(receipt.recipients),
                 )
             self.store.add_submission(row)
         return row
+
+    def preview_recipients(self, markings: Markings, recipients: Iterable[str] | None) -> set[str] | None:
+        """Who the next send under these markings would be sealed for, or None when the client
+        cannot say before sealing or another send holds the broker for more than 5 s."""
+        previewing: Any = self.client  # msmt.client.Client has recipients_for; test doubles may not
+        if not callable(getattr(previewing, "recipients_for", None)):
+            return None
+        if not self._lock.acquire(timeout=5):
+            return None
+        try:
+            targets: set[str] = previewing.recipients_for(markings, recipients)
+            return targets
+        finally:
+            self._lock.release()
 
     def _row(
         self,

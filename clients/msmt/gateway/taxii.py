@@ -266,6 +266,8 @@ def create_app(
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise TaxiiError(400, "invalid JSON", f"the body is not JSON: {exc}") from exc
+        except RecursionError as exc:  # nesting deeper than the parser's stack: not a STIX bundle
+            raise TaxiiError(400, "invalid JSON", "the body nests arrays or objects too deeply") from exc
         row = await run_in_threadpool(_submit, sender, profile, who, data)
         return taxii(status_resource(row), 202)
 
