@@ -8,7 +8,9 @@
 3. start `msmt-broker serve` as a separate process; KOR rotates its encryption key with no
    admin involved; the operator's attempt to swap USA's key is refused by KOR's client;
 4. KOR, JPN and USA submit realistic items; the broker refuses what policy forbids;
-5. every partner polls, verifies, decrypts and acknowledges;
+5. every partner polls, verifies, decrypts and acknowledges; USA's agency gateway (a real
+   `msmt-gateway serve` process) follows its inbox too, and `taxii2-client` reads the STIX
+   sighting back from it over TAXII 2.1, object for object as KOR sealed it;
 6. print the delivery matrix;
 7. the eleven members publish a joint report: KOR drafts it (rule: 8 of 11), eight endorse it
    (one with a reservation), KOR writes the bundle and `msmt-verify` checks it offline; then
@@ -23,15 +25,21 @@ import json
 import os
 import secrets
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
+import tomli_w
 from sqlalchemy import text
 
 from msmt import reports
@@ -55,6 +63,9 @@ from msmt.core.errors import GovernanceError
 from msmt.core.logleaf import LogIdentity, LogSigner
 from msmt.core.note import Ed25519Cosigner
 from msmt.errors import PolicyRefused
+from msmt.gateway.config import hash_token
+from msmt.gateway.stix import TLP2_IDS, TLP_BY_ID, tlp2_definition
+from msmt.gateway.store import Store
 from msmt.trust import TrustStore, root_fingerprint
 from msmt.witness import Witness, WitnessState, make_server
 
@@ -120,6 +131,7 @@ def stix_bundle() -> bytes:
                 "pattern": "[x-vessel:imo = '9000001'] AND [x-vessel:imo = '9000002']",
                 "pattern_type": "stix",
                 "valid_from": "2026-11-02T03:14:00Z",
+                "object_marking_refs": [TLP2_IDS["GREEN"]],
             },
             {
                 "type": "sighting",
@@ -129,7 +141,9 @@ def stix_bundle() -> bytes:
                 "modified": "2026-11-02T03:20:00.000Z",
                 "sighting_of_ref": "indicator--8e2e2d2b-17d4-4cbf-938f-98ee46b3cd3f",
                 "count": 1,
+                "object_marking_refs": [TLP2_IDS["GREEN"]],
             },
+            tlp2_definition("GREEN"),  # the OASIS TLP 2.0 marking-definition the objects refer to
         ],
     }
     return json.dumps(sighting, indent=1).encode()
@@ -224,6 +238,7 @@ def run_demo(workdir: Path, port: int = 0) -> int:
                     say(
                         f"  {outcome.originator} holds signed delivery receipts for {outcome.title!r} from {', '.join(signed)}"
                     )
+            _gateway(workdir, agencies["USA"], base_url)
             _matrix(outcomes)
             verdict = _joint_report(workdir, clients)
         finally:
@@ -535,6 +550,238 @@ def _summary(content_type: str, payload: bytes) -> str:
         names = [o["name"] for o in objects if "name" in o]
         return f"STIX bundle, {len(objects)} objects: {names[0] if names else '-'}"[:70]
     return payload.decode("utf-8", "replace").strip().splitlines()[0][:60]
+
+
+GATEWAY_WAIT_S = 1  # the follower's long-poll: short, so that SIGTERM stops the gateway within a second
+GATEWAY_TIMEOUT_S = 30  # for the gateway to start, receive and serve the sighting
+GATEWAY_TOKEN_NAME = "analyst-tools"  # noqa: S105 - a [tokens] name, not a secret
+# The smallest Argon2id cost key files accept: the demo's throw-away keys, saved and loaded in a
+# blink (`msmt keys generate` uses the default cost).
+DEMO_KDF = {"memory_kib": 19456, "iterations": 2, "lanes": 1}
+
+
+def _gateway(workdir: Path, keys: AgencyKeys, base_url: str) -> None:
+    """A partner of the sighting runs `msmt-gateway serve` over its key folder and pinned root;
+    the gateway follows its inbox at the broker, and `taxii2-client` reads the STIX back."""
+    code, sender = keys.country, "KOR"
+    say(
+        f"\n== 5b. {code}'s agency gateway follows its inbox, keeps what it verified, "
+        "serves the STIX over TAXII 2.1 =="
+    )
+    try:
+        from taxii2client.common import TokenAuth  # type: ignore[import-untyped]
+        from taxii2client.v21 import Server, as_pages  # type: ignore[import-untyped]
+    except ImportError as exc:
+        raise SystemExit(
+            f"demo step failed: the gateway step reads TAXII with taxii2-client ({exc}); "
+            "install the dev extra (pip install -e '.[dev]', as `make demo` does)"
+        ) from None
+    keys.save(workdir / "keys" / code, os.environ[PASSPHRASE_ENV], kdf=DEMO_KDF)  # `msmt keys generate`
+    token = secrets.token_urlsafe(32)  # `msmt-gateway new-token analyst-tools`
+    port = _free_port()
+    database = workdir / f"gateway-{code}.db"
+    config = workdir / f"gateway-{code}.toml"
+    config.write_text(
+        tomli_w.dumps(
+            {
+                "broker_url": base_url,
+                "audience": AUDIENCE,
+                "keys": f"keys/{code}",
+                "trust": f"trust/{code}",  # the root it pinned in step 2
+                "database_url": f"sqlite:///{database}",
+                "listen": f"127.0.0.1:{port}",
+                "tokens": {GATEWAY_TOKEN_NAME: hash_token(token)},
+            }
+        )
+    )
+    url = f"http://127.0.0.1:{port}/taxii2/"
+    sealed = json.loads(stix_bundle())["objects"]
+    log_path = workdir / f"gateway-{code}.log"
+    started = time.monotonic()
+    with _gateway_process(config, log_path) as proc:
+        say(
+            f"  {code} runs `msmt-gateway serve --config {config.name} --wait {GATEWAY_WAIT_S}` (pid {proc.pid}): "
+            f"its key folder keys/{code}, the root it pinned in trust/{code}, one [tokens] entry "
+            f"({GATEWAY_TOKEN_NAME}); TAXII 2.1 on {url}"
+        )
+        deadline = started + GATEWAY_TIMEOUT_S
+        read = _poll_taxii(
+            Server, TokenAuth, as_pages, url, token, sender, len(sealed), proc, log_path, deadline
+        )
+        items = _stored(f"sqlite:///{database}", proc, log_path, deadline)
+        elapsed = time.monotonic() - started
+        for item in items:
+            stix = ""
+            if item.content_type == "application/stix+json":
+                stix = (
+                    f"; not served: {item.stix_error}"
+                    if item.stix_error
+                    else "; its objects indexed for TAXII"
+                )
+            say(
+                f"  stored #{item.inbox_seq} from {item.originator} [{item.classification}/TLP:{item.tlp}] "
+                f"{item.content_type}, log index {item.log_index}, signed with key "
+                f"{short_fingerprint(item.signing_key_id)}{stix}"
+            )
+        say(
+            f"  then a signed delivery receipt and an acknowledgement for each, after the commit "
+            f"(cursor {max(i.inbox_seq for i in items)}; {elapsed:.1f} s after the process started)"
+        )
+        say(
+            f'  taxii2-client (token "{GATEWAY_TOKEN_NAME}"): API root "{read["api_root"]}", collection '
+            f"{read['title']} (id {read['id']}), {len(read['objects'])} objects in {read['pages']} page(s):"
+        )
+        for obj in read["objects"]:
+            say(f"    {obj['id']:<56} {_tlp_label(obj):<17} {_object_label(obj)}")
+        _check_objects(read["objects"], sealed, sender)
+    ended = {
+        0: "exit 0",
+        -signal.SIGTERM: "uvicorn shut down, then ended by the signal",
+        -signal.SIGKILL: f"still running {GATEWAY_WAIT_S + 15} s later: killed",
+    }
+    say(f"  gateway stopped (SIGTERM: {ended.get(proc.returncode, f'exit {proc.returncode}')})")
+
+
+def _poll_taxii(
+    server_class: Any,
+    token_auth: Any,
+    as_pages: Any,
+    url: str,
+    token: str,
+    originator: str,
+    expected: int,
+    proc: subprocess.Popen[bytes],
+    log_path: Path,
+    deadline: float,
+) -> dict[str, Any]:
+    """Read the originator's collection over TAXII, again until it serves `expected` objects."""
+    last = "no answer yet"
+    while True:
+        _check_running(proc, log_path)
+        try:
+            with server_class(url, auth=token_auth(token)) as server:
+                api_root = server.api_roots[0]
+                collection = next((c for c in api_root.collections if c.title == originator), None)
+                if collection is None:
+                    last = f"no {originator} collection yet"
+                else:
+                    pages = list(as_pages(collection.get_objects, per_request=100))
+                    objects = [o for page in pages for o in page.get("objects", [])]
+                    if len(objects) >= expected:
+                        return {
+                            "api_root": api_root.title,
+                            "title": collection.title,
+                            "id": collection.id,
+                            "pages": len(pages),
+                            "objects": objects,
+                        }
+                    last = f"{len(objects)} of {expected} objects served so far"
+        except Exception as exc:  # not listening yet, or an error answer: ask again until the deadline
+            last = f"{type(exc).__name__}: {exc}"
+        if time.monotonic() > deadline:
+            raise SystemExit(
+                f"demo step failed: the gateway did not serve {originator}'s {expected} STIX objects over "
+                f"TAXII within {GATEWAY_TIMEOUT_S} s (last: {last}); its log: {log_path}"
+            )
+        time.sleep(0.2)
+
+
+def _stored(database_url: str, proc: subprocess.Popen[bytes], log_path: Path, deadline: float) -> list[Any]:
+    """The gateway's items, once its cursor passed them all (receipts sent, acknowledged)."""
+    store = Store(database_url, upgrade=False)
+    try:
+        while True:
+            _check_running(proc, log_path)
+            items = sorted(store.items(), key=lambda item: item.inbox_seq)
+            if items and store.cursor() >= items[-1].inbox_seq:
+                return items
+            if time.monotonic() > deadline:
+                raise SystemExit(
+                    f"demo step failed: the gateway stored {len(items)} item(s) but did not acknowledge "
+                    f"them within {GATEWAY_TIMEOUT_S} s; its log: {log_path}"
+                )
+            time.sleep(0.1)
+    finally:
+        store.close()
+
+
+def _check_running(proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    if proc.poll() is not None:
+        lines = log_path.read_text(errors="replace").strip().splitlines()
+        raise SystemExit(
+            f"demo step failed: msmt-gateway exited with code {proc.returncode}: "
+            f"{lines[-1] if lines else '(no output)'}\n  its log: {log_path}"
+        )
+
+
+def _check_objects(received: list[dict[str, Any]], sealed: list[dict[str, Any]], originator: str) -> None:
+    by_id = {o["id"]: o for o in sealed}
+    got = {o["id"]: o for o in received}
+    if len(received) == len(sealed) and got == by_id:
+        say(f"  the {len(received)} objects read back are exactly those {originator} sealed, field for field")
+        return
+    differing = sorted(i for i in by_id.keys() | got.keys() if by_id.get(i) != got.get(i))
+    raise SystemExit(
+        f"demo step failed: the objects read back over TAXII differ from those {originator} sealed "
+        f"({len(received)} read, {len(sealed)} sealed; differing: {', '.join(differing) or 'duplicates'})"
+    )
+
+
+def _tlp_label(obj: dict[str, Any]) -> str:
+    if obj.get("type") == "marking-definition":
+        return f"defines TLP:{TLP_BY_ID[obj['id']]}" if obj.get("id") in TLP_BY_ID else "a marking"
+    levels = sorted({TLP_BY_ID[ref] for ref in obj.get("object_marking_refs", []) if ref in TLP_BY_ID})
+    return "TLP:" + "/".join(levels) if levels else "no TLP marking"
+
+
+def _object_label(obj: dict[str, Any]) -> str:
+    if obj.get("type") == "marking-definition" and obj.get("id") in TLP_BY_ID:
+        return "the OASIS TLP 2.0 marking-definition"
+    if "name" in obj:
+        return str(obj["name"])
+    if obj.get("type") == "sighting":
+        return f"sighting of {obj.get('sighting_of_ref')}, count {obj.get('count', '?')}"
+    return str(obj.get("type"))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def _gateway_process(config: Path, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`msmt-gateway serve` as its own process; stopped with SIGTERM (then killed if it hangs),
+    whatever happens inside the block."""
+    env = {**os.environ, "MSMT_PASSPHRASE": os.environ[PASSPHRASE_ENV]}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [
+                sys.executable,
+                "-m",
+                "msmt.gateway.cli",
+                "serve",
+                "--config",
+                str(config),
+                "--wait",
+                str(GATEWAY_WAIT_S),
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=GATEWAY_WAIT_S + 15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def _matrix(outcomes: list[Outcome]) -> None:
