@@ -636,7 +636,6 @@ def _gateway(workdir: Path, keys: AgencyKeys, base_url: str) -> None:
         _check_objects(read["objects"], sealed, sender)
     ended = {
         0: "exit 0",
-        -signal.SIGTERM: "uvicorn shut down, then ended by the signal",
         -signal.SIGKILL: f"still running {GATEWAY_WAIT_S + 15} s later: killed",
     }
     say(f"  gateway stopped (SIGTERM: {ended.get(proc.returncode, f'exit {proc.returncode}')})")

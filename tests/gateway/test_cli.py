@@ -116,6 +116,9 @@ def test_serve_follows_the_inbox_and_serves_taxii(tmp_path: Path) -> None:
         finally:
             gateway.terminate()
             gateway.wait(timeout=20)
+    # SIGTERM is a clean stop: the follower joined, the database closed, exit 0
+    assert gateway.returncode == 0, (tmp_path / "gateway.log").read_text()[-3000:]
+    assert "stopped: the inbox follower is joined" in (tmp_path / "gateway.log").read_text()
     database = home / "gateway.db"
     assert stat.S_IMODE(database.stat().st_mode) == 0o600
     assert "correct horse" not in (tmp_path / "gateway.log").read_text()

@@ -18,6 +18,7 @@ import getpass
 import logging
 import os
 import secrets
+import signal
 import sys
 import threading
 from collections.abc import Sequence
@@ -96,6 +97,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config.host,
         config.port,
     )
+    # uvicorn shuts down on SIGTERM, then restores the handler it found and raises the signal
+    # again: with Python's default one that kills the process before the follower is joined and
+    # the store closed. This handler lets uvicorn.run return, so that the `finally` below runs.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         uvicorn.run(
             # the TAXII routes as they are, the analysts' web inbox under /inbox/ (docs/gateway.md)
@@ -119,6 +124,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if sending is not None:
             sending.close()
         store.close()
+        log.info("stopped: the inbox follower is joined and the database closed")
     return 0
 
 
