@@ -5,10 +5,10 @@ When the log integrator commits new deliveries it publishes their recipients:
 - in this process, `InboxNotifier.publish(recipients)` (thread-safe, from any thread) wakes
   every long-poll of those recipients at once;
 - for other broker processes on the same PostgreSQL database, `notify_in_transaction(session,
-  recipients)` sends `pg_notify('msmt_inbox', 'USA,JPN')` inside the integrator's transaction,
+  recipients)` sends `pg_notify('msmt_inbox_<schema hash>', 'USA,JPN')` inside the integrator's transaction,
   so PostgreSQL delivers it exactly when (and only if) the deliveries are committed; each
   process's listener (`InboxNotifier.start(database_url)`, one daemon thread with its own
-  connection doing `LISTEN msmt_inbox`) turns it into a local `publish`. On SQLite there is one
+  connection doing `LISTEN` on that channel) turns it into a local `publish`. On SQLite there is one
   broker process: both are no-ops.
 
 No wake-up is lost: a long-poll takes the recipient's `generation()` *before* it checks the
@@ -36,6 +36,10 @@ from .health import Outage
 log = logging.getLogger("msmt.broker.notify")
 
 CHANNEL = "msmt_inbox"
+# One channel per schema: NOTIFY is database-wide, and brokers of other schemas in the same
+# database (a test run's parallel workers, a staging copy) must not wake each other's long-polls.
+# Both sides compute it on their own connection, whose search_path decides the schema.
+SCHEMA_CHANNEL_SQL = "SELECT :channel || '_' || left(md5(current_schema()), 16)"
 # PostgreSQL refuses a NOTIFY payload of 8000 bytes or more: longer lists go in several
 MAX_PAYLOAD = 7000
 MAX_RECIPIENT_LENGTH = 80  # a country code; anything longer in a payload is not one of ours
@@ -77,9 +81,13 @@ def notify_in_transaction(session: Session, recipients: Iterable[str]) -> None:
     new deliveries, when (and only if) the caller's transaction commits. No-op on SQLite."""
     if session.get_bind().dialect.name != "postgresql":
         return
-    for payload in payloads(recipients):
+    chunks = payloads(recipients)
+    if not chunks:
+        return
+    channel = session.execute(text(SCHEMA_CHANNEL_SQL), {"channel": CHANNEL}).scalar_one()
+    for payload in chunks:
         session.execute(
-            text("SELECT pg_notify(:channel, :payload)"), {"channel": CHANNEL, "payload": payload}
+            text("SELECT pg_notify(:channel, :payload)"), {"channel": channel, "payload": payload}
         )
 
 
@@ -192,11 +200,16 @@ class InboxNotifier:
 
     def _listen(self, conninfo: str) -> None:
         import psycopg
+        import psycopg.sql
 
         while not self._stop.is_set():
             try:
                 with psycopg.connect(conninfo, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
+                    row = conn.execute(
+                        SCHEMA_CHANNEL_SQL.replace(":channel", "%(channel)s"), {"channel": CHANNEL}
+                    ).fetchone()
+                    channel = str(row[0]) if row else CHANNEL
+                    conn.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(channel)))
                     self.backend_pid = conn.info.backend_pid
                     # what was committed while nobody listened is found now; then (not before:
                     # whoever waits for `listening` must not see this wake-up later) say so
@@ -204,7 +217,7 @@ class InboxNotifier:
                     self._listening.set()
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=0.5):
-                            if note.channel == CHANNEL:
+                            if note.channel == channel:
                                 self.publish(parse_payload(note.payload))
             except Exception as exc:  # the listener must outlive a database outage
                 lost = self._listening.is_set()  # a connection that worked, not a failed connect

@@ -137,7 +137,7 @@ def test_send_refuse_pull_and_status(setup: dict[str, object]) -> None:
         assert [(d["recipient"], d["state"]) for d in status["deliveries"]] == [("USA", "acknowledged")]
         assert status["proofs"] == {"USA": "signed"}  # pull sent a signed delivery receipt
         audit = json.loads(run("--json", "audit", env=kor).stdout)
-        assert audit == {"problems": [], "items_checked": 1}
+        assert audit == {"problems": [], "items_checked": 1, "witnesses": [], "evidence": []}
         assert json.loads(run("--json", "audit", env=usa).stdout)["problems"] == []
 
         # USA cannot see KOR's delivery status, and NZL cannot read the item: 404s, exit 1

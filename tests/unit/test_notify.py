@@ -241,6 +241,38 @@ def test_a_notify_in_a_committed_transaction_wakes_the_other_processes_waiters()
 
 
 @pytest.mark.postgresql
+def test_a_notify_in_another_schema_of_the_same_database_wakes_nobody_here() -> None:
+    """NOTIFY is database-wide: brokers of two schemas (a test run's parallel workers, a staging
+    copy) must not wake each other's long-polls; each listens on its own schema's channel."""
+    from tests.integration.conftest import postgresql_schema
+
+    with postgresql_schema() as here, postgresql_schema() as there:
+        listener = InboxNotifier()
+        listener.start(here)
+        engines = {url: create_engine(url) for url in (here, there)}
+        recipient = _unique()
+        try:
+            assert listener.wait_listening(10)
+
+            def notify(url: str) -> None:
+                with Session(engines[url]) as session, session.begin():
+                    notify_in_transaction(session, [recipient])
+
+            notify(there)
+            time.sleep(1.0)  # the listener polls its notifications every 0.5 s
+            assert listener.generation(recipient) == 0
+            notify(here)
+            deadline = time.monotonic() + 5
+            while listener.generation(recipient) == 0:
+                assert time.monotonic() < deadline, "the same schema's notification never arrived"
+                time.sleep(0.01)
+        finally:
+            listener.stop()
+            for engine in engines.values():
+                engine.dispose()
+
+
+@pytest.mark.postgresql
 def test_the_listener_reconnects_and_wakes_its_waiters_to_recheck() -> None:
     """Notifications sent while the listener is cut off are lost: on reconnecting it wakes
     every waiter (each re-checks the database), then hears new notifications again."""
