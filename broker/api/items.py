@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -17,6 +17,7 @@ from .. import metrics
 from ..observability import note
 from ..problems import Problem, conflict, database_unavailable, invalid, not_found
 from ..services import inbox as inbox_service
+from ..services import log as log_service
 from ..services import submit as submit_service
 from ..services.auth import Caller
 from ..services.health import is_outage
@@ -224,6 +225,20 @@ def resolve_prefix(
             "ambiguous-item-id", f"{count} of the items you may see start with {prefix}: give more of the id"
         )
     return matches[0]
+
+
+@router.get("/{item_id}/inboxes", response_model=schemas.ItemInboxesOut, responses=PROBLEMS)
+async def item_inboxes(item_id: ItemId, caller: CountryDep, state: StateDep) -> Any:
+    """For the item's originator only: the inboxes leaf that closed the item's batch (the first
+    after its log index) and each recipient's inbox size and salt in it, so that the originator
+    checks the log commits every recipient's inbox to at least the entry the item got.
+    `409 not-integrated` before the item is in the log."""
+
+    def load() -> dict[str, Any]:
+        with state.sessions() as session:
+            return log_service.item_inboxes(session, caller.owner, item_id)
+
+    return await run_in_threadpool(load)
 
 
 @router.get("/{item_id}/status", response_model=schemas.ItemStatus, responses=PROBLEMS)

@@ -85,3 +85,26 @@ async def leaf(index: Annotated[int, Path(ge=0, le=2**62)], caller: CallerDep, s
             return {"index": index, "kind": entry.kind, "leaf": canonical.b64encode(entry.leaf)}
 
     return await run_in_threadpool(load)
+
+
+@router.get("/inboxes", response_model=schemas.InboxesChainOut)
+async def inboxes(
+    caller: CallerDep,
+    state: StateDep,
+    size: Annotated[int, Query(ge=1, le=2**62)],
+    after: Annotated[int, Query(ge=-1, le=2**62)] = -1,
+    before: Annotated[int | None, Query(ge=0, le=2**62)] = None,
+    limit: Annotated[int, Query(ge=1, le=log_service.INBOXES_PAGE)] = 100,
+) -> Any:
+    """The chain of inboxes leaves (the last leaf of every batch) with `after` < index <
+    min(`before`, `size`), newest first, each with its inclusion proof in the tree of `size`
+    leaves and, for a member, the size and salt of its own commitment in it (never another's:
+    the commitments hide everything else). `next`, when the page is full, is the `before` of
+    the next page."""
+
+    def load() -> dict[str, Any]:
+        with state.sessions() as session:
+            country = None if caller.is_admin else caller.owner
+            return log_service.inboxes_chain(session, country, size, after, before, limit)
+
+    return await run_in_threadpool(load)

@@ -427,6 +427,71 @@ class LeafOut(BaseModel):
     leaf: str
 
 
+class InboxOpening(BaseModel):
+    model_config = _example({"size": 42, "salt": "q83vEjRWeJq83vEjRWeJqw"})
+
+    size: int
+    salt: str
+
+
+class InboxesLeafOut(BaseModel):
+    model_config = _example(
+        {"log_index": 1240, "leaf": "eyJjb21taXRtZW50cyI6W119", "inclusion": [_HASH], "own": None}
+    )
+
+    log_index: int
+    leaf: str
+    inclusion: list[str]
+    own: InboxOpening | None
+
+
+class InboxesChainOut(BaseModel):
+    model_config = _example(
+        {
+            "size": 1241,
+            "leaves": [
+                {
+                    "log_index": 1240,
+                    "leaf": "eyJjb21taXRtZW50cyI6W119",
+                    "inclusion": [_HASH],
+                    "own": {"size": 42, "salt": "q83vEjRWeJq83vEjRWeJqw"},
+                }
+            ],
+            "next": None,
+        }
+    )
+
+    size: int
+    leaves: list[InboxesLeafOut]
+    next: int | None
+
+
+class RecipientInbox(BaseModel):
+    model_config = _example({"recipient": "USA", "size": 42, "salt": "q83vEjRWeJq83vEjRWeJqw"})
+
+    recipient: str
+    size: int
+    salt: str
+
+
+class ItemInboxesOut(BaseModel):
+    model_config = _example(
+        {
+            "item_id": _ITEM,
+            "log_index": 1234,
+            "inboxes_index": 1240,
+            "leaf": "eyJjb21taXRtZW50cyI6W119",
+            "recipients": [{"recipient": "USA", "size": 42, "salt": "q83vEjRWeJq83vEjRWeJqw"}],
+        }
+    )
+
+    item_id: str
+    log_index: int
+    inboxes_index: int
+    leaf: str
+    recipients: list[RecipientInbox]
+
+
 class ChainHead(BaseModel):
     model_config = _example({"seq": 12, "hash": _HEX})
 

@@ -9,6 +9,11 @@ recipient's inbox sequence numbers in log order, appends the leaves to the Merkl
 and commits. Deliveries become visible in inboxes only then, all at once and numbered in
 commit order, so a consumer reading after its cursor never skips one.
 
+Every batch that integrates a leaf ends with an `inboxes` leaf: a salted commitment to every
+member's inbox size after the batch (0 for an empty one), chained to the previous one, so that the last leaf of
+every checkpoint is one and a recipient can check its inbox is complete at its end (the
+openings are kept in `inbox_commitments`).
+
 Whoever waits for its item to be in the log integrates, so a burst of submissions is
 integrated in a few batches, not one by one; a background sweeper picks up anything a
 crashed process left pending.
@@ -40,12 +45,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
-from msmt.core import logleaf, merkle
+from msmt.core import canonical, logleaf, merkle
 from msmt.core.note import Checkpoint, format_note
 from msmt.core.receipt import parse_receipt, receipt_leaf
 from msmt.witness import submit_checkpoint
 
-from ..problems import invalid, not_found
+from ..problems import conflict, invalid, not_found
 from ..store.db import transaction
 from ..store.models import (
     CheckpointCosignature,
@@ -53,6 +58,7 @@ from ..store.models import (
     Delivery,
     DeliveryReceiptRow,
     DirectoryEntry,
+    InboxCommitment,
     InboxCounter,
     Item,
     LogEntry,
@@ -66,6 +72,8 @@ log = logging.getLogger("msmt.broker.log")
 ITEMS: Table = Item.__table__  # type: ignore[assignment]
 DELIVERIES: Table = Delivery.__table__  # type: ignore[assignment]
 COUNTERS: Table = InboxCounter.__table__  # type: ignore[assignment]
+COMMITMENTS: Table = InboxCommitment.__table__  # type: ignore[assignment]
+INBOXES = "inboxes"  # the kind of the leaf that ends every batch
 ADVISORY_LOCK = 0x6D736D74  # "msmt": one integrator at a time across broker processes
 BATCH = 2000
 
@@ -240,7 +248,7 @@ def integrate(session: Session, signer: logleaf.LogSigner | None, now_ms: int) -
             select(Delivery.item_id, Delivery.recipient).where(Delivery.item_id.in_(item_ids))
         ):
             recipients[item_id].append(recipient)
-    next_seq = _reserve_seqs(session, [r for i in item_ids for r in recipients[i]])
+    next_seq, sizes = _reserve_seqs(session, [r for i in item_ids for r in recipients[i]])
 
     entries: list[dict[str, object]] = []
     logged: dict[str, tuple[int, dict[str, int]]] = {}
@@ -272,6 +280,29 @@ def integrate(session: Session, signer: logleaf.LogSigner | None, now_ms: int) -
             )
         leaf_hashes.append(digest)
         index += 1
+    if entries:
+        # the batch ends with the inboxes leaf: every non-empty inbox's size after it, salted
+        leaf, salts = logleaf.new_inboxes_leaf(_previous_inboxes(session, size), sizes)
+        digest = logleaf.hash_of(leaf)
+        entries.append(
+            {
+                "log_index": index,
+                "kind": INBOXES,
+                "ref": "-",
+                "leaf_hash": digest,
+                "created_ms": now_ms,
+                "leaf": leaf,
+            }
+        )
+        leaf_hashes.append(digest)
+        if salts:
+            session.execute(
+                insert(COMMITMENTS),
+                [
+                    {"country": c, "log_index": index, "size": sizes[c], "salt": salt}
+                    for c, salt in salts.items()
+                ],
+            )
     frontier, new_nodes = frontier.append_many(leaf_hashes)
     if entries:
         session.execute(insert(LogEntry), entries)
@@ -328,31 +359,40 @@ def _number(
         )
 
 
-def _reserve_seqs(session: Session, recipients: list[str]) -> dict[str, int]:
-    """The next inbox number of each recipient, reserving as many as this batch needs.
+def _reserve_seqs(session: Session, recipients: list[str]) -> tuple[dict[str, int], dict[str, int]]:
+    """The next inbox number of each recipient, reserving as many as this batch needs; and
+    every member's inbox size after the batch (0 included) (for its inboxes leaf), from the same read of
+    the counters (one row per member).
 
     Only the integrator writes the counters, under its lock, so numbers follow commit order
     (and reading them, then writing them back, in two statements is safe)."""
     need: dict[str, int] = defaultdict(int)
     for r in recipients:
         need[r] += 1
-    if not need:
-        return {}
-    last = dict(
-        session.execute(
-            select(COUNTERS.c.recipient, COUNTERS.c.last_seq).where(COUNTERS.c.recipient.in_(sorted(need)))
-        ).all()
-    )
+    last = {r: int(n) for r, n in session.execute(select(COUNTERS.c.recipient, COUNTERS.c.last_seq)).all()}
     missing = set(need) - set(last)
     if missing:  # cannot happen: every member has a counter from enrolment on
         raise RuntimeError(f"no inbox counter for {sorted(missing)}")
-    session.execute(
-        update(COUNTERS)
-        .where(COUNTERS.c.recipient == bindparam("b_recipient"))
-        .values(last_seq=bindparam("b_last")),
-        [{"b_recipient": r, "b_last": int(last[r]) + n} for r, n in sorted(need.items())],
-    )
-    return {r: int(last[r]) + 1 for r in need}
+    if need:
+        session.execute(
+            update(COUNTERS)
+            .where(COUNTERS.c.recipient == bindparam("b_recipient"))
+            .values(last_seq=bindparam("b_last")),
+            [{"b_recipient": r, "b_last": last[r] + n} for r, n in sorted(need.items())],
+        )
+    # every member, an empty inbox (size 0) included: a leaf then holds exactly one commitment
+    # per member, with no free slot in which a second, smaller size for one inbox could hide
+    sizes = {r: n + need.get(r, 0) for r, n in last.items()}
+    return {r: last[r] + 1 for r in need}, sizes
+
+
+def _previous_inboxes(session: Session, size: int) -> int:
+    """The index of the last inboxes leaf: the tree's last leaf, since every batch ends with
+    one (-1 for an empty log, or one from before there were inboxes leaves)."""
+    if size == 0:
+        return -1
+    kind = session.execute(select(LogEntry.kind).where(LogEntry.log_index == size - 1)).scalar_one_or_none()
+    return size - 1 if kind == INBOXES else -1
 
 
 def _leaf(
@@ -591,3 +631,99 @@ def inclusions(session: Session, indexes: Sequence[int], size: int) -> dict[int,
 
 def leaf_of(session: Session, index: int) -> LogEntry | None:
     return session.get(LogEntry, index)
+
+
+# --- inboxes leaves: the chain, and each country's own openings ---------------------------
+
+INBOXES_PAGE = 1000  # leaves per page at most (about 64 bytes a member each, plus a proof)
+
+
+def inboxes_chain(
+    session: Session, country: str | None, size: int, after: int, before: int | None, limit: int
+) -> dict[str, Any]:
+    """The inboxes leaves with `after` < index < min(`before`, `size`), newest first, at most
+    `limit`: each with its bytes, its inclusion proof in the tree of `size` leaves, and the
+    opening of `country`'s own commitment in it (None for an admin, or where it has none).
+    `next` (when the page is full) is the `before` of the next page. Four queries a page."""
+    if not 0 < size <= current_size(session):
+        raise invalid(
+            "invalid-proof-request", f"no tree of size {size} (the log has {current_size(session)})"
+        )
+    upper = size if before is None else min(before, size)
+    indexes = [
+        int(i)
+        for (i,) in session.execute(
+            # the literal kind lets both engines use the partial index ix_log_entries_inboxes
+            text(
+                "SELECT log_index FROM log_entries WHERE kind = 'inboxes' "
+                "AND log_index > :a AND log_index < :b ORDER BY log_index DESC LIMIT :l"
+            ),
+            {"a": after, "b": upper, "l": limit},
+        )
+    ]
+    proven = inclusions(session, indexes, size) if indexes else {}
+    own: dict[int, tuple[int, bytes]] = {}
+    if country is not None and indexes:
+        own = {
+            int(i): (int(n), bytes(salt))
+            for i, n, salt in session.execute(
+                select(COMMITMENTS.c.log_index, COMMITMENTS.c.size, COMMITMENTS.c.salt).where(
+                    COMMITMENTS.c.country == country, COMMITMENTS.c.log_index.in_(indexes)
+                )
+            )
+        }
+    leaves = []
+    for i in indexes:
+        leaf, proof = proven[i]
+        opening = own.get(i)
+        leaves.append(
+            {
+                "log_index": i,
+                "leaf": canonical.b64encode(leaf),
+                "inclusion": [canonical.b64encode(h) for h in proof],
+                "own": None
+                if opening is None
+                else {"size": opening[0], "salt": canonical.b64encode(opening[1])},
+            }
+        )
+    return {"size": size, "leaves": leaves, "next": indexes[-1] if len(indexes) == limit else None}
+
+
+def item_inboxes(session: Session, caller: str, item_id: str) -> dict[str, Any]:
+    """For the originator of an item: the inboxes leaf that closed the item's batch (the first
+    after its log index) and the opening of each of its recipients' commitments in it: their
+    inbox sizes after that batch, which the inbox numbers of its receipt already bound."""
+    item = session.get(Item, item_id)
+    if item is None or item.originator != caller:
+        raise not_found("unknown-item", f"no item {item_id} originated by {caller}")
+    entry = None if item.log_index is None else session.get(LogEntry, item.log_index)
+    closing = (
+        None
+        if entry is None
+        else session.execute(
+            text("SELECT min(log_index) FROM log_entries WHERE kind = 'inboxes' AND log_index > :i"),
+            {"i": item.log_index},
+        ).scalar_one_or_none()
+    )
+    if entry is None or entry.leaf is None or closing is None:
+        raise conflict(
+            "not-integrated", f"item {item_id} is not in the log yet (or not under an inboxes leaf)"
+        )
+    inboxes = session.get(LogEntry, int(closing))
+    assert inboxes is not None and inboxes.leaf is not None
+    recipients = sorted(logleaf.parse_item_leaf(bytes(entry.leaf))[3])
+    rows = session.execute(
+        select(COMMITMENTS.c.country, COMMITMENTS.c.size, COMMITMENTS.c.salt).where(
+            COMMITMENTS.c.log_index == int(closing), COMMITMENTS.c.country.in_(recipients)
+        )
+    )
+    return {
+        "item_id": item_id,
+        "log_index": item.log_index,
+        "inboxes_index": int(closing),
+        "leaf": canonical.b64encode(bytes(inboxes.leaf)),
+        "recipients": [
+            {"recipient": c, "size": int(n), "salt": canonical.b64encode(bytes(salt))}
+            for c, n, salt in sorted(rows, key=lambda r: str(r[0]))
+        ],
+    }

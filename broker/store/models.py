@@ -9,11 +9,13 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -186,13 +188,35 @@ class RegistryState(Base):
 
 class LogEntry(Base):
     __tablename__ = "log_entries"
+    __table_args__ = (
+        # the chain of inboxes leaves (one per batch), read without scanning the other leaves
+        Index(
+            "ix_log_entries_inboxes",
+            "log_index",
+            sqlite_where=text("kind = 'inboxes'"),
+            postgresql_where=text("kind = 'inboxes'"),
+        ),
+    )
 
     log_index: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    kind: Mapped[str] = mapped_column(String(16))  # item (key and policy changes come later)
+    kind: Mapped[str] = mapped_column(String(16))  # item | directory | policy | receipt | inboxes
     ref: Mapped[str] = mapped_column(String(64))
     leaf_hash: Mapped[bytes] = mapped_column(LargeBinary)
     created_ms: Mapped[int] = mapped_column(BigInteger)
     leaf: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # the leaf's canonical bytes
+
+
+class InboxCommitment(Base):
+    """The opening of one commitment of an inboxes leaf: a country's inbox size after the
+    batch that leaf closed, and the salt. Shown only to that country, and, for the batch of an
+    item, to the item's originator (docs/protocol.md 14.9)."""
+
+    __tablename__ = "inbox_commitments"
+
+    country: Mapped[str] = mapped_column(String(3), primary_key=True)
+    log_index: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    size: Mapped[int] = mapped_column(BigInteger)
+    salt: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class LogPending(Base):

@@ -900,7 +900,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    """What this agency can check alone: gaps in its inbox, receipts for what it sent."""
+    """What this agency can check alone: gaps in its inbox and at its end, receipts for what
+    it sent and the inbox sizes the log commits its recipients to."""
     overdue_ms = args.overdue_hours * 3600 * 1000
     now = int(time.time() * 1000)
     problems: list[str] = []
@@ -920,11 +921,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
                     problems.append(f"{c.verdict}: {c.detail}")
                 elif c.verdict != "agrees":
                     print(f"audit: witness {c.witness}: {c.verdict}: {c.detail}", file=sys.stderr)
-        for seq in client.inbox_gaps():
+        entries = client.inbox_entries()  # listed after the checkpoint above was accepted
+        for seq in client.inbox_gaps(entries):
             problems.append(f"inbox entry {seq} is missing: withheld or deleted by the broker")
+        # the end of the inbox: what the log's last inboxes leaf commits to (14.8)
+        problems.extend(client.inbox_tail(entries))
         sent = client.trust.sent_items
+        statuses = []
         for item_id in sent:
             status = client.status(item_id)
+            statuses.append(status)
             for recipient, proof in sorted(client.delivery_proofs(item_id).items()):
                 if proof == "no delivery":
                     problems.append(f"{item_id}: the broker shows no delivery to {recipient}")
@@ -932,6 +938,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
                     problems.append(
                         f"{item_id}: no signed receipt from {recipient} after {args.overdue_hours} h"
                     )
+        # each recipient's inbox, right after the batch of what we sent, holds it (14.8)
+        problems.extend(client.sent_inboxes(statuses))
     for problem in problems:
         print(f"AUDIT: {problem}", file=sys.stderr)
     evidence = [str(path) for path in client.trust.evidence()]

@@ -65,6 +65,7 @@ MAX_ACK_SEQS = 1000  # the broker's cap on one acknowledgement (and one receipts
 # receipts are ~6.4 KB each in base64url: keep a receipts request under the broker's default
 # 1 MiB JSON body limit (a page of 100 is one request)
 RECEIPTS_REQUEST_CHARS = 900_000
+INBOXES_PAGE = 100  # inboxes leaves per request: ~70 bytes per member each, plus a proof
 
 
 @dataclass(frozen=True)
@@ -1088,16 +1089,171 @@ class Client(_ClientCore):
         """Per recipient: "signed" when its verified delivery receipt is there, else "missing"."""
         return self._delivery_proofs(self.directory(), self.status(item_id), self.fetch(item_id))
 
-    def inbox_gaps(self) -> list[int]:
-        """Walk the whole inbox: the entry numbers missing below the highest one."""
-        seqs: list[int] = []
+    def inbox_gaps(self, entries: Iterable[tuple[int, int]] | None = None) -> list[int]:
+        """Walk the whole inbox (or take `entries`, from `inbox_entries`): the entry numbers
+        missing below the highest one."""
+        return self._gaps(seq for seq, _ in (self.inbox_entries() if entries is None else entries))
+
+    def inbox_entries(self) -> list[tuple[int, int]]:
+        """Walk the whole inbox: (inbox number, log index) of every entry the broker lists."""
+        entries: list[tuple[int, int]] = []
         after = 0
         while True:
             page = self.inbox(after, limit=1000)
-            seqs.extend(d.seq for d in page.deliveries)
+            entries.extend((d.seq, d.log_index) for d in page.deliveries)
             if not page.deliveries:
-                return self._gaps(seqs)
+                return entries
             after = page.cursor
+
+    def _inboxes_links(self, checkpoint: Checkpoint, after: int, *, own: bool) -> list[logleaf.InboxesLink]:
+        """The chain of inboxes leaves above `after` under `checkpoint`, newest first, as the
+        broker serves it (checked by the caller), with our own openings when `own`."""
+        links: list[logleaf.InboxesLink] = []
+        params: dict[str, int] = {"size": checkpoint.size, "after": after, "limit": INBOXES_PAGE}
+        while True:
+            data = self._request("GET", "/v1/log/inboxes", params=params).json()
+            for leaf in data["leaves"]:
+                opening = leaf["own"] if own else None
+                links.append(
+                    logleaf.InboxesLink(
+                        int(leaf["log_index"]),
+                        canonical.b64decode(leaf["leaf"], "inboxes leaf"),
+                        [canonical.b64decode(h, "inclusion proof") for h in leaf["inclusion"]],
+                        None
+                        if opening is None
+                        else (int(opening["size"]), canonical.b64decode(opening["salt"], "salt")),
+                    )
+                )
+            following = data["next"]
+            if (
+                following is None
+                or not data["leaves"]
+                or int(following) >= params.get("before", checkpoint.size)
+            ):
+                return links
+            params["before"] = int(following)
+
+    def inbox_tail(self, entries: Iterable[tuple[int, int]] | None = None) -> list[str]:
+        """Check that this agency's inbox is complete at its end (docs/protocol.md 14.8): every
+        inboxes leaf since the one verified last time is in the log, chained, commits to our
+        inbox without ever shrinking, and the newest one's size is reached by the inbox as the
+        broker lists it. Returns the findings (none: the state is kept for next time).
+
+        `entries` (from `inbox_entries`) must have been listed after the checkpoint this
+        agency holds was accepted; without them, a newer checkpoint is accepted and the inbox
+        walked here. Nothing to check without a pinned log or a witnessed checkpoint."""
+        if self.trust.log is None:
+            return []
+        if entries is None or self.trust.checkpoint() is None:
+            try:
+                self.log_checkpoint()
+            except BrokerError as exc:
+                if exc.code != "no-checkpoint":
+                    raise
+                return []
+            entries = self.inbox_entries()
+        checkpoint = self.trust.checkpoint()
+        assert checkpoint is not None
+        since = self.trust.inbox_tail()
+        try:
+            links = self._inboxes_links(checkpoint, -1 if since is None else since[0], own=True)
+        except (BrokerError, MsmtError, KeyError, TypeError, ValueError) as exc:
+            return [f"the broker did not serve the chain of inboxes leaves ({_cause(exc)})"]
+        chain = logleaf.check_inboxes_chain(
+            self.country, links, checkpoint, since, max_commitments=len(self.directory().members)
+        )
+        findings = list(chain.findings)
+        if not findings:
+            findings = logleaf.inbox_end_findings(chain.size, entries, checkpoint.size)
+        if not findings and chain.index is not None:
+            self.trust.save_inbox_tail(chain.index, chain.size)
+        return findings
+
+    def sent_inboxes(self, statuses: Iterable[dict[str, Any]]) -> list[str]:
+        """The originator's check (docs/protocol.md 14.8) for items it sent, from their status:
+        the inboxes leaf that closed each item's batch is on the chain under the checkpoint
+        this agency holds, and commits each recipient's inbox to at least the entry the item
+        got. Items not yet under that checkpoint are left for a later audit."""
+        checkpoint = self.trust.checkpoint()
+        if self.trust.log is None or checkpoint is None:
+            return []
+        found: list[tuple[str, dict[str, Any]]] = []
+        findings: list[str] = []
+        for status in statuses:
+            index = status.get("log_index")
+            if index is None or index >= checkpoint.size:
+                continue
+            try:
+                data = self._request("GET", f"/v1/items/{status['item_id']}/inboxes").json()
+            except BrokerError as exc:
+                findings.append(f"{status['item_id']}: the broker shows no inboxes leaf after it ({exc})")
+                continue
+            if int(data["inboxes_index"]) < checkpoint.size:
+                found.append((status["item_id"], data))
+        if not found:
+            return findings
+        floor = min(int(data["inboxes_index"]) for _, data in found) - 1
+        try:
+            links = self._inboxes_links(checkpoint, floor, own=False)
+        except (BrokerError, MsmtError, KeyError, TypeError, ValueError) as exc:
+            return [*findings, f"the broker did not serve the chain of inboxes leaves ({_cause(exc)})"]
+        chain = logleaf.check_inboxes_chain(None, links, checkpoint, None, floor=floor)
+        findings.extend(chain.findings)
+        by_id = {str(s["item_id"]): s for s in statuses}
+        for item_id, data in found:
+            index = int(data["inboxes_index"])
+            served = canonical.b64decode(data["leaf"], "inboxes leaf")
+            leaf = chain.leaves.get(index)
+            try:
+                on_chain = leaf is not None and logleaf.parse_inboxes_leaf(served) == leaf
+            except LeafMismatch:
+                on_chain = False
+            if leaf is None or not on_chain:
+                findings.append(
+                    f"{item_id}: the inboxes leaf {index} the broker names is not on the log's chain"
+                )
+                continue
+            status = by_id[item_id]
+            # the inbox numbers the log gave the item, not the ones the status answer claims: its
+            # leaf, proven under our checkpoint, describing the envelope we sent
+            try:
+                seqs = self._logged_seqs(item_id, int(status["log_index"]), checkpoint)
+            except (BrokerError, MsmtError, KeyError, TypeError, ValueError) as exc:
+                findings.append(f"{item_id}: its log entry does not hold up ({_cause(exc)})")
+                continue
+            openings = {
+                r["recipient"]: (int(r["size"]), canonical.b64decode(r["salt"], "salt"))
+                for r in data["recipients"]
+            }
+            findings.extend(
+                f"{item_id}: {f}"
+                for f in logleaf.check_item_inboxes(leaf, index, int(status["log_index"]), seqs, openings)
+            )
+        return findings
+
+    def _logged_seqs(self, item_id: str, index: int, checkpoint: Checkpoint) -> dict[str, int]:
+        """Each recipient's inbox number for an item this agency sent, from the item's leaf at
+        `index`: included under `checkpoint`, and describing exactly the envelope we sent."""
+        leaf = canonical.b64decode(self._request("GET", f"/v1/log/leaves/{index}").json()["leaf"], "leaf")
+        proof = self._request(
+            "GET", "/v1/log/proof/inclusion", params={"index": index, "size": checkpoint.size}
+        )
+        logleaf.check_inclusion(
+            leaf, index, checkpoint, [canonical.b64decode(h, "proof") for h in proof.json()["proof"]]
+        )
+        envelope = self.fetch(item_id)
+        parsed = parse(envelope)
+        verify(parsed, self.keys.signing.public_key)  # ours: the broker cannot have made it
+        header = parsed.header
+        logleaf.check_item_leaf(
+            leaf,
+            item_id=item_id,
+            envelope=envelope,
+            originator=self.country,
+            recipients=header.recipient_countries,
+            own=None,
+        )
+        return dict(logleaf.parse_item_leaf(leaf)[3])
 
     # --- governance: statements about members and keys, signed by members --------------------
 

@@ -24,6 +24,9 @@ from .errors import ClientError
 CHAIN_FILE = "directory-chain.txt"
 CHECKPOINT_FILE = "log-checkpoint.txt"
 SENT_FILE = "sent-items.txt"
+# the inboxes leaf (docs/protocol.md 14.8) this agency last verified its inbox against: its log
+# index and the size it committed to, as "<index> <size>\n"
+INBOX_TAIL_FILE = "inbox-tail.txt"
 EVIDENCE_DIR = "evidence"  # log-signed checkpoints that contradict each other (docs/protocol.md 14.8)
 FUTURE_SKEW_MS = 60 * 60 * 1000  # clients' clocks drift more than servers'
 
@@ -42,6 +45,7 @@ class TrustStore:
         self._state = gov.verify_chain(self._entries)
         self.folder = folder
         self.checkpoint_note: bytes | None = None
+        self._inbox_tail: tuple[int, int] | None = None
         self.sent_items: list[str] = []
         if folder is not None and (folder / SENT_FILE).exists():
             self.sent_items = (folder / SENT_FILE).read_text().split()
@@ -67,6 +71,27 @@ class TrustStore:
             self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
             with (self.folder / SENT_FILE).open("a") as out:
                 out.write(item_id + "\n")
+
+    def inbox_tail(self) -> tuple[int, int] | None:
+        """(log index, inbox size) of the inboxes leaf this agency last verified its inbox
+        against, or None before its first check."""
+        if self.folder is None:
+            return self._inbox_tail
+        path = self.folder / INBOX_TAIL_FILE
+        if not path.exists():
+            return None
+        try:
+            index, size = (int(v) for v in path.read_text(encoding="ascii").split())
+        except ValueError as exc:
+            raise ClientError(
+                f"{path} is not '<log index> <inbox size>': remove it to check from the start"
+            ) from exc
+        return index, size
+
+    def save_inbox_tail(self, index: int, size: int) -> None:
+        self._inbox_tail = (index, size)
+        if self.folder is not None:
+            self._write(INBOX_TAIL_FILE, f"{index} {size}\n")
 
     def save_checkpoint(self, note: bytes) -> None:
         self.checkpoint_note = note

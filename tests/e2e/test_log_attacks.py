@@ -27,12 +27,13 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -54,7 +55,6 @@ from msmt.core.note import Checkpoint, open_checkpoint
 from msmt.trust import TrustStore
 from msmt.witness import Evidence, WitnessState, generate_witness_key
 
-from ..integration import conftest
 from ..integration.conftest import _KEYS, AUDIENCE, LOG_SIGNER, bootstrap, postgresql_schema, root_of
 from .servers import broker_server, free_port
 
@@ -434,15 +434,18 @@ def test_a_log_rebuilt_without_an_item_is_refused_by_witnesses_and_clients(d: De
         # the broker signs checkpoints of the rebuilt tree as new items come in
         submit(base, "KOR", "USA", b"after the rebuild 1")
         submit(base, "KOR", "USA", b"after the rebuild 2")
-        assert d.settled_size() == size + 1
-        (rebuilt,) = d.sql("SELECT root FROM checkpoints WHERE size = :n", n=size + 1)
+        # one leaf fewer, then two batches (each answered 201 once integrated) of an item leaf
+        # and the inboxes leaf that ends every batch
+        new_size = d.settled_size()
+        assert new_size == size - 1 + 2 * 2
+        (rebuilt,) = d.sql("SELECT root FROM checkpoints WHERE size = :n", n=new_size)
 
         # every witness refuses: the broker's consistency proof from what it cosigned does not verify
         def refused(w: MemberWitness) -> list[str]:
             return [
                 reason
                 for reason, c in w.evidence()
-                if c.size == size + 1 and c.root_hash == bytes(rebuilt[0])
+                if c.size == new_size and c.root_hash == bytes(rebuilt[0])
             ]
 
         for witness in d.witnesses:
@@ -452,7 +455,7 @@ def test_a_log_rebuilt_without_an_item_is_refused_by_witnesses_and_clients(d: De
             assert all("consistency proof does not verify" in r for r in reasons), reasons
             assert witness.cosigned() == held  # its state did not move
         log = (d.tmp / "broker-rebuilt.log").read_text()
-        assert f"refused the checkpoint of {size + 1} entries: 422" in log
+        assert f"refused the checkpoint of {new_size} entries: 422" in log
 
         # no checkpoint of the rebuilt tree has a single cosignature; clients are served an older one
         assert d.sql("SELECT count(*) FROM checkpoint_cosignatures WHERE size > :i", i=victim)[0][0] == 0
@@ -472,7 +475,7 @@ def test_a_log_rebuilt_without_an_item_is_refused_by_witnesses_and_clients(d: De
         # cosign the rebuilt one, which the broker then serves as witnessed...
         lose_state(*d.witnesses[:2])
         wait_for(
-            "the rebuilt checkpoint to be witnessed", lambda: _witnessed_at(d, base, size + 1), timeout=30
+            "the rebuilt checkpoint to be witnessed", lambda: _witnessed_at(d, base, new_size), timeout=30
         )
         assert d.witnesses[2].cosigned() == held  # the third still refuses
         # ...and the client that verified the original still refuses it: it is not an extension
@@ -485,7 +488,7 @@ def test_a_log_rebuilt_without_an_item_is_refused_by_witnesses_and_clients(d: De
         kept = TrustStore.load(d.keys("USA") / "trust").evidence()
         assert kept and all("-inconsistent-" in path.name for path in kept)
         notes = _evidence_notes(kept[0])
-        assert [c.size for c in notes] == [size, size + 1] and notes[0] == held
+        assert [c.size for c in notes] == [size, new_size] and notes[0] == held
         assert notes[1].root_hash == bytes(rebuilt[0])
 
 
@@ -505,16 +508,24 @@ def _brokers(*managers: AbstractContextManager[tuple[str, Any]]) -> Iterator[lis
 
 
 @contextmanager
-def _second_database(d: Deployment, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Another database founded from the same members' root (the one every client pinned), so
-    its log starts with the same leaves; the broker on it uses the same log key."""
-    kind = "sqlite" if d.url.startswith("sqlite") else "postgresql"
-    with _database(kind, d.tmp, "other") as url:
-        with monkeypatch.context() as patch:
-            patch.setattr(conftest, "founders_root", lambda *args, **kwargs: d.root)
-            bootstrap(url, int(time.time() * 1000))
-        assert root_of(url) == d.root
-        yield url
+def _second_database(d: Deployment) -> Iterator[str]:
+    """A byte copy of the deployment's SQLite database once its founding leaves are logged (a
+    broker integrated them and the witnesses cosigned): the operator's clone, which a second
+    broker with the same log key then runs. The two logs share that prefix exactly, salts of the
+    inboxes leaf included (two databases founded apart would differ in them from the start)."""
+    assert d.url.startswith("sqlite:///")
+    with d.broker("founding") as (base, _):
+        founding = d.settled_size()
+        wait_for("a witnessed founding checkpoint", lambda: _witnessed_at(d, base, founding))
+    clone = d.tmp / "other.db"
+    # SQLite's online backup: the write-ahead log's pages included, which a file copy would miss
+    with (
+        closing(sqlite3.connect(d.url.removeprefix("sqlite:///"))) as src,
+        closing(sqlite3.connect(clone)) as dst,
+    ):
+        src.backup(dst)
+    assert root_of(f"sqlite:///{clone}") == d.root
+    yield f"sqlite:///{clone}"
 
 
 # SQLite only: the attack and its detection live in the witnesses and the clients, and two
@@ -523,7 +534,7 @@ def _second_database(d: Deployment, monkeypatch: pytest.MonkeyPatch) -> Iterator
 def test_a_split_view_is_caught_by_the_witnesses_and_by_a_client_that_talks_to_both(
     d: Deployment, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with _second_database(d, monkeypatch) as other, _brokers(d.broker("a"), d.broker("b", other)) as (a, b):
+    with _second_database(d) as other, _brokers(d.broker("a"), d.broker("b", other)) as (a, b):
         # both brokers log the same founding leaves and get that checkpoint cosigned
         founding = d.settled_size()
         assert d.settled_size(other) == founding
@@ -534,7 +545,7 @@ def test_a_split_view_is_caught_by_the_witnesses_and_by_a_client_that_talks_to_b
         # broker A shows USA a log with KOR's item in it; USA verifies it, as do the witnesses
         with Client(a, _KEYS["KOR"], trust=TrustStore.pin(d.root), audience=AUDIENCE) as kor:
             kor.send(b"seen by USA", content_type="text/plain", markings=MARKINGS, recipients=["USA"])
-        size = founding + 1
+        size = founding + 2  # its item leaf and the inboxes leaf that ends its batch
         wait_for("a witnessed checkpoint of A's whole log", lambda: _witnessed_at(d, a, size))
         status, _, err = d.msmt("USA", a, "audit")
         assert status == 0, err

@@ -72,6 +72,7 @@ MATRIX: dict[str, tuple[str, str, str]] = {
     "POST /v1/items/batch":                   ("200",              "403 originator-mismatch", "403 country-only"),
     "GET /v1/items/{id}":                     ("200",              "404 unknown-item",        "403 country-only"),
     "GET /v1/items/{id}/status":              ("200",              "404 unknown-item",        "200"),
+    "GET /v1/items/{id}/inboxes":             ("200",              "404 unknown-item",        "403 country-only"),
     "GET /v1/inbox":                          ("200",              "200",                     "403 country-only"),
     "POST /v1/inbox/ack":                     ("200",              "422 unknown-delivery",    "403 country-only"),
     "POST /v1/inbox/receipts":                ("200",              "422 bad-receipt",         "403 country-only"),
@@ -83,6 +84,7 @@ MATRIX: dict[str, tuple[str, str, str]] = {
     "GET /v1/log/proof/inclusion":            ("200",              "200",                     "200"),
     "GET /v1/log/proof/consistency":          ("200",              "200",                     "200"),
     "GET /v1/log/leaves/{index}":             ("200",              "404 unknown-leaf",        "200"),
+    "GET /v1/log/inboxes":                    ("200",              "200",                     "200"),
     "GET /v1/governance/proposals/{id}":      ("200",              "200",                     "200"),
     "POST /v1/governance/proposals/{id}/signatures": ("200",       "200",                     "200"),
     "POST /v1/preflight":                     ("200",              "200",                     "403 country-only"),
@@ -405,6 +407,33 @@ def leaf_returned(scene: Scene, who: str, r: httpx.Response) -> None:
     assert (item_id, originator, sorted(deliveries)) == (scene.item_id, "KOR", ["JPN", "USA"])
 
 
+def inboxes_returned(scene: Scene, who: str, r: httpx.Response) -> None:
+    """The chain is the same for everyone; each member gets the opening of its own commitment
+    (USA, a recipient of the scene's item, a size of at least 1; NZL, with an empty inbox, 0);
+    an admin, who has no inbox, none."""
+    body = r.json()
+    newest = body["leaves"][0]
+    assert newest["log_index"] == body["size"] - 1
+    parsed = logleaf.parse_inboxes_leaf(canonical.b64decode(newest["leaf"]))
+    if who.startswith("admin"):
+        assert all(leaf["own"] is None for leaf in body["leaves"])
+        return
+    opening = newest["own"]
+    assert opening["size"] >= 1 if who == "USA" else opening["size"] == 0
+    salt = canonical.b64decode(opening["salt"])
+    assert logleaf.inbox_commitment(who, opening["size"], salt) in parsed.commitments
+
+
+def item_inboxes_returned(scene: Scene, who: str, r: httpx.Response) -> None:
+    body = r.json()
+    assert body["item_id"] == scene.item_id and body["inboxes_index"] > body["log_index"]
+    leaf = logleaf.parse_inboxes_leaf(canonical.b64decode(body["leaf"]))
+    assert [x["recipient"] for x in body["recipients"]] == ["JPN", "USA"]
+    for x in body["recipients"]:
+        commitment = logleaf.inbox_commitment(x["recipient"], x["size"], canonical.b64decode(x["salt"]))
+        assert commitment in leaf.commitments
+
+
 def chain_returned(scene: Scene, who: str, r: httpx.Response) -> None:
     body = r.json()
     state = gov.verify_chain(canonical.b64decode(e["entry"]) for e in body["entries"])
@@ -677,6 +706,12 @@ ENDPOINTS: dict[str, Endpoint] = {
     "GET /v1/log/leaves/{index}": Endpoint(
         "KOR", "NZL", "KOR", lambda s: Call("GET", f"/v1/log/leaves/{_item_index(s)}"), leaf_returned
     ),
+    "GET /v1/log/inboxes": Endpoint(
+        "USA", "NZL", "USA", lambda s: Call("GET", f"/v1/log/inboxes?size={_log_size(s)}"), inboxes_returned
+    ),
+    "GET /v1/items/{id}/inboxes": Endpoint(
+        "KOR", "NZL", "KOR", lambda s: Call("GET", f"/v1/items/{s.item_id}/inboxes"), item_inboxes_returned
+    ),
     "GET /v1/governance/proposals": Endpoint(
         "KOR",
         "NZL",
@@ -793,6 +828,8 @@ def test_the_matrix_covers_every_route_of_the_app(world: World) -> None:
         "POST /v1/items/batch": "POST /v1/items/batch",
         "GET /v1/items/{id}": "GET /v1/items/{item_id}",
         "GET /v1/items/{id}/status": "GET /v1/items/{item_id}/status",
+        "GET /v1/items/{id}/inboxes": "GET /v1/items/{item_id}/inboxes",
+        "GET /v1/log/inboxes": "GET /v1/log/inboxes",
         "GET /v1/inbox": "GET /v1/inbox",
         "POST /v1/inbox/ack": "POST /v1/inbox/ack",
         "POST /v1/inbox/receipts": "POST /v1/inbox/receipts",

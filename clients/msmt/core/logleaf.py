@@ -7,7 +7,11 @@ SHA-256(0x00 || leaf). Three types:
   (recipient and that recipient's inbox sequence number), so a recipient can prove which
   entry of its inbox an item is, and an originator that each recipient got one;
 - `directory`: a member-signed directory entry, by position and digest;
-- `policy`: a sharing-policy version, by number and document digest.
+- `policy`: a sharing-policy version, by number and document digest;
+- `inboxes`: the last leaf of every integration batch: a salted commitment to the size of every
+  member's inbox after the batch (0 for an empty one), and the index of the previous `inboxes` leaf, so that a
+  recipient can check that its inbox is complete at its end (the broker reveals each
+  country's size and salt to that country only) without learning anyone else's.
 
 The log's signing key and the witnesses clients require are named in the member-signed
 root (`extra.log`), so the operator cannot swap them.
@@ -16,12 +20,21 @@ root (`extra.log`), so the operator cannot swap them.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from . import canonical
-from .errors import LeafMismatch, LogRollback, MalformedCheckpoint, MsmtError, NotWitnessed
+from .errors import (
+    LeafMismatch,
+    LogError,
+    LogRollback,
+    MalformedCheckpoint,
+    MsmtError,
+    NotWitnessed,
+)
 from .markings import COUNTRY_RE
 from .merkle import leaf_hash, verify_consistency, verify_inclusion
 from .note import (
@@ -36,7 +49,7 @@ from .note import (
     verify_cosignatures,
 )
 
-LEAF_TYPES = ("item", "directory", "policy")
+LEAF_TYPES = ("item", "directory", "policy", "inboxes")
 
 
 def item_leaf(item_id: str, envelope_sha256: str, originator: str, deliveries: Mapping[str, int]) -> bytes:
@@ -259,3 +272,257 @@ def check_item_leaf(
 
 def check_inclusion(leaf: bytes, index: int, checkpoint: Checkpoint, proof: list[bytes]) -> None:
     verify_inclusion(hash_of(leaf), index, checkpoint.size, proof, checkpoint.root_hash)
+
+
+# --- inboxes leaves: every inbox is complete at its end (docs/protocol.md 14.2, 14.8) --------
+
+INBOX_COMMITMENT_PREFIX = b"msmt inbox commitment v1\n"
+SALT_BYTES = 16
+_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def inbox_commitment(country: str, size: int, salt: bytes) -> str:
+    """hex SHA-256("msmt inbox commitment v1\\n" || country || "\\n" || decimal(size) || "\\n" || salt):
+    hides `size` from anyone without the 16-byte `salt`, binds it for whoever has it."""
+    if not COUNTRY_RE.fullmatch(country) or isinstance(size, bool) or size < 0 or len(salt) != SALT_BYTES:
+        raise ValueError("an inbox commitment is for a country code, a size >= 0 and a 16-byte salt")
+    message = INBOX_COMMITMENT_PREFIX + f"{country}\n{size}\n".encode("ascii") + salt
+    return hashlib.sha256(message).hexdigest()
+
+
+def inboxes_leaf(previous: int, commitments: Iterable[str]) -> bytes:
+    """The leaf: the previous inboxes leaf's log index (-1 for the first) and the commitments,
+    sorted so that their order says nothing about whose is whose."""
+    return canonical.encode({"type": "inboxes", "previous": previous, "commitments": sorted(commitments)})
+
+
+def new_inboxes_leaf(
+    previous: int, sizes: Mapping[str, int], random: Callable[[int], bytes] = os.urandom
+) -> tuple[bytes, dict[str, bytes]]:
+    """The leaf committing to `sizes` (every member's inbox, 0 for an empty one) with a fresh salt per country,
+    and those salts (kept by the broker, each shown to its country only)."""
+    salts = {country: random(SALT_BYTES) for country in sorted(sizes)}
+    leaf = inboxes_leaf(previous, (inbox_commitment(c, sizes[c], salts[c]) for c in salts))
+    return leaf, salts
+
+
+@dataclass(frozen=True)
+class InboxesLeaf:
+    previous: int
+    commitments: tuple[str, ...]
+
+
+def parse_inboxes_leaf(leaf: bytes) -> InboxesLeaf:
+    """An inboxes leaf, which must be exactly what `inboxes_leaf` makes of its values: its
+    three members, `previous` an integer >= -1, distinct hex digests in ascending order."""
+    try:
+        value: Any = canonical.decode(leaf)
+        if not isinstance(value, dict) or value.get("type") != "inboxes":
+            raise LeafMismatch("the log leaf is not an inboxes leaf")
+        if set(value) != {"type", "previous", "commitments"}:
+            raise LeafMismatch("an inboxes leaf has exactly type, previous and commitments")
+        previous, commitments = value["previous"], value["commitments"]
+        if isinstance(previous, bool) or not isinstance(previous, int) or previous < -1:
+            raise LeafMismatch("an inboxes leaf's previous is a log index or -1")
+        if not isinstance(commitments, list) or not all(
+            isinstance(c, str) and _HEX_DIGEST.fullmatch(c) for c in commitments
+        ):
+            raise LeafMismatch("an inboxes leaf's commitments are lowercase hex SHA-256 digests")
+        if commitments != sorted(set(commitments)):
+            raise LeafMismatch("an inboxes leaf's commitments are distinct and in ascending order")
+    except LeafMismatch:
+        raise
+    except (MsmtError, KeyError, TypeError, ValueError) as exc:
+        raise LeafMismatch(f"the log leaf is not a well-formed inboxes leaf: {exc}") from exc
+    if inboxes_leaf(previous, commitments) != leaf:
+        raise LeafMismatch("the inboxes leaf is not in its one canonical form")
+    return InboxesLeaf(previous, tuple(commitments))
+
+
+@dataclass(frozen=True)
+class InboxesLink:
+    """One inboxes leaf as the broker served it: its index, bytes, inclusion proof in the
+    checkpoint's tree, and the caller's own (size, salt) in it, if the broker says it has one."""
+
+    index: int
+    leaf: bytes
+    proof: Sequence[bytes]
+    opening: tuple[int, bytes] | None = None
+
+
+@dataclass(frozen=True)
+class InboxesChain:
+    """What a walk down the chain established: the findings (empty when all holds), the
+    newest inboxes leaf (the checkpoint's last) and the size it commits to for the country."""
+
+    findings: tuple[str, ...]
+    index: int | None
+    size: int
+    leaves: dict[int, InboxesLeaf]
+
+
+def check_inboxes_chain(
+    country: str | None,
+    links: Sequence[InboxesLink],
+    checkpoint: Checkpoint,
+    since: tuple[int, int] | None,
+    *,
+    floor: int | None = None,
+    max_commitments: int | None = None,
+) -> InboxesChain:
+    """Check the chain of inboxes leaves from the checkpoint's last leaf down to `since` (the
+    index and size verified last time, or None: down to the first). `links` newest first.
+    With `floor` (and no `since`), only the leaves above it: the oldest one's previous must be
+    at or below it (the chain goes on below, unchecked).
+
+    Each leaf must be included under `checkpoint`, be a canonical inboxes leaf, and link to
+    the next one by `previous`; the last leaf of the tree must be one. For `country` (None:
+    the chain only), the broker's opening must match a commitment of the leaf, no leaf may
+    lack one after a leaf had one, and sizes never go down. Findings, never exceptions."""
+    findings: list[str] = []
+    leaves: dict[int, InboxesLeaf] = {}
+    last = checkpoint.size - 1
+    if since is not None and since[0] >= last:
+        if since[0] > last:
+            findings.append(
+                f"the inboxes leaf {since[0]} verified before is not below the log's {checkpoint.size}"
+            )
+        return InboxesChain(tuple(findings), since[0], since[1], leaves)
+    if since is None and floor is not None and floor >= last:
+        return InboxesChain((), None, 0, leaves)
+    if not links or links[0].index != last:
+        found = "none" if not links else f"leaf {links[0].index}"
+        findings.append(
+            f"the log's last leaf ({last}) is not the inboxes leaf the broker must end each batch with "
+            f"(it showed {found}): the latest inbox sizes are hidden"
+        )
+        return InboxesChain(tuple(findings), None, 0, leaves)
+    expected_end = since[0] if since is not None else -1
+    for n, link in enumerate(links):
+        try:
+            verify_inclusion(
+                hash_of(link.leaf), link.index, checkpoint.size, list(link.proof), checkpoint.root_hash
+            )
+            parsed = parse_inboxes_leaf(link.leaf)
+        except (LogError, ValueError) as exc:
+            findings.append(f"inboxes leaf {link.index}: {exc}")
+            return InboxesChain(tuple(findings), None, 0, leaves)
+        if max_commitments is not None and len(parsed.commitments) > max_commitments:
+            findings.append(
+                f"inboxes leaf {link.index} holds {len(parsed.commitments)} commitments, more than the "
+                f"{max_commitments} members: some inbox is committed twice"
+            )
+        leaves[link.index] = parsed
+        following = links[n + 1].index if n + 1 < len(links) else expected_end
+        if n + 1 == len(links) and since is None and floor is not None and -1 <= parsed.previous <= floor:
+            following = parsed.previous  # the walk stops here: what lies below is not checked
+        if parsed.previous != following or parsed.previous >= link.index:
+            findings.append(
+                f"the chain of inboxes leaves is broken at {link.index}: its previous is {parsed.previous}, "
+                f"the next one down is {following}"
+            )
+            return InboxesChain(tuple(findings), None, 0, leaves)
+    size = since[1] if since is not None else 0
+    committed = since is not None  # every member's inbox, even empty, is in every leaf
+    for link in reversed(links):  # oldest first
+        parsed = leaves[link.index]
+        if country is None:
+            continue
+        if link.opening is None:
+            if committed:
+                findings.append(
+                    f"inboxes leaf {link.index} has no commitment for {country}'s inbox, which held {size} "
+                    "entries before: the broker hides it"
+                )
+            continue
+        committed = True
+        got, salt = link.opening
+        try:
+            matches = inbox_commitment(country, got, salt) in parsed.commitments
+        except ValueError:
+            matches = False
+        if not matches:
+            findings.append(
+                f"the size ({got}) and salt the broker shows {country} for inboxes leaf {link.index} do not "
+                "open any commitment of that leaf: the broker rewrote them"
+            )
+            continue
+        if got < size:
+            findings.append(
+                f"{country}'s inbox went down from {size} to {got} entries at inboxes leaf {link.index}"
+            )
+        size = got
+    return InboxesChain(tuple(findings), links[0].index, size, leaves)
+
+
+def inbox_end_findings(size: int, entries: Iterable[tuple[int, int]], checkpoint_size: int) -> list[str]:
+    """Compare the size the log commits to with the inbox as the broker lists it, as (inbox
+    number, log index) pairs: the inbox must reach `size` (entries missing below the highest
+    listed one are gaps, found by walking the inbox alone), and no entry listed under that
+    checkpoint may be numbered above it."""
+    listed = dict(entries)
+    findings = []
+    missing = list(range(max(listed, default=0) + 1, size + 1))
+    if missing:
+        which = f"entry {missing[0]} is" if len(missing) == 1 else f"entries {_spans(missing)} are"
+        findings.append(
+            f"inbox {which} committed in the log (the inbox holds {size}) but not listed by the broker: "
+            "withheld or deleted"
+        )
+    above = sorted(n for n, index in listed.items() if n > size and index < checkpoint_size)
+    if above:
+        findings.append(
+            f"inbox entry {above[0]} is in the log before its size {checkpoint_size}, but the log's last inboxes "
+            f"leaf says the inbox holds {size}: the commitment understates it"
+        )
+    return findings
+
+
+def _spans(numbers: Sequence[int]) -> str:
+    """1, 2, 3, 7 -> "1-3, 7" (at most 20 spans)."""
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    text = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans[:20])
+    return text + (", ..." if len(spans) > 20 else "")
+
+
+def check_item_inboxes(
+    leaf: InboxesLeaf,
+    index: int,
+    item_index: int,
+    seqs: Mapping[str, int],
+    openings: Mapping[str, tuple[int, bytes]],
+) -> list[str]:
+    """The originator's check: the inboxes leaf at `index` closed the batch of its item at
+    `item_index` (it comes after the item and its previous before it: the first one after),
+    and commits to each recipient's inbox holding at least the entry the item got."""
+    findings = []
+    if not leaf.previous < item_index < index:
+        findings.append(
+            f"inboxes leaf {index} (previous {leaf.previous}) is not the one that closed the batch of "
+            f"log entry {item_index}"
+        )
+    for recipient, seq in sorted(seqs.items()):
+        opening = openings.get(recipient)
+        if opening is None:
+            findings.append(f"the broker shows no inbox size for {recipient} after its entry {seq}")
+            continue
+        size, salt = opening
+        try:
+            matches = inbox_commitment(recipient, size, salt) in leaf.commitments
+        except ValueError:
+            matches = False
+        if not matches:
+            findings.append(
+                f"the size and salt shown for {recipient} do not open a commitment of inboxes leaf {index}"
+            )
+        elif size < seq:
+            findings.append(
+                f"inboxes leaf {index} commits {recipient}'s inbox to {size} entries, below its entry {seq} "
+                "for this item"
+            )
+    return findings
