@@ -26,6 +26,7 @@ log = logging.getLogger("msmt.broker.health")
 
 
 SQLITE_SETTLE_S = 1.0
+RELAPSE_S = 0.25  # a failure this soon after an outage's end belongs to it (Outage.failed): ms, in practice
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -53,6 +54,12 @@ class Outage:
         self.outages = 0
         # a success ends an outage only this long after its last failure (SQLite: `watch`)
         self.settle_s = 0.0
+        # a failure this soon after an outage ended is the same outage relapsing (a server still
+        # starting: one connection got in, the next is told "not yet accepting connections"):
+        # it is refused like any, but it opens no second outage and logs no second pair of lines
+        self.relapse_s = RELAPSE_S
+        self._ended: tuple[float, float, int] | None = None  # (ended at, down since, refused)
+        self._relapsed = False
 
     @property
     def down(self) -> bool:
@@ -64,9 +71,14 @@ class Outage:
             self.last_failure = self._clock()
             if self.down_since is not None:
                 return
+            ended = self._ended
+            if ended is not None and self.last_failure - ended[0] < self.relapse_s:
+                self.down_since, self.refused, self._relapsed = ended[1], ended[2] + 1, True
+                return
             self.down_since = self.last_failure
             self.outages += 1
             self.refused = 1
+            self._relapsed = False
         reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0][:300]
         log.error("database unavailable (first seen by %s): %s", where, reason)
 
@@ -78,7 +90,13 @@ class Outage:
             if self.down_since is None or now - self.last_failure < self.settle_s:
                 return
             lasted = now - self.down_since
-            refused, self.down_since = self.refused, None
+            self._ended = (now, self.down_since, self.refused)
+            refused, self.down_since, relapsed = self.refused, None, self._relapsed
+        if relapsed:  # its "available again" line was logged when it first seemed over
+            log.info(
+                "database steady after a relapse: %.1f s in all; %d requests were refused", lasted, refused
+            )
+            return
         log.warning(
             "database available again after %.1f s; %d requests were refused meanwhile", lasted, refused
         )

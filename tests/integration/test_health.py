@@ -76,8 +76,37 @@ def test_outage_is_told_once_and_its_end_once(caplog: pytest.LogCaptureFixture) 
         "database unavailable (first seen by a test): connection refused",
         "database available again after 7.5 s; 50 requests were refused meanwhile",
     ]
+    now[0] += 2.0  # well after its end: a new outage, told anew
     outage.failed("a test", OSError("again"))
     assert outage.outages == 2 and outage.down
+    assert caplog.records[-1].getMessage() == "database unavailable (first seen by a test): again"
+
+
+def test_a_failure_right_after_the_end_is_the_same_outage_relapsing(caplog: pytest.LogCaptureFixture) -> None:
+    """A server still starting: one connection got in (the outage seemed over), the next is told
+    "not yet accepting connections". Refused like any request, but no second pair of lines."""
+    now = [100.0]
+    outage = Outage(clock=lambda: now[0])
+    caplog.set_level(logging.INFO, logger="msmt.broker.health")
+    outage.failed("a test", OSError("server closed the connection"))
+    now[0] += 2.0
+    outage.recovered()
+    now[0] += 0.002
+    outage.failed("a test", OSError("the database system is not yet accepting connections"))
+    assert outage.down and outage.outages == 1
+    now[0] += 0.1
+    outage.recovered()
+    assert not outage.down
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert lines == [
+        (logging.ERROR, "database unavailable (first seen by a test): server closed the connection"),
+        (logging.WARNING, "database available again after 2.0 s; 1 requests were refused meanwhile"),
+        (logging.INFO, "database steady after a relapse: 2.1 s in all; 2 requests were refused"),
+    ]
+    # half a second later the server goes down again: that is a new outage, told as one
+    now[0] += 0.5
+    outage.failed("a test", OSError("server closed the connection"))
+    assert outage.outages == 2 and caplog.records[-1].levelno == logging.ERROR
 
 
 @pytest.mark.parametrize(
