@@ -68,7 +68,7 @@ from msmt.gateway.store import Store, follow_once
 from msmt.gateway.taxii import collection_id
 from msmt.trust import TrustStore
 from tests.e2e.servers import broker_server, free_port
-from tests.integration.conftest import _KEYS, AUDIENCE, PG_BASE, bootstrap, root_of
+from tests.integration.conftest import _KEYS, AUDIENCE, PG_BASE, bootstrap, postgresql_schema, root_of
 
 SENDER, RECIPIENT = "KOR", "USA"
 MARKINGS = Markings.create("RESTRICTED", "GREEN", [RECIPIENT], topics=["maritime"])
@@ -274,16 +274,8 @@ def gateway_database(backend: str, folder: Path, name: str) -> Iterator[str]:
     if backend == "sqlite":
         yield f"sqlite:///{folder / f'{name}.db'}"
         return
-    schema = f"msmt_gwbench_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_BASE, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{PG_BASE}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with postgresql_schema() as url:  # the test suite's: a fresh schema, dropped afterwards
+        yield url
 
 
 @contextmanager
