@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib.resources
 import os
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -72,6 +73,33 @@ SQLITE_RECONNECT_CODES = frozenset({8, 10, 13, 14})
 # PostgreSQL session limits (seconds): no statement waits longer than this for a lock, and a
 # session that sits idle inside a transaction (a broker process paused or hung mid-commit) is
 # ended by the server, releasing its locks, after this long. Settings can override them.
+
+
+def _writable(path: Path) -> bool:
+    """Whether SQLite can open the database and its -wal and -shm files for writing now.
+
+    A connection opened while the file system is read-only is read-only for good (SQLite
+    falls back to a read-only open), and worse: SQLite shares one -shm mapping among all the
+    connections of a process to one file, opened by whichever connection comes first and kept
+    while any of them is open. A read-only connection that comes first leaves a read-only
+    mapping that every later connection shares, so while the pool keeps one connection open
+    no write succeeds again, the file system writable or not. So no connection is opened
+    while the files cannot be written; the outage is answered 503 until they can."""
+    files = [Path(f"{path}{suffix}") for suffix in ("", "-wal", "-shm")]
+    return os.access(path.parent, os.W_OK) and all(
+        os.access(file, os.W_OK) for file in files if file.exists()
+    )
+
+
+def _read_only_error(path: Path) -> sqlite3.OperationalError:
+    error = sqlite3.OperationalError(
+        f"the database {path.name} cannot be written now (read-only file system?)"
+    )
+    error.sqlite_errorcode = 8  # SQLITE_READONLY: an outage (503), the pool starts afresh
+    error.sqlite_errorname = "SQLITE_READONLY"
+    return error
+
+
 LOCK_TIMEOUT_S = float(os.environ.get("MSMT_DB_LOCK_TIMEOUT_S", "5"))
 IDLE_IN_TRANSACTION_TIMEOUT_S = float(os.environ.get("MSMT_DB_IDLE_IN_TRANSACTION_TIMEOUT_S", "30"))
 
@@ -90,6 +118,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            if path is not None and not _writable(path):
+                # Refused before it reads anything: see _writable.
+                dbapi_connection.close()
+                raise _read_only_error(path)
             # Let SQLAlchemy, not the driver, issue BEGIN (see SQLAlchemy's pysqlite notes).
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()

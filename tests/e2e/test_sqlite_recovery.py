@@ -208,3 +208,65 @@ def test_sqlite_recovers_after_its_file_system_was_read_only(tmp_path: Path) -> 
     assert len(down) == 1, down
     assert len(up) == 1, up
     assert "Traceback" not in text
+
+
+# Run in a mount namespace of its own (argv[1]: an empty folder): one connection opened while
+# the folder is read-only and held, as a pooled or checked-out connection is, while the folder
+# becomes writable again; then writes through the same engine.
+_HELD_CONNECTION = """
+import subprocess, sys
+from pathlib import Path
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+from broker.store.db import make_engine
+
+folder = Path(sys.argv[1])
+engine = make_engine(f"sqlite:///{folder / 'broker.db'}")
+with engine.begin() as connection:
+    connection.execute(text("CREATE TABLE t (x INTEGER)"))
+subprocess.run(["mount", "--bind", "-o", "ro", str(folder), str(folder)], check=True)
+engine.dispose()  # no connection open: the next one is the first of the process
+try:
+    held = engine.connect()
+    held.execute(text("SELECT count(*) FROM t")).scalar()
+    print("opened while read-only")
+except OperationalError as exc:
+    print("refused while read-only")
+subprocess.run(["umount", "-l", str(folder)], check=True)
+for _ in range(3):
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("INSERT INTO t VALUES (1)"))
+        print("write: ok")
+    except OperationalError as exc:
+        print(f"write: {exc.orig}")
+"""
+
+
+def test_no_connection_is_opened_while_the_database_cannot_be_written(tmp_path: Path) -> None:
+    """SQLite shares one -shm mapping among a process's connections to a file, opened by the
+    first of them: a connection opened read-only while the file system was read-only, kept
+    open (idle in the pool or checked out), made every later connection read-only too, and
+    writes failed until the process restarted. Such a connection is now refused."""
+    _require_tools()
+    folder = tmp_path / "db"
+    folder.mkdir()
+    result = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            sys.executable,
+            "-c",
+            _HELD_CONNECTION,
+            str(folder),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines == ["refused while read-only"] + ["write: ok"] * 3, lines
