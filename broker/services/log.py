@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import weakref
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -43,6 +44,7 @@ from sqlalchemy import (
     update,
     values,
 )
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from msmt.core import canonical, logleaf, merkle
@@ -51,7 +53,7 @@ from msmt.core.receipt import parse_receipt, receipt_leaf
 from msmt.witness import submit_checkpoint
 
 from ..problems import conflict, invalid, not_found
-from ..store.db import transaction
+from ..store.db import IDLE_IN_TRANSACTION_TIMEOUT_S, transaction
 from ..store.models import (
     CheckpointCosignature,
     CheckpointRow,
@@ -74,7 +76,20 @@ DELIVERIES: Table = Delivery.__table__  # type: ignore[assignment]
 COUNTERS: Table = InboxCounter.__table__  # type: ignore[assignment]
 COMMITMENTS: Table = InboxCommitment.__table__  # type: ignore[assignment]
 INBOXES = "inboxes"  # the kind of the leaf that ends every batch
-ADVISORY_LOCK = 0x6D736D74  # "msmt": one integrator at a time across broker processes
+# One integrator at a time across broker processes: a transaction-level advisory lock with two
+# keys, "msmt" and the schema's name hashed, so that brokers in other schemas of the same
+# database do not wait for ours (pg_locks shows it as classid = ADVISORY_LOCK, objsubid = 2).
+ADVISORY_LOCK = 0x6D736D74
+_LOCK_KEYS = ":k, hashtext(current_schema())"
+# The session (other than ours) that holds our schema's integration lock: its pid, how long its
+# transaction has been open, its state and what it waits for.
+LOCK_HOLDER_SQL = (
+    "SELECT a.pid, EXTRACT(EPOCH FROM clock_timestamp() - a.xact_start) AS held_s, a.state,"
+    " a.wait_event, a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+    " WHERE l.locktype = 'advisory' AND l.granted AND l.classid = :k AND l.objsubid = 2"
+    " AND l.objid = hashtext(current_schema())::oid AND l.database = ("
+    "SELECT oid FROM pg_database WHERE datname = current_database()) AND a.pid <> pg_backend_pid()"
+)
 BATCH = 2000
 
 
@@ -101,7 +116,9 @@ def _take_lock(session: Session) -> bool:
     if session.get_bind().dialect.name != "postgresql":
         return True  # SQLite: the write transaction (BEGIN IMMEDIATE) is already exclusive
     return bool(
-        session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK}).scalar_one()
+        session.execute(
+            text(f"SELECT pg_try_advisory_xact_lock({_LOCK_KEYS})"), {"k": ADVISORY_LOCK}
+        ).scalar_one()
     )
 
 
@@ -217,10 +234,17 @@ def _get(nodes: dict[tuple[int, int], bytes]) -> merkle.GetNode:
     return get
 
 
-def integrate(session: Session, signer: logleaf.LogSigner | None, now_ms: int) -> Integrated | None:
+def integrate(
+    session: Session,
+    signer: logleaf.LogSigner | None,
+    now_ms: int,
+    busy: Callable[[Session], None] | None = None,
+) -> Integrated | None:
     """Integrate up to BATCH pending leaves in the caller's transaction; None if nothing to do
-    or another process is integrating."""
+    or another process is integrating (then `busy` is called)."""
     if not _take_lock(session):
+        if busy is not None:
+            busy(session)
         return None
     pending = session.execute(select(LogPending).order_by(LogPending.id).limit(BATCH)).scalars().all()
     if not pending:
@@ -439,6 +463,7 @@ class Integrator:
         identity: Callable[[], logleaf.LogIdentity | None] = lambda: None,
         witness_urls: Mapping[str, str] | None = None,
         witness_timeout_s: float = 5.0,
+        hung_after_s: float = IDLE_IN_TRANSACTION_TIMEOUT_S,
     ) -> None:
         self.factory = factory
         self.signer = signer
@@ -447,6 +472,9 @@ class Integrator:
         self.witness_urls = dict(witness_urls or {})
         self.witness_timeout_s = witness_timeout_s
         self._witness_sizes: dict[str, int] = {}  # what each witness last cosigned, as far as we know
+        self.hung_after_s = hung_after_s
+        self._busy_since: float | None = None  # since when another session holds the lock
+        self.ended_hung = 0  # hung integrations this process ended (tests, metrics)
         # Who hears of integrations: inside the integrating transaction (a PostgreSQL NOTIFY
         # reaches other broker processes only if it commits), and after the commit (this
         # process's waiting long-polls).
@@ -455,11 +483,60 @@ class Integrator:
 
     def integrate_in(self, session: Session) -> Integrated | None:
         """Integrate in the caller's transaction; the caller must call `committed` after."""
-        result = integrate(session, self.signer, self.clock())
+        busy = False
+
+        def held_elsewhere(session: Session) -> None:
+            nonlocal busy
+            busy = True
+            self._lock_held_elsewhere(session)
+
+        result = integrate(session, self.signer, self.clock(), held_elsewhere)
+        if not busy:
+            self._busy_since = None
         if result is not None and result.items:
             for hook in self.in_transaction:
                 hook(session, result.recipients)
         return result
+
+    def _lock_held_elsewhere(self, session: Session) -> None:
+        """Another session holds the integration lock. A broker process that hangs inside its
+        integrating transaction keeps it, and PostgreSQL does not always end that session: its
+        idle-in-transaction limit does not apply to a session still sending a result to a
+        process that stopped reading it (state active, waiting on ClientWrite), which waits
+        forever. So a transaction that has held the lock longer than `hung_after_s` (an
+        integration takes milliseconds) is ended here, with pg_terminate_backend (allowed
+        between sessions of one role); its callers were never answered, and what it wrote
+        rolls back."""
+        now = time.monotonic()
+        if self._busy_since is None:
+            self._busy_since = now
+        if now - self._busy_since < self.hung_after_s:
+            return
+        holder = session.execute(text(LOCK_HOLDER_SQL), {"k": ADVISORY_LOCK}).first()
+        if holder is None or float(holder.held_s) < self.hung_after_s:
+            return
+        self._busy_since = None
+        try:
+            with session.begin_nested():  # a refusal (another role's session) aborts nothing else
+                ended = bool(
+                    session.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": holder.pid}).scalar()
+                )
+        except SQLAlchemyError as exc:
+            ended, why = False, str(getattr(exc, "orig", exc)).splitlines()[0]
+        else:
+            why = "" if ended else "it had ended already"
+        if ended:
+            self.ended_hung += 1
+        log.error(
+            "%s a hung integration: session %s (%s) held the log's integration lock for %.0f s (%s, waiting on %s)%s",
+            "ended" if ended else "could not end",
+            holder.pid,
+            holder.application_name or "no application name",
+            float(holder.held_s),
+            holder.state,
+            holder.wait_event,
+            f": {why}" if why else "",
+        )
 
     def committed(self, result: Integrated | None) -> None:
         if result is None:

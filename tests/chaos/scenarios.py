@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 from sqlalchemy import create_engine, text
 
-from broker.services.log import ADVISORY_LOCK
+from broker.services.log import ADVISORY_LOCK, LOCK_HOLDER_SQL
 from msmt.auth import mint_token
 from msmt.client import Client
 from msmt.errors import BrokerError, BrokerUnavailable, SubmitPending
@@ -211,14 +211,8 @@ def kill_under_load(database_url: str, tmp: Path, counts: Counts, brokers: int) 
 
 def _lock_holder(admin: Any) -> tuple[str, str] | None:
     """The application_name and state of the session holding the integration lock, if any."""
-    row = admin.execute(
-        text(
-            "SELECT a.application_name, a.state FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-            "WHERE l.locktype = 'advisory' AND l.objid = :k AND l.granted"
-        ),
-        {"k": ADVISORY_LOCK},
-    ).first()
-    return None if row is None else (str(row[0]), str(row[1]))
+    row = admin.execute(text(LOCK_HOLDER_SQL), {"k": ADVISORY_LOCK}).first()
+    return None if row is None else (str(row.application_name), str(row.state))
 
 
 def _held_by(admin: Any, name: str) -> bool:
@@ -244,8 +238,10 @@ def hung_broker(
     default 4 s against a 5 s lock timeout; here, where the lock timeout is shortened to keep
     the test short, the settle time follows it.
 
-    Use a PostgreSQL server of the test's own: the advisory lock is per database, so a frozen
-    holder in one schema of a shared database would stall every other test's brokers too."""
+    The holder is ended by the server (idle in transaction) or by the healthy broker (a
+    transaction that held the integration lock longer than the same limit), whichever comes
+    first. A PostgreSQL server of the test's own: a frozen process's sessions hold connection
+    slots and the test kills sessions by application name."""
     bootstrap(schema_url, int(time.time() * 1000))
     root = root_of(schema_url)
     idle_s = lock_timeout_s + 1 if idle_s is None else idle_s

@@ -21,7 +21,7 @@ MARGIN_S = 3.0  # a loaded 2-core machine: scheduling, a slow commit, the client
 def test_a_frozen_lock_holder_stalls_the_healthy_broker_at_most_a_lock_timeout(
     tmp_path: Path, scale: Counts, figures: Callable[[str, dict[str, object]], None]
 ) -> None:
-    with private_postgresql() as pg:  # the integration lock is per database: not the shared one
+    with private_postgresql() as pg:  # frozen sessions hold connection slots: not the shared server
         got = hung_broker(pg.url, tmp_path, scale, LOCK_TIMEOUT_S)
     figures("hung broker (postgresql)", got)
     assert got["freezes"] == scale.hung

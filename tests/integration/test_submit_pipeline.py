@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -295,7 +296,7 @@ def test_items_are_logged_by_whichever_process_holds_the_integration_lock(world:
     world.settle()  # the founders' directory leaves: nothing else pending
     engine = make_engine(world.url)
     with engine.connect() as holder:
-        holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": ADVISORY_LOCK})
+        holder.execute(text("SELECT pg_advisory_lock(:k, hashtext(current_schema()))"), {"k": ADVISORY_LOCK})
         result: dict[str, Any] = {}
         sender = threading.Thread(
             target=lambda: result.update(r=world.submit("KOR", world.seal("KOR", ["USA"])))
@@ -304,7 +305,9 @@ def test_items_are_logged_by_whichever_process_holds_the_integration_lock(world:
         sender.join(timeout=0.5)
         assert sender.is_alive()  # stored, waiting for the log
         assert world.count("items") == 1 and world.count("log_pending") == 1
-        holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK})
+        holder.execute(
+            text("SELECT pg_advisory_unlock(:k, hashtext(current_schema()))"), {"k": ADVISORY_LOCK}
+        )
     sender.join(timeout=10)
     assert result["r"].status_code == 201
     assert result["r"].json()["log_index"] is not None
@@ -396,3 +399,47 @@ def test_a_long_poll_wakes_when_another_process_integrates(world: World, slow_re
     poller.join(timeout=25)
     assert [d["item_id"] for d in out["r"].json()["deliveries"]] == [r.json()["item_id"]]
     assert time.monotonic() - sent < 5
+
+
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgresql)], indirect=True
+)  # the advisory lock is PostgreSQL's; SQLite has one writer
+def test_a_session_hung_holding_the_integration_lock_is_ended(world: World) -> None:
+    """A broker process that stops while PostgreSQL is still sending it a result keeps the
+    integration lock for ever: its session is active (waiting on ClientWrite), so the server's
+    idle-in-transaction limit never ends it. Another broker ends it once it has held the lock
+    longer than `hung_after_s`, and logs what it did; the log goes on."""
+    from broker.services.log import ADVISORY_LOCK, LOCK_HOLDER_SQL
+
+    world.settle()
+    integrator = world.client.app.state.broker.integrator  # type: ignore[attr-defined]
+    integrator.hung_after_s = 1.0
+    engine = make_engine(world.url)
+    raw = engine.raw_connection()
+    try:
+        hung = raw.driver_connection
+        assert hung is not None
+        hung.execute("SELECT set_config('application_name', 'hung-broker', false)")
+        hung.execute("SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (ADVISORY_LOCK,))
+        # a result far larger than the socket buffers, which this "process" never reads
+        hung.pgconn.send_query(b"SELECT repeat('x', 64000000)")
+        hung.pgconn.flush()
+        with engine.connect() as admin:
+            deadline = time.monotonic() + 10
+            while (row := admin.execute(text(LOCK_HOLDER_SQL), {"k": ADVISORY_LOCK}).first()) is None or (
+                row.wait_event != "ClientWrite"
+            ):
+                assert time.monotonic() < deadline, row
+                time.sleep(0.05)
+            assert row.state == "active"
+
+            started = time.monotonic()
+            r = world.submit("KOR", world.seal("KOR", ["USA"]))
+            assert r.status_code == 201, r.text  # logged, not merely stored (202)
+            assert r.json()["log_index"] is not None
+            assert time.monotonic() - started < 4
+            assert integrator.ended_hung == 1
+            assert admin.execute(text(LOCK_HOLDER_SQL), {"k": ADVISORY_LOCK}).first() is None
+    finally:
+        raw.invalidate()
+        engine.dispose()
