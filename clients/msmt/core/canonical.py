@@ -14,13 +14,11 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 from typing import Any
 
 from .errors import DuplicateKey, InvalidHeader, MalformedEnvelope, NonCanonicalEncoding
 
 MAX_SAFE_INTEGER = 2**53 - 1
-_B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
 _B64URL_VALUE = {
     c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 }
@@ -118,13 +116,22 @@ def b64encode(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
+_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
+_PADDING = (b"", b"", b"==", b"=")  # by len(text) % 4 (1 is never valid)
+
+
 def b64decode(text: str, what: str = "value") -> bytes:
-    """Strict base64url without padding; non-canonical encodings are rejected."""
-    if not isinstance(text, str) or not _B64URL.fullmatch(text) or len(text) % 4 == 1:
+    """Strict base64url without padding; non-canonical encodings are rejected.
+
+    On the broker's hot path (13 fields per envelope for 11 recipients), so done in C: the
+    standard alphabet's "+", "/" and "=" are refused first, the rest is translated to the
+    standard alphabet and decoded in strict mode, which refuses any other character."""
+    if not isinstance(text, str) or len(text) % 4 == 1 or "+" in text or "/" in text or "=" in text:
         raise InvalidHeader(f"{what} is not unpadded base64url")
     try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError) as exc:
+        standard = text.encode("ascii").translate(_TO_STANDARD) + _PADDING[len(text) % 4]
+        raw = binascii.a2b_base64(standard, strict_mode=True)
+    except (UnicodeEncodeError, binascii.Error, ValueError) as exc:
         raise InvalidHeader(f"{what} is not unpadded base64url") from exc
     # Canonical iff the unused low bits of the last character are zero (RFC 4648 §3.5):
     # 4 bits when the text ends 2 characters into a quantum, 2 bits when it ends 3 into one.
