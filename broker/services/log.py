@@ -53,6 +53,7 @@ from msmt.core.receipt import parse_receipt, receipt_leaf
 from msmt.witness import submit_checkpoint
 
 from ..problems import conflict, invalid, not_found
+from ..store.bulk import execute_many
 from ..store.db import IDLE_IN_TRANSACTION_TIMEOUT_S, transaction
 from ..store.models import (
     CheckpointCosignature,
@@ -75,6 +76,8 @@ ITEMS: Table = Item.__table__  # type: ignore[assignment]
 DELIVERIES: Table = Delivery.__table__  # type: ignore[assignment]
 COUNTERS: Table = InboxCounter.__table__  # type: ignore[assignment]
 COMMITMENTS: Table = InboxCommitment.__table__  # type: ignore[assignment]
+LOG_ENTRIES: Table = LogEntry.__table__  # type: ignore[assignment]
+LOG_NODES: Table = LogNode.__table__  # type: ignore[assignment]
 INBOXES = "inboxes"  # the kind of the leaf that ends every batch
 # One integrator at a time across broker processes: a transaction-level advisory lock with two
 # keys, "msmt" and the schema's name hashed, so that brokers in other schemas of the same
@@ -329,8 +332,13 @@ def integrate(
             )
     frontier, new_nodes = frontier.append_many(leaf_hashes)
     if entries:
-        session.execute(insert(LogEntry), entries)
-        session.execute(insert(LogNode), [{"level": lv, "idx": ix, "hash": h} for (lv, ix), h in new_nodes])
+        execute_many(session, "log.entries", insert(LOG_ENTRIES), entries)
+        execute_many(
+            session,
+            "log.nodes",
+            insert(LOG_NODES),
+            [{"level": lv, "idx": ix, "hash": h} for (lv, ix), h in new_nodes],
+        )
     _number(session, item_updates, delivery_updates)
     session.execute(delete(LogPending).where(LogPending.id.in_([p.id for p in pending])))
     session.execute(update(LogState).where(LogState.id == 1).values(size=frontier.size))
@@ -367,20 +375,23 @@ def _number(
                 .values(seq=seqs.c.b_seq)
             )
         return
-    session.execute(
+    execute_many(
+        session,
+        "log.item-indexes",
         update(ITEMS).where(ITEMS.c.item_id == bindparam("b_item")).values(log_index=bindparam("b_index")),
         item_updates,
     )
-    if delivery_updates:
-        session.execute(
-            update(DELIVERIES)
-            .where(
-                DELIVERIES.c.item_id == bindparam("b_item"),
-                DELIVERIES.c.recipient == bindparam("b_recipient"),
-            )
-            .values(seq=bindparam("b_seq")),
-            delivery_updates,
+    execute_many(
+        session,
+        "log.inbox-numbers",
+        update(DELIVERIES)
+        .where(
+            DELIVERIES.c.item_id == bindparam("b_item"),
+            DELIVERIES.c.recipient == bindparam("b_recipient"),
         )
+        .values(seq=bindparam("b_seq")),
+        delivery_updates,
+    )
 
 
 def _reserve_seqs(session: Session, recipients: list[str]) -> tuple[dict[str, int], dict[str, int]]:

@@ -24,7 +24,8 @@ from sqlalchemy.orm import Session
 
 from msmt.core import ApiPublicKey, SigningPublicKey
 from msmt.core import governance as gov
-from msmt.core.policy import Member, PolicySnapshot
+from msmt.core.markings import Markings
+from msmt.core.policy import Decision, Member, PolicySnapshot, evaluate
 
 from .. import policydoc
 from ..store.models import Admin, Key, RegistryState
@@ -63,6 +64,9 @@ def api_public_key(raw: bytes) -> ApiPublicKey:
     return ApiPublicKey.from_bytes(raw)
 
 
+DECISIONS_KEPT = 4096
+
+
 @dataclass(frozen=True)
 class Registry:
     version: int
@@ -91,6 +95,24 @@ class Registry:
             if key.usable(now_ms):
                 return key
         return None
+
+    def decide(self, originator: str, recipient: str, markings: Markings) -> Decision:
+        """The policy's decision, computed once per (originator, recipient, markings) for this
+        registry version: a batch of 50 items to 11 recipients asks 550 times, mostly the same
+        few questions. The registry never changes (a new version is a new object), so neither
+        does the answer; at most DECISIONS_KEPT are kept."""
+        memo = self._decisions
+        question = (originator, recipient, markings)
+        decision = memo.get(question)
+        if decision is None:
+            if len(memo) >= DECISIONS_KEPT:
+                memo.clear()
+            decision = memo[question] = evaluate(self.policy, originator, recipient, markings)
+        return decision
+
+    @cached_property
+    def _decisions(self) -> dict[tuple[str, str, Markings], Decision]:
+        return {}
 
     def keys_of(self, owner: str, kind: str) -> list[KeyRecord]:
         """Oldest first (by validity start, then creation)."""

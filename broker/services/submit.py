@@ -8,18 +8,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from msmt.core import check_freshness, errors, parse, verify
 from msmt.core.envelope import Envelope, Header
-from msmt.core.policy import evaluate
 from msmt.core.report import WITHDRAWAL_MEDIA_TYPE
 
 from ..problems import Problem, conflict, forbidden, invalid
 from ..settings import Settings
 from ..store import queries
+from ..store.bulk import execute_many
 from ..store.db import transaction
 from ..store.models import Delivery, Item, LogPending, MemberUsage
 from . import policy as policy_service
@@ -103,7 +103,7 @@ def _recipient_refusals(
     header = envelope.header
     refusals: dict[str, list[dict[str, str]]] = {}
     for entry in header.recipients:
-        decision = evaluate(registry.policy, header.originator, entry.country, header.markings)
+        decision = registry.decide(header.originator, entry.country, header.markings)
         reasons = [{"rule": d.rule, "reason": d.reason} for d in decision.denials]
         current = registry.current_key(entry.country, "encryption", now_ms)
         if current is None:
@@ -265,9 +265,9 @@ def accept_batch(
         pending.append({"kind": "item", "ref": item_id, "created_ms": prepared.now_ms})
         answers[position] = Receipt(item_id, None, prepared.now_ms, header.recipient_countries, created=True)
     if items:
-        session.execute(insert(ITEMS), items)
-        session.execute(insert(DELIVERIES), deliveries)
-        session.execute(insert(PENDING), pending)
+        execute_many(session, "submit.items", insert(ITEMS), items)
+        execute_many(session, "submit.deliveries", insert(DELIVERIES), deliveries)
+        execute_many(session, "submit.pending", insert(PENDING), pending)
         usage.write(session)
     for item_id, positions in existing.items():
         receipt = receipt_for(session, item_id, created=False)
@@ -310,10 +310,14 @@ class _Usage:
         self.added[member] = self.added.get(member, 0) + size
 
     def write(self, session: Session) -> None:
-        for code, size in sorted(self.added.items()):
-            session.execute(
-                update(USAGE).where(USAGE.c.country == code).values(stored_bytes=USAGE.c.stored_bytes + size)
-            )
+        execute_many(
+            session,
+            "submit.usage",
+            update(USAGE)
+            .where(USAGE.c.country == bindparam("b_country"))
+            .values(stored_bytes=USAGE.c.stored_bytes + bindparam("b_added")),
+            [{"b_country": code, "b_added": size} for code, size in sorted(self.added.items())],
+        )
 
 
 @dataclass

@@ -29,6 +29,13 @@ JsonValue = Any  # str | int | list[JsonValue] | dict[str, JsonValue]
 def _check(value: JsonValue, depth: int = 0) -> None:
     if depth > 16:
         raise NonCanonicalEncoding("structure is nested more than 16 levels deep")
+    # Exact types first, cheapest test first: a header or log leaf is mostly short ASCII strings
+    # and small integers (isascii() reads a flag; an ASCII string cannot hold a surrogate).
+    kind = type(value)
+    if kind is str and value.isascii():
+        return
+    if kind is int and -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+        return
     if isinstance(value, bool) or value is None or isinstance(value, float):
         raise NonCanonicalEncoding(f"value of type {type(value).__name__} is not allowed")
     if isinstance(value, int):

@@ -1,0 +1,53 @@
+"""Many rows, one statement, without SQLAlchemy's per-row work: the submit path's bulk writes.
+
+A batch of 50 submissions to 11 recipients writes ~1,400 rows (items, deliveries, staging rows,
+log entries and nodes, inbox numbers). Through `Session.execute(statement, rows)` SQLAlchemy
+builds and processes a parameter set per row, and on SQLite, where a statement is a function
+call, that work was ~18% of the broker's GIL-held time per submission (py-spy --gil,
+bench/throughput.py). Here the statement is compiled once per shape and the rows go to the
+driver's own executemany (through `exec_driver_sql`, so errors are still SQLAlchemy's and the
+connection's outage handling still sees them). The rows hold plain str, int, bytes and None,
+which the drivers take as they are.
+
+PostgreSQL keeps SQLAlchemy's path: there it turns an INSERT of many rows into multi-row
+VALUES statements (one round trip, one plan), cheaper for the server than a row per execution.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import UpdateBase
+
+_compiled: dict[tuple[str, str, tuple[str, ...]], tuple[str, tuple[str, ...]]] = {}
+_lock = threading.Lock()
+
+
+def execute_many(
+    session: Session, name: str, statement: UpdateBase, rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """Execute `statement` once per row of `rows`, in the session's transaction. `name` names
+    the call site: a statement of one name must always have the same shape (every row the
+    same keys)."""
+    if not rows:
+        return
+    connection = session.connection()
+    dialect = connection.dialect
+    if dialect.name != "sqlite":
+        session.execute(statement, rows)
+        return
+    keys = tuple(rows[0])
+    shape = (dialect.name, name, keys)
+    cached = _compiled.get(shape)
+    if cached is None:
+        compiled = statement.compile(dialect=dialect, column_keys=list(keys))
+        if compiled.positiontup is None:  # pragma: no cover - SQLite's paramstyle is positional
+            raise RuntimeError("expected a positional paramstyle")
+        cached = (str(compiled), tuple(compiled.positiontup))
+        with _lock:
+            _compiled[shape] = cached
+    sql, order = cached
+    connection.exec_driver_sql(sql, [tuple(row[key] for key in order) for row in rows])
