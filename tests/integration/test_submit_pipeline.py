@@ -439,7 +439,8 @@ def test_a_session_hung_holding_the_integration_lock_is_ended(world: World) -> N
             assert r.json()["log_index"] is not None
             assert time.monotonic() - started < 4
             assert integrator.ended_hung == 1
-            assert admin.execute(text(LOCK_HOLDER_SQL), {"k": ADVISORY_LOCK}).first() is None
+            holder = admin.execute(text(LOCK_HOLDER_SQL), {"k": ADVISORY_LOCK}).first()
+            assert holder is None or holder.pid != row.pid  # (or our broker's own integration)
     finally:
         raw.invalidate()
         engine.dispose()

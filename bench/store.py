@@ -1,0 +1,102 @@
+"""The broker's submit work split in two, in one process, without HTTP or threads:
+
+    .venv/bin/python bench/store.py [--items 600] [--batch 50] [--backend sqlite|postgresql|both]
+
+- prepare: parse, freshness, the originator's key and both signatures (what each request's
+  thread does before its envelope joins the group commit);
+- store: one transaction per batch of `--batch` envelopes: accept_batch (the checks made again
+  under the registry's share lock, items, deliveries, staging rows, stored-bytes quotas) and
+  integrate (log indexes, inbox numbers, leaves, Merkle nodes, the inboxes leaf; no checkpoint
+  signature), then the commit.
+
+CPU time per item of each, and each as a multiple of verifying one envelope's signatures in
+the same run. bench/throughput.py measures the same work through real broker processes under
+concurrent load; this one is steadier on a shared machine (no load generator, no GIL convoy)
+and names which half moved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+from bench.broker import enrol_observer, seal_items  # noqa: E402
+from bench.throughput import verify_cost  # noqa: E402
+from broker.services.auth import Caller  # noqa: E402
+from broker.services.log import integrate  # noqa: E402
+from broker.services.registry import RegistryCache  # noqa: E402
+from broker.services.submit import Prepared, accept_batch, prepare  # noqa: E402
+from broker.settings import Settings  # noqa: E402
+from broker.store.db import make_engine, make_sessionmaker, transaction  # noqa: E402
+from tests.integration.conftest import _KEYS, bootstrap, postgresql_schema  # noqa: E402
+
+
+def run(url: str, items: list[tuple[str, bytes]], batch: int) -> dict[str, float]:
+    bootstrap(url, int(time.time() * 1000))
+    enrol_observer(url)
+    engine = make_engine(url)
+    factory = make_sessionmaker(engine)
+    cache = RegistryCache()
+    settings = Settings(database_url=url)
+    with factory() as session:
+        cache.get(session)
+    now = int(time.time() * 1000)
+    started = time.process_time()
+    prepared: list[Prepared] = [
+        prepare(factory, cache, settings, Caller(origin, _KEYS[origin].api.key_id), data, now)
+        for origin, data in items
+    ]
+    prepare_s = time.process_time() - started
+    started = time.process_time()
+    for i in range(0, len(prepared), batch):
+        with transaction(factory) as session:
+            answers = accept_batch(session, cache, prepared[i : i + batch])
+            refused = [a for a in answers if not hasattr(a, "item_id")]
+            if refused:
+                raise SystemExit(f"refused: {refused[0]}")
+            integrate(session, None, now)
+    store_s = time.process_time() - started
+    engine.dispose()
+    return {"prepare_ms": 1e3 * prepare_s / len(items), "store_ms": 1e3 * store_s / len(items)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--items", type=int, default=600)
+    parser.add_argument("--batch", type=int, default=50)
+    parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
+    args = parser.parse_args()
+    print(f"machine: {os.cpu_count()} cores, {platform.machine()}, {platform.system()} {platform.release()}")
+    print(
+        f"python {platform.python_version()}; {args.items} items of 1 KiB to 11 recipients, batches of {args.batch}"
+    )
+    items = seal_items(args.items)
+    verify_ms = 1e3 * verify_cost(items)
+    print(f"verifying one envelope's signatures (Ed25519 + ML-DSA-65): {verify_ms:.3f} ms of CPU")
+    backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
+    for backend in backends:
+        if backend == "sqlite":
+            with tempfile.TemporaryDirectory() as folder:
+                got = run(f"sqlite:///{folder}/store.db", items, args.batch)
+        else:
+            with postgresql_schema() as url:
+                got = run(url, items, args.batch)
+        print(
+            f"{backend:>10}: prepare {got['prepare_ms']:.3f} ms CPU per item ({got['prepare_ms'] / verify_ms:.1f}x verify)"
+            f" | store {got['store_ms']:.3f} ms ({got['store_ms'] / verify_ms:.1f}x verify)"
+            f" | together {(got['prepare_ms'] + got['store_ms']) / verify_ms:.1f}x verify"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
