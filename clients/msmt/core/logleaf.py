@@ -290,6 +290,15 @@ def inbox_commitment(country: str, size: int, salt: bytes) -> str:
     return hashlib.sha256(message).hexdigest()
 
 
+def opens_commitment(commitments: Iterable[str], country: str, size: int, salt: bytes) -> bool:
+    """Whether (size, salt) as shown for `country` opens one of a leaf's commitments; an
+    opening that is not even well formed opens none."""
+    try:
+        return inbox_commitment(country, size, salt) in commitments
+    except ValueError:
+        return False
+
+
 def inboxes_leaf(previous: int, commitments: Iterable[str]) -> bytes:
     """The leaf: the previous inboxes leaf's log index (-1 for the first) and the commitments,
     sorted so that their order says nothing about whose is whose."""
@@ -437,11 +446,7 @@ def check_inboxes_chain(
             continue
         committed = True
         got, salt = link.opening
-        try:
-            matches = inbox_commitment(country, got, salt) in parsed.commitments
-        except ValueError:
-            matches = False
-        if not matches:
+        if not opens_commitment(parsed.commitments, country, got, salt):
             findings.append(
                 f"the size ({got}) and salt the broker shows {country} for inboxes leaf {link.index} do not "
                 "open any commitment of that leaf: the broker rewrote them"
@@ -512,11 +517,7 @@ def check_item_inboxes(
             findings.append(f"the broker shows no inbox size for {recipient} after its entry {seq}")
             continue
         size, salt = opening
-        try:
-            matches = inbox_commitment(recipient, size, salt) in leaf.commitments
-        except ValueError:
-            matches = False
-        if not matches:
+        if not opens_commitment(leaf.commitments, recipient, size, salt):
             findings.append(
                 f"the size and salt shown for {recipient} do not open a commitment of inboxes leaf {index}"
             )
