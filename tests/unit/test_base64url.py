@@ -74,3 +74,62 @@ def test_round_trips(data: bytes) -> None:
 )
 def test_edge_cases_agree(text: object) -> None:
     assert outcome(canonical.b64decode, text) == outcome(reference, text)
+
+
+# canonical.check_b64: what the broker runs on the wrapped keys instead of decoding them. It must
+# refuse exactly what decoding followed by a length check refuses, with the same error class.
+
+
+def decode_then_size(size: int) -> object:
+    def run(text: object) -> str:
+        raw = canonical.b64decode(text)  # type: ignore[arg-type]
+        if len(raw) != size:
+            raise InvalidHeader("wrong size")
+        return text  # type: ignore[return-value]
+
+    return run
+
+
+def check_of(size: int) -> object:
+    return lambda text: canonical.check_b64(text, size)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.integers(min_value=0, max_value=30), st.text(alphabet=_ALPHABET + HOSTILE, max_size=40))
+def test_check_agrees_with_decoding(size: int, text: str) -> None:
+    assert outcome(check_of(size), text) == outcome(decode_then_size(size), text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=1200))
+def test_check_accepts_every_encoding_and_only_its_size(data: bytes) -> None:
+    text = canonical.b64encode(data)
+    assert canonical.check_b64(text, len(data)) == text
+    for other in (len(data) - 1, len(data) + 1):
+        if other >= 0:
+            with pytest.raises(InvalidHeader):
+                canonical.check_b64(text, other)
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 1168])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "QQ",
+        "QR",
+        "QUI",
+        "QUJ",
+        "QUJD",
+        "Q",
+        "QQ==",
+        "QU+D",
+        "QUé=",
+        "A" * 1558,
+        "A" * 1557 + "B",
+        3,
+        None,
+    ],
+)
+def test_check_edge_cases_agree(size: int, text: object) -> None:
+    assert outcome(check_of(size), text) == outcome(decode_then_size(size), text)

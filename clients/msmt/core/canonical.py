@@ -146,3 +146,32 @@ def b64decode(text: str, what: str = "value") -> bytes:
     if unused and _B64URL_VALUE[text[-1]] & unused:
         raise NonCanonicalEncoding(f"{what} is not canonical base64url (non-zero padding bits)")
     return raw
+
+
+_B64URL_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def b64_length(size: int) -> int:
+    """Characters of the unpadded base64url text of `size` bytes."""
+    return (4 * size + 2) // 3
+
+
+def check_b64(text: object, size: int, what: str = "value") -> str:
+    """Check that `text` is the canonical unpadded base64url text of exactly `size` bytes,
+    without decoding it; return it. Refuses exactly what `b64decode` followed by a length
+    check refuses, with the same errors (tests/unit/test_base64url.py compares the two).
+
+    For the broker, which passes the wrapped keys on but never opens them: decoding 11 of
+    them cost a fifth of an envelope's signature verification; checking them costs a tenth of
+    that (the alphabet by one C-level translate, the length, the unused bits of the last
+    character)."""
+    if not isinstance(text, str) or not text.isascii() or len(text) % 4 == 1:
+        raise InvalidHeader(f"{what} is not unpadded base64url")
+    if text.encode("ascii").translate(None, _B64URL_ALPHABET):
+        raise InvalidHeader(f"{what} is not unpadded base64url")
+    unused = {2: 0b1111, 3: 0b11}.get(len(text) % 4, 0)
+    if unused and _B64URL_VALUE[text[-1]] & unused:
+        raise NonCanonicalEncoding(f"{what} is not canonical base64url (non-zero padding bits)")
+    if len(text) != b64_length(size):
+        raise InvalidHeader(f"{what} is {(3 * len(text)) // 4} bytes, not {size}")
+    return text

@@ -21,6 +21,7 @@ import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -88,9 +89,16 @@ _OPTIONAL_FIELDS = {"supersedes", "in_reply_to", "expires_ms"}
 
 @dataclass(frozen=True)
 class RecipientEntry:
+    """One recipient's entry. The wrapped key is kept as its checked base64url text and decoded
+    only when read: the broker checks and stores it but never opens it."""
+
     country: str
     key_id: str
-    wrapped_key: bytes
+    wrapped_text: str
+
+    @cached_property
+    def wrapped_key(self) -> bytes:
+        return canonical.b64decode(self.wrapped_text, "wrapped_key")
 
 
 @dataclass(frozen=True)
@@ -133,7 +141,7 @@ class Header:
             "markings": self.markings.to_dict(),
             "content_type": self.content_type,
             "recipients": [
-                {"country": r.country, "key_id": r.key_id, "wrapped_key": canonical.b64encode(r.wrapped_key)}
+                {"country": r.country, "key_id": r.key_id, "wrapped_key": r.wrapped_text}
                 for r in self.recipients
             ],
             "payload": {"size": self.payload_size, "sha256": canonical.b64encode(self.payload_sha256)},
@@ -189,11 +197,9 @@ class Header:
         recipients = []
         for index, raw in enumerate(recipients_raw):
             entry = _object(raw, f"recipients[{index}]", {"country", "key_id", "wrapped_key"})
-            wrapped = canonical.b64decode(entry["wrapped_key"], f"recipients[{index}].wrapped_key")
-            if len(wrapped) != WRAPPED_KEY_SIZE:
-                raise InvalidHeader(
-                    f"recipients[{index}].wrapped_key is {len(wrapped)} bytes, not {WRAPPED_KEY_SIZE}"
-                )
+            wrapped = canonical.check_b64(
+                entry["wrapped_key"], WRAPPED_KEY_SIZE, f"recipients[{index}].wrapped_key"
+            )
             recipients.append(
                 RecipientEntry(
                     _country(entry["country"], f"recipients[{index}].country"),
