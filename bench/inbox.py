@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing as mp
 import os
 import platform
@@ -33,6 +34,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +121,7 @@ def consume(base: str, url: str, who: str, signed_receipts: bool) -> tuple[int, 
     return count, elapsed
 
 
-async def _poll_all(base: str, cursors: dict[str, int], stop: Any, out: Any) -> None:
+async def _poll_all(base: str, cursors: dict[str, int], stop: Any, out: Any, streams: bool) -> None:
     """The 11 recipients' long-polls, one task each on one event loop: (item id, when) for every
     delivery, `when` on the system-wide monotonic clock that perf_counter reads."""
     seen: list[tuple[str, float]] = []
@@ -139,16 +141,40 @@ async def _poll_all(base: str, cursors: dict[str, int], stop: Any, out: Any) -> 
                 seen.extend((d["item_id"], who, now) for d in page["deliveries"])
                 after = page["cursor"]
 
-        await asyncio.gather(*(poll(who) for who in cursors))
+        async def follow(who: str) -> None:  # GET /v1/inbox/stream: one request, events pushed
+            after = cursors[who]
+            while True:
+                target = f"/v1/inbox/stream?after={after}"
+                async with http.stream("GET", target, headers=headers(who, "GET", target)) as r:
+                    assert r.status_code == 200, await r.aread()
+                    kind = ""
+                    async for line in r.aiter_lines():
+                        if line.startswith("event: "):
+                            kind = line[7:]
+                        elif line.startswith("data: ") and kind == "deliveries":
+                            now = time.perf_counter()
+                            page = json.loads(line[6:])
+                            seen.extend((d["item_id"], who, now) for d in page["deliveries"])
+                            after = page["cursor"]
+
+        async def until_stopped() -> None:
+            while not stop.is_set():
+                await asyncio.sleep(0.05)
+
+        tasks = [asyncio.ensure_future((follow if streams else poll)(who)) for who in cursors]
+        await until_stopped()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
     out.put(seen)
 
 
-def _pollers(base: str, cursors: dict[str, int], stop: Any, ready: Any, out: Any) -> None:
+def _pollers(base: str, cursors: dict[str, int], stop: Any, ready: Any, out: Any, streams: bool) -> None:
     ready.set()
-    asyncio.run(_poll_all(base, cursors, stop, out))
+    asyncio.run(_poll_all(base, cursors, stop, out, streams))
 
 
-def latency(base: str, rate: float, items: int) -> list[float]:
+def latency(base: str, rate: float, items: int, streams: bool = False) -> list[float]:
     """Seconds from each POST's start to each recipient's long-poll returning the item.
 
     The pollers run in a process of their own, on one event loop, and the submitter in this
@@ -169,29 +195,42 @@ def latency(base: str, rate: float, items: int) -> list[float]:
                 cursors[who] = page["cursor"]
         context = mp.get_context("fork")  # the observer's keys are made at import: inherit them
         stop, ready, out = context.Event(), context.Event(), context.Queue()
-        pollers = context.Process(target=_pollers, args=(base, cursors, stop, ready, out))
+        pollers = context.Process(target=_pollers, args=(base, cursors, stop, ready, out, streams))
         pollers.start()
         ready.wait(30)
         time.sleep(2.0)  # every long-poll waiting
         sent_at: dict[str, float] = {}
         answered: list[float] = []
-        interval = 1 / rate
-        next_at = time.perf_counter()
-        for envelope in envelopes:
-            item_id = parse(envelope).header.item_id
-            auth = headers(origin, "POST", "/v1/items", envelope)
-            delay = next_at - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            next_at += interval
-            sent_at[item_id] = time.perf_counter()
-            r = http.post(
-                "/v1/items",
-                content=envelope,
-                headers={**auth, "Content-Type": "application/vnd.msmt.envelope"},
-            )
-            answered.append(time.perf_counter() - sent_at[item_id])
-            assert r.status_code == 201, r.text
+        statuses: list[int] = []
+        prepared = [(parse(e).header.item_id, e, headers(origin, "POST", "/v1/items", e)) for e in envelopes]
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        with (
+            httpx.Client(base_url=base, timeout=30, limits=limits) as posting,
+            ThreadPoolExecutor(max_workers=32) as pool,
+        ):
+
+            def post(item_id: str, envelope: bytes, auth: dict[str, str]) -> None:
+                sent_at[item_id] = time.perf_counter()
+                r = posting.post(
+                    "/v1/items",
+                    content=envelope,
+                    headers={**auth, "Content-Type": "application/vnd.msmt.envelope"},
+                )
+                answered.append(time.perf_counter() - sent_at[item_id])
+                statuses.append(r.status_code)
+
+            # open loop: each submission starts on its schedule, whether or not the ones before
+            # it were answered (a closed loop measured its own queue: at 25/s its POSTs took
+            # ~100 ms each and it submitted ~10/s)
+            interval = 1 / rate
+            next_at = time.perf_counter()
+            for item_id, envelope, auth in prepared:
+                delay = next_at - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                next_at += interval
+                pool.submit(post, item_id, envelope, auth)
+        assert statuses == [201] * len(prepared), Counter(statuses)
         time.sleep(3.0)  # the last deliveries reach every poller
         stop.set()
         seen = out.get(timeout=60)
@@ -236,17 +275,22 @@ def run(url: str, args: argparse.Namespace, workdir: Path) -> None:
         stored = rss_mib(proc.pid)
         n1, s1 = consume(base, url, OBSERVER, signed_receipts=False)
         n2, s2 = consume(base, url, "NZL", signed_receipts=True)
-        waits = {rate: latency(base, rate, args.latency_items) for rate in args.rates}
+        waits = {
+            (mode, rate): latency(base, rate, args.latency_items, streams=mode == "stream")
+            for mode in args.wakeups
+            for rate in args.rates
+        }
         polls_rss, early = asyncio.run(hold_polls(base, args.polls, proc.pid))
         after = rss_mib(proc.pid)
     print(
         f"  consumption (one consumer, pages of 200, verify + open each): {n1 / s1:7.0f} items/s with plain "
         f"acks ({n1} items), {n2 / s2:6.0f} items/s with signed delivery receipts ({n2} items)"
     )
-    for rate, seen in waits.items():
+    for (mode, rate), seen in waits.items():
         q = statistics.quantiles(seen, n=100)
+        how = "long-poll return" if mode == "poll" else "stream event"
         print(
-            f"  submit -> long-poll return at {rate:.0f} submits/s, 11 recipients polling: "
+            f"  submit -> {how} at {rate:.0f} submits/s, 11 recipients {'polling' if mode == 'poll' else 'streaming'}: "
             f"p50 {1000 * q[49]:.1f} ms, p90 {1000 * q[89]:.1f} ms, p99 {1000 * q[98]:.1f} ms "
             f"({len(seen)} deliveries)"
         )
@@ -264,6 +308,13 @@ def main() -> int:
         "--rates", type=float, nargs="+", default=[10.0, 25.0, 50.0], help="single submissions per second"
     )
     parser.add_argument("--latency-items", type=int, default=300)
+    parser.add_argument(
+        "--wakeups",
+        nargs="+",
+        choices=["poll", "stream"],
+        default=["poll", "stream"],
+        help="how the recipients wait: long-polls (GET /v1/inbox?wait=), event streams (GET /v1/inbox/stream)",
+    )
     parser.add_argument("--polls", type=int, default=1000)
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

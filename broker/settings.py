@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     # A long-poll wakes when the integrator publishes its recipient (services/notify.py); it
     # also re-checks the database this often, so a missed notification never hides an item.
     inbox_poll_interval_s: float = 2.0
+    # GET /v1/inbox/stream: a stream ends (event `end`) after this long, so that its caller
+    # authenticates again with a fresh token; a comment line every keep-alive interval.
+    inbox_stream_max_s: float = 300.0
+    inbox_stream_keepalive_s: float = 15.0
     # Waiting long-polls each hold a connection: at most this many per member (429 past it)
     # and in all per process (503 past it; keep it well below the file-descriptor limit).
     inbox_max_waiting_per_member: int = 20

@@ -1,12 +1,15 @@
-"""A recipient's inbox: list by cursor (with long-poll) and acknowledge."""
+"""A recipient's inbox: list by cursor (with long-poll, or as a stream of events) and acknowledge."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Literal
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
 
 from msmt.core import canonical
 from msmt.core.errors import MsmtError
@@ -15,7 +18,7 @@ from .. import metrics
 from ..problems import invalid
 from ..services import inbox as inbox_service
 from . import schemas
-from .deps import CountryDep, StateDep, member_quota
+from .deps import BrokerState, CountryDep, StateDep, member_quota
 from .problem_docs import PROBLEMS
 
 router = APIRouter(prefix="/v1/inbox", tags=["inbox"])
@@ -86,6 +89,133 @@ async def list_inbox(
     finally:
         if waiting:
             state.long_polls.leave(caller.owner)
+
+
+STREAM_PAGE = 1000  # deliveries per `deliveries` event at most
+STREAM_RECHECK_S = 1.0  # a stream's key is checked against the database's registry this often
+
+
+def _event(name: str, data: bytes, event_id: int | None = None) -> bytes:
+    head = b"" if event_id is None else b"id: %d\n" % event_id
+    return head + b"event: " + name.encode() + b"\ndata: " + data + b"\n\n"
+
+
+def _end(reason: str) -> bytes:
+    return _event("end", canonical.encode({"reason": reason}))
+
+
+def _still_allowed(state: BrokerState, owner: str, key_id: str, now_ms: int, *, refresh: bool) -> bool:
+    """Whether the key that opened a stream is still in force and its owner still active.
+    Checked at every wake against the registry this process holds, and against the database's
+    (where another broker process may have recorded a revocation) when `refresh`: at most
+    STREAM_RECHECK_S apart, since the version read is a query of its own."""
+    registry = state.registry.latest()
+    if refresh or registry is None:
+        with state.sessions() as session:
+            registry = state.registry.get(session)
+    key = registry.keys.get(key_id)
+    return key is not None and key.owner == owner and key.usable(now_ms) and registry.owner_active(owner)
+
+
+@router.get(
+    "/stream",
+    responses={**PROBLEMS, 200: {"content": {"text/event-stream": {}}, "description": "a stream of events"}},
+)
+async def stream_inbox(
+    request: Request,
+    caller: CountryDep,
+    state: StateDep,
+    after: Annotated[int, Query(ge=0, le=MAX_SEQ, description="cursor: the last seq already seen")] = 0,
+    lasting: Annotated[
+        float | None,
+        Query(
+            alias="max", ge=0, le=86400, description="seconds before the stream ends, at most the broker's"
+        ),
+    ] = None,
+) -> StreamingResponse:
+    """Deliveries with seq > after as Server-Sent Events, pushed as they are logged: one request
+    instead of a long-poll per wake (docs/protocol.md section 9.4). Counted as a waiting
+    long-poll for its whole life; ends with an `end` event (and the connection) after `max`
+    seconds (at most `inbox_stream_max_s`; `max=0`: what is there now, then the end), when the
+    broker stops, or when the caller's key is no longer in force."""
+    loop = asyncio.get_running_loop()
+    settings = state.settings
+    stopping = request.app.state.stopping
+    # past the member's long_polls quota: 429 too-many-long-polls, before the stream starts
+    state.long_polls.enter(caller.owner, member_quota(state, caller).long_polls)
+    lasts = settings.inbox_stream_max_s if lasting is None else min(lasting, settings.inbox_stream_max_s)
+    left = False
+
+    async def leave() -> None:  # once: from the stream's end, or after the response if it never ran
+        nonlocal left
+        if not left:
+            left = True
+            state.long_polls.leave(caller.owner)
+
+    def load(cursor: int, refresh: bool) -> tuple[bool, schemas.InboxPage | None]:
+        now = state.clock()
+        if not _still_allowed(state, caller.owner, caller.key_id, now, refresh=refresh):
+            return False, None
+        with state.sessions() as session:
+            page = inbox_service.list_inbox(session, caller.owner, cursor, STREAM_PAGE, now_ms=now)
+        return True, schemas.InboxPage(**page)
+
+    async def events() -> AsyncIterator[bytes]:
+        released: asyncio.Future[None] = loop.create_future()
+        stopping.waiting.add(released)
+        metrics.longpoll_waiting(1)
+        try:
+            cursor = after
+            ends_at = loop.time() + lasts
+            quiet_until = loop.time() + settings.inbox_stream_keepalive_s
+            recheck_at = loop.time()
+            yield b": msmt inbox stream\n\n"  # the headers and a first line go out at once
+            while True:
+                if stopping.requested:
+                    yield _end("shutting-down")
+                    return
+                # taken before the check: deliveries published after it end the wait below at once
+                seen = state.notifier.generation(caller.owner)
+                refresh = loop.time() >= recheck_at
+                if refresh:
+                    recheck_at = loop.time() + STREAM_RECHECK_S
+                allowed, page = await run_in_threadpool(load, cursor, refresh)
+                if not allowed or page is None:
+                    yield _end("key-not-in-force")
+                    return
+                if page.deliveries:
+                    cursor = page.cursor
+                    body = page.model_dump_json(exclude_none=True).encode()
+                    yield _event("deliveries", body, cursor)
+                    quiet_until = loop.time() + settings.inbox_stream_keepalive_s
+                    continue  # a full page: there may be more at once
+                now = loop.time()
+                if now >= ends_at:
+                    yield _end("max-duration")
+                    return
+                if now >= quiet_until:
+                    yield b": keep-alive\n\n"
+                    quiet_until = now + settings.inbox_stream_keepalive_s
+                timeout = min(settings.inbox_poll_interval_s, ends_at - now, quiet_until - now)
+                woken: asyncio.Future[bool] = asyncio.ensure_future(
+                    state.notifier.wait(caller.owner, timeout, since=seen)
+                )
+                try:
+                    pending: set[asyncio.Future[Any]] = {woken, released}
+                    await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    woken.cancel()
+        finally:
+            stopping.waiting.discard(released)
+            metrics.longpoll_waiting(-1)
+            await leave()
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        background=BackgroundTask(leave),
+    )
 
 
 @router.post("/ack", response_model=schemas.AckResult, responses=PROBLEMS)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from sqlalchemy import RowMapping, delete, select, update
+from sqlalchemy import RowMapping, Table, bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
 from .models import (
@@ -43,16 +43,25 @@ INBOX_COLUMNS = (
 )
 
 
+_DELIVERIES: Table = Delivery.__table__  # type: ignore[assignment]
+_ITEMS: Table = Item.__table__  # type: ignore[assignment]
+# Built once, on the tables (Core, not the ORM): every long-poll wake and stream event runs it,
+# and per execution the ORM's compile state and a fresh statement's cache key cost more than
+# the query itself (py-spy --gil on a broker serving 11 streams: 16% of its time in this call).
+_INBOX_PAGE = (
+    select(*(_DELIVERIES.c[c.key] if c.class_ is Delivery else _ITEMS.c[c.key] for c in INBOX_COLUMNS))
+    .join(_ITEMS, _ITEMS.c.item_id == _DELIVERIES.c.item_id)
+    .where(_DELIVERIES.c.recipient == bindparam("recipient"), _DELIVERIES.c.seq > bindparam("after"))
+    .order_by(_DELIVERIES.c.seq)
+    .limit(bindparam("limit"))
+)
+
+
 def inbox_page(session: Session, recipient: str, after: int, limit: int) -> Sequence[RowMapping]:
     """The recipient's numbered deliveries after `after`, in seq order, without envelopes."""
     return (
-        session.execute(
-            select(*INBOX_COLUMNS)
-            .join(Item, Item.item_id == Delivery.item_id)
-            .where(Delivery.recipient == recipient, Delivery.seq > after)
-            .order_by(Delivery.seq)
-            .limit(limit)
-        )
+        session.connection()
+        .execute(_INBOX_PAGE, {"recipient": recipient, "after": after, "limit": limit})
         .mappings()
         .all()
     )

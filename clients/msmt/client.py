@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import random
 import re
@@ -299,6 +300,7 @@ class _ClientCore:
         # the broker's identity in tokens: by default its URL as we reach it (msmt.auth.audience_of)
         self.audience = audience or audience_of(base_url)
         self.retries = retries
+        self.last_stream_end = ""  # why the broker ended the last inbox stream (`stream()`)
         self.backoff_s = backoff_s
         self.directory_ttl_s = directory_ttl_s
         self._directory: Directory | None = None
@@ -780,6 +782,29 @@ class _ClientCore:
         logleaf.check_inclusion(leaf, index, at, hashes)
         return True
 
+    @classmethod
+    def _stream_pages(cls, lines: Iterable[str], after: int, ended: list[str]) -> Iterator[InboxPage]:
+        """The pages of an inbox event stream (docs/protocol.md section 9.4), in order; the
+        `end` event's reason goes into `ended`. A page that does not continue from the cursor
+        before it (a delivery at or below it) is the broker's error, raised, never skipped."""
+        event: dict[str, str] = {}
+        for line in lines:
+            if line == "":
+                kind, data = event.get("event"), event.get("data", "")
+                event = {}
+                if kind == "deliveries":
+                    page = cls._page(json.loads(data))
+                    if any(d.seq <= after for d in page.deliveries) or page.cursor < after:
+                        raise ClientError(f"the broker's inbox stream went back past entry {after}")
+                    after = page.cursor
+                    yield page
+                elif kind == "end":
+                    ended.append(str(json.loads(data).get("reason", "")) if data else "")
+                    return
+            elif not line.startswith(":"):  # a comment (keep-alive) otherwise
+                name, _, value = line.partition(":")
+                event[name] = value.removeprefix(" ")
+
     @staticmethod
     def _inbox_params(
         after: int, limit: int, wait: float, envelopes: bool, proofs: int | None = None
@@ -996,6 +1021,31 @@ class Client(_ClientCore):
         size), each delivery in that tree also carries its leaf and inclusion proof."""
         params = self._inbox_params(after, limit, wait, envelopes, proofs)
         return self._page(self._request("GET", "/v1/inbox", params=params, timeout=wait + 30).json())
+
+    def stream(self, after: int = 0, *, max_s: float | None = None) -> Iterator[InboxPage]:
+        """Deliveries after the cursor as the broker pushes them (GET /v1/inbox/stream): a page
+        per event, in order, each as soon as its items are logged; no request per wake-up. Ends
+        when the broker ends the stream (after `max_s` or its own limit, at its shutdown, or when
+        this agency's API key is no longer in force: `last_stream_end` says which); go on with
+        another call from the last page's cursor. Pages are the broker's word like `inbox()`'s:
+        `open()` or `receive()` verifies each delivery."""
+        params: dict[str, float] = {"after": after} if max_s is None else {"after": after, "max": max_s}
+        request = self._build(self._http, "GET", "/v1/inbox/stream", None, {"params": params}, None)
+        try:
+            response = self._http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+        ended: list[str] = []
+        try:
+            if response.status_code != 200:
+                response.read()
+                self._raise_for_problem(response)
+            yield from self._stream_pages(response.iter_lines(), after, ended)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+        finally:
+            response.close()
+            self.last_stream_end = ended[0] if ended else "connection-closed"
 
     def fetch(self, item_id: str) -> bytes:
         return self._request("GET", f"/v1/items/{item_id}").content

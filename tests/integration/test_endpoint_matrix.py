@@ -74,6 +74,7 @@ MATRIX: dict[str, tuple[str, str, str]] = {
     "GET /v1/items/{id}/status":              ("200",              "404 unknown-item",        "200"),
     "GET /v1/items/{id}/inboxes":             ("200",              "404 unknown-item",        "403 country-only"),
     "GET /v1/inbox":                          ("200",              "200",                     "403 country-only"),
+    "GET /v1/inbox/stream":                   ("200",              "200",                     "403 country-only"),
     "POST /v1/inbox/ack":                     ("200",              "422 unknown-delivery",    "403 country-only"),
     "POST /v1/inbox/receipts":                ("200",              "422 bad-receipt",         "403 country-only"),
     "GET /v1/directory":                      ("200",              "200",                     "200"),
@@ -305,6 +306,24 @@ def inbox_returned(scene: Scene, who: str, r: httpx.Response) -> None:
         assert page["cursor"] == scene.usa_seq
     else:  # NZL received nothing: none of USA's or JPN's deliveries show
         assert page == {"deliveries": [], "cursor": 0}
+
+
+def stream_returned(scene: Scene, who: str, r: httpx.Response) -> None:
+    """The event stream (max=0: what is there, then its end), parsed: the same as the page."""
+    assert r.headers["content-type"].startswith("text/event-stream")
+    events = [block for block in r.text.split("\n\n") if block and not block.startswith(":")]
+    fields = [dict(line.split(": ", 1) for line in block.split("\n")) for block in events]
+    assert fields[-1] == {"event": "end", "data": '{"reason":"max-duration"}'}
+    deliveries = [
+        d for f in fields if f["event"] == "deliveries" for d in json.loads(f["data"])["deliveries"]
+    ]
+    if who == "USA":
+        assert [(d["item_id"], d["originator"], d["seq"]) for d in deliveries] == [
+            (scene.item_id, "KOR", scene.usa_seq)
+        ]
+        assert [f["id"] for f in fields if f["event"] == "deliveries"] == [str(scene.usa_seq)]
+    else:
+        assert deliveries == []
 
 
 def acknowledged(scene: Scene, who: str, r: httpx.Response) -> None:
@@ -656,6 +675,9 @@ ENDPOINTS: dict[str, Endpoint] = {
         "KOR", "NZL", "KOR", lambda s: Call("GET", f"/v1/items/{s.item_id}/status"), status_returned
     ),
     "GET /v1/inbox": Endpoint("USA", "NZL", "USA", lambda s: Call("GET", "/v1/inbox"), inbox_returned),
+    "GET /v1/inbox/stream": Endpoint(
+        "USA", "NZL", "USA", lambda s: Call("GET", "/v1/inbox/stream?max=0"), stream_returned
+    ),
     "POST /v1/inbox/ack": Endpoint(
         "USA",
         "NZL",
@@ -831,6 +853,7 @@ def test_the_matrix_covers_every_route_of_the_app(world: World) -> None:
         "GET /v1/items/{id}/inboxes": "GET /v1/items/{item_id}/inboxes",
         "GET /v1/log/inboxes": "GET /v1/log/inboxes",
         "GET /v1/inbox": "GET /v1/inbox",
+        "GET /v1/inbox/stream": "GET /v1/inbox/stream",
         "POST /v1/inbox/ack": "POST /v1/inbox/ack",
         "POST /v1/inbox/receipts": "POST /v1/inbox/receipts",
         "GET /v1/directory": "GET /v1/directory",
