@@ -1,7 +1,8 @@
-"""Inbox figures (issue 14): consumption rate, submit -> long-poll latency, broker memory.
+"""Inbox figures (issue 14): consumption rate, submit -> delivery latency, broker memory.
 
     .venv/bin/python bench/inbox.py [--items 2000] [--backend sqlite|postgresql|both]
-                                    [--rates 10 25 50] [--latency-items 300] [--polls 1000]
+                                    [--rates 10 25 50] [--wakeups poll stream]
+                                    [--latency-items 300] [--polls 1000]
 
 Against one real `msmt-broker serve` process per backend:
 
@@ -12,9 +13,11 @@ Against one real `msmt-broker serve` process per backend:
    decryption verified (`Client.receive`), then acknowledged — with plain acknowledgements
    and, separately, with signed delivery receipts (`Client.confirm`, one ML-DSA-65 + Ed25519
    signature per item, which the plain rate does not pay);
-4. **latency**: 11 recipients long-poll (`wait=10`) while one member submits single envelopes
-   at each of `--rates` per second; for every (item, recipient), the time from the start of the POST to
-   the long-poll returning it: p50 and p99;
+4. **latency**: 11 recipients wait, by long-poll (`wait=2`) or by event stream
+   (`GET /v1/inbox/stream`), from a process of their own on one event loop, while one member
+   submits single envelopes at each of `--rates` per second, open-loop (each POST starts on its
+   schedule from a pool of threads); for every (item, recipient), the time from the start of the
+   POST to the recipient having it: p50, p90 and p99, and the POSTs' own answer time;
 5. RSS with `--polls` long-polls waiting at once (their connections held open).
 
 Everything shares the machine's cores with the broker; figures are wall-clock.

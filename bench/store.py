@@ -33,6 +33,7 @@ from bench.broker import enrol_observer, seal_items  # noqa: E402
 from bench.throughput import verify_cost  # noqa: E402
 from broker.services.auth import Caller  # noqa: E402
 from broker.services.log import integrate  # noqa: E402
+from broker.services.quota import QuotaBook  # noqa: E402
 from broker.services.registry import RegistryCache  # noqa: E402
 from broker.services.submit import Prepared, accept_batch, prepare  # noqa: E402
 from broker.settings import Settings  # noqa: E402
@@ -56,10 +57,11 @@ def run(url: str, items: list[tuple[str, bytes]], batch: int) -> dict[str, float
         for origin, data in items
     ]
     prepare_s = time.process_time() - started
+    quotas = QuotaBook()  # kept across batches, as the sequencer keeps its own
     started = time.process_time()
     for i in range(0, len(prepared), batch):
         with transaction(factory) as session:
-            answers = accept_batch(session, cache, prepared[i : i + batch])
+            answers = accept_batch(session, cache, prepared[i : i + batch], quotas)
             refused = [a for a in answers if not hasattr(a, "item_id")]
             if refused:
                 raise SystemExit(f"refused: {refused[0]}")

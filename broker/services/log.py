@@ -74,7 +74,33 @@ COUNTERS: Table = InboxCounter.__table__  # type: ignore[assignment]
 COMMITMENTS: Table = InboxCommitment.__table__  # type: ignore[assignment]
 LOG_ENTRIES: Table = LogEntry.__table__  # type: ignore[assignment]
 LOG_NODES: Table = LogNode.__table__  # type: ignore[assignment]
+PENDING: Table = LogPending.__table__  # type: ignore[assignment]
+LOG_STATE: Table = LogState.__table__  # type: ignore[assignment]
 INBOXES = "inboxes"  # the kind of the leaf that ends every batch
+
+# The integrator's statements, built once on the tables (Core, not the ORM). An integration runs
+# about 15 of them whatever its batch's size, and per execution a statement built afresh cost
+# SQLAlchemy more than the query (its construction, its cache key, the ORM's compile state):
+# bench/store.py with batches of one, ~10 ms of CPU per batch, most of it there.
+_PENDING_BATCH = (
+    select(PENDING.c.id, PENDING.c.kind, PENDING.c.ref).order_by(PENDING.c.id).limit(bindparam("n"))
+)
+_LOG_SIZE_FOR_UPDATE = select(LOG_STATE.c.size).where(LOG_STATE.c.id == 1).with_for_update()
+_ITEMS_TO_LOG = select(ITEMS.c.item_id, ITEMS.c.envelope_sha256, ITEMS.c.originator).where(
+    ITEMS.c.item_id.in_(bindparam("ids", expanding=True))
+)
+_RECIPIENTS_OF = select(DELIVERIES.c.item_id, DELIVERIES.c.recipient).where(
+    DELIVERIES.c.item_id.in_(bindparam("ids", expanding=True))
+)
+_COUNTERS = select(COUNTERS.c.recipient, COUNTERS.c.last_seq)
+_SET_COUNTER = (
+    update(COUNTERS)
+    .where(COUNTERS.c.recipient == bindparam("b_recipient"))
+    .values(last_seq=bindparam("b_last"))
+)
+_KIND_AT = select(LOG_ENTRIES.c.kind).where(LOG_ENTRIES.c.log_index == bindparam("index"))
+_DONE_PENDING = delete(PENDING).where(PENDING.c.id.in_(bindparam("ids", expanding=True)))
+_SET_LOG_SIZE = update(LOG_STATE).where(LOG_STATE.c.id == 1).values(size=bindparam("size"))
 # One integrator at a time across broker processes: a transaction-level advisory lock with two
 # keys, "msmt" and the schema's name hashed, so that brokers in other schemas of the same
 # database do not wait for ours (pg_locks shows it as classid = ADVISORY_LOCK, objsubid = 2).
@@ -245,31 +271,22 @@ def integrate(
         if busy is not None:
             busy(session)
         return None
-    pending = session.execute(select(LogPending).order_by(LogPending.id).limit(BATCH)).scalars().all()
+    session.flush()  # what the caller staged through the ORM (stage()), before reading on the connection
+    connection = session.connection()
+    pending = connection.execute(_PENDING_BATCH, {"n": BATCH}).all()
     if not pending:
         return None
-    size = int(session.execute(select(LogState.size).where(LogState.id == 1).with_for_update()).scalar_one())
+    size = int(connection.execute(_LOG_SIZE_FOR_UPDATE).scalar_one())
     frontier = merkle.CompactRange.from_store(size, _get(_nodes(session, merkle.nodes_needed_for_root(size))))
 
     item_ids = [p.ref for p in pending if p.kind == "item"]
     # only what the leaves commit to: never the envelopes themselves
     items: dict[str, Any] = (
-        {
-            i.item_id: i
-            for i in session.execute(
-                select(ITEMS.c.item_id, ITEMS.c.envelope_sha256, ITEMS.c.originator).where(
-                    ITEMS.c.item_id.in_(item_ids)
-                )
-            )
-        }
-        if item_ids
-        else {}
+        {i.item_id: i for i in connection.execute(_ITEMS_TO_LOG, {"ids": item_ids})} if item_ids else {}
     )
     recipients: dict[str, list[str]] = defaultdict(list)
     if item_ids:
-        for item_id, recipient in session.execute(
-            select(Delivery.item_id, Delivery.recipient).where(Delivery.item_id.in_(item_ids))
-        ):
+        for item_id, recipient in connection.execute(_RECIPIENTS_OF, {"ids": item_ids}):
             recipients[item_id].append(recipient)
     next_seq, sizes = _reserve_seqs(session, [r for i in item_ids for r in recipients[i]])
 
@@ -336,8 +353,8 @@ def integrate(
             [{"level": lv, "idx": ix, "hash": h} for (lv, ix), h in new_nodes],
         )
     _number(session, item_updates, delivery_updates)
-    session.execute(delete(LogPending).where(LogPending.id.in_([p.id for p in pending])))
-    session.execute(update(LogState).where(LogState.id == 1).values(size=frontier.size))
+    connection.execute(_DONE_PENDING, {"ids": [p.id for p in pending]})
+    connection.execute(_SET_LOG_SIZE, {"size": frontier.size})
     root = frontier.root()
     if signer is not None and frontier.size > size:
         checkpoint = Checkpoint(signer.origin, frontier.size, root)
@@ -409,16 +426,14 @@ def _reserve_seqs(session: Session, recipients: list[str]) -> tuple[dict[str, in
     need: dict[str, int] = defaultdict(int)
     for r in recipients:
         need[r] += 1
-    last = {r: int(n) for r, n in session.execute(select(COUNTERS.c.recipient, COUNTERS.c.last_seq)).all()}
+    connection = session.connection()
+    last = {r: int(n) for r, n in connection.execute(_COUNTERS).all()}
     missing = set(need) - set(last)
     if missing:  # cannot happen: every member has a counter from enrolment on
         raise RuntimeError(f"no inbox counter for {sorted(missing)}")
     if need:
-        session.execute(
-            update(COUNTERS)
-            .where(COUNTERS.c.recipient == bindparam("b_recipient"))
-            .values(last_seq=bindparam("b_last")),
-            [{"b_recipient": r, "b_last": last[r] + n} for r, n in sorted(need.items())],
+        connection.execute(
+            _SET_COUNTER, [{"b_recipient": r, "b_last": last[r] + n} for r, n in sorted(need.items())]
         )
     # every member, an empty inbox (size 0) included: a leaf then holds exactly one commitment
     # per member, with no free slot in which a second, smaller size for one inbox could hide
@@ -431,13 +446,13 @@ def _previous_inboxes(session: Session, size: int) -> int:
     one (-1 for an empty log, or one from before there were inboxes leaves)."""
     if size == 0:
         return -1
-    kind = session.execute(select(LogEntry.kind).where(LogEntry.log_index == size - 1)).scalar_one_or_none()
+    kind = session.connection().execute(_KIND_AT, {"index": size - 1}).scalar_one_or_none()
     return size - 1 if kind == INBOXES else -1
 
 
 def _leaf(
     session: Session,
-    row: LogPending,
+    row: Any,  # a log_pending row: id, kind, ref
     items: dict[str, Any],
     recipients: dict[str, list[str]],
     next_seq: dict[str, int],

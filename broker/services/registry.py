@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
-from sqlalchemy import select
+from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
 from msmt.core import ApiPublicKey, SigningPublicKey
@@ -128,11 +128,16 @@ class Registry:
         return index
 
 
+_REGISTRY: Table = RegistryState.__table__  # type: ignore[assignment]
+# Read by every authenticated request and every submission batch: built once, on the table
+# (a statement built per call cost SQLAlchemy more than the query, py-spy --gil).
+_VERSION = select(_REGISTRY.c.version).where(_REGISTRY.c.id == 1)
+_VERSION_SHARED = _VERSION.with_for_update(read=True)
+
+
 def read_version(session: Session, *, share_lock: bool = False) -> int:
-    query = select(RegistryState.version).where(RegistryState.id == 1)
-    if share_lock:
-        query = query.with_for_update(read=True)
-    return int(session.execute(query).scalar_one())
+    session.flush()  # a registry change staged through the ORM in this session counts
+    return int(session.connection().execute(_VERSION_SHARED if share_lock else _VERSION).scalar_one())
 
 
 def load(session: Session, version: int, previous: gov.DirectoryState | None = None) -> Registry:

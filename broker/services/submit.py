@@ -32,6 +32,23 @@ DELIVERIES: Table = Delivery.__table__  # type: ignore[assignment]
 PENDING: Table = LogPending.__table__  # type: ignore[assignment]
 USAGE: Table = MemberUsage.__table__  # type: ignore[assignment]
 
+# Statements of every submission batch, built once on the tables (see services/log.py).
+_STORED_DIGESTS = select(ITEMS.c.item_id, ITEMS.c.envelope_sha256).where(
+    ITEMS.c.item_id.in_(bindparam("ids", expanding=True))
+)
+_ORIGINATORS_OF = select(ITEMS.c.item_id, ITEMS.c.originator).where(
+    ITEMS.c.item_id.in_(bindparam("ids", expanding=True))
+)
+_RECIPIENTS_OF = select(DELIVERIES.c.item_id, DELIVERIES.c.recipient).where(
+    DELIVERIES.c.item_id.in_(bindparam("ids", expanding=True))
+)
+_LOCK_USAGE = (
+    select(USAGE.c.country, USAGE.c.stored_bytes)
+    .where(USAGE.c.country.in_(bindparam("codes", expanding=True)))
+    .order_by(USAGE.c.country)
+    .with_for_update()
+)
+
 
 @dataclass(frozen=True)
 class Receipt:
@@ -211,11 +228,7 @@ def accept_batch(
     usage = _Usage.lock(session, {p.envelope.header.originator for p in batch})
     limits = book.at(registry.version, lambda: policy_service.quotas(session))
     ids = list({p.envelope.header.item_id for p in batch})
-    stored = dict(
-        session.execute(
-            select(ITEMS.c.item_id, ITEMS.c.envelope_sha256).where(ITEMS.c.item_id.in_(ids))
-        ).all()
-    )
+    stored = dict(session.connection().execute(_STORED_DIGESTS, {"ids": ids}).all())
     references = _References.load(session, batch)
     answers: list[Receipt | Problem | None] = [None] * len(batch)
     existing: dict[str, list[int]] = defaultdict(list)  # stored before this batch: receipts read below
@@ -287,14 +300,7 @@ class _Usage:
     @classmethod
     def lock(cls, session: Session, originators: set[str]) -> _Usage:
         codes = sorted(originators)
-        stored = dict(
-            session.execute(
-                select(USAGE.c.country, USAGE.c.stored_bytes)
-                .where(USAGE.c.country.in_(codes))
-                .order_by(USAGE.c.country)
-                .with_for_update()
-            ).all()
-        )
+        stored = dict(session.connection().execute(_LOCK_USAGE, {"codes": codes}).all())
         missing = [code for code in codes if code not in stored]
         if missing:  # its first item: another process inserting it too makes one of us retry
             session.execute(insert(USAGE), [{"country": code, "stored_bytes": 0} for code in missing])
@@ -346,13 +352,10 @@ class _References:
         }
         if not ids:
             return cls({}, {})
-        originators = dict(
-            session.execute(select(ITEMS.c.item_id, ITEMS.c.originator).where(ITEMS.c.item_id.in_(ids))).all()
-        )
+        connection = session.connection()
+        originators = dict(connection.execute(_ORIGINATORS_OF, {"ids": list(ids)}).all())
         recipients: dict[str, set[str]] = defaultdict(set)
-        for item_id, recipient in session.execute(
-            select(DELIVERIES.c.item_id, DELIVERIES.c.recipient).where(DELIVERIES.c.item_id.in_(originators))
-        ):
+        for item_id, recipient in connection.execute(_RECIPIENTS_OF, {"ids": list(originators)}):
             recipients[item_id].add(recipient)
         return cls(originators, dict(recipients))
 
