@@ -323,3 +323,23 @@ def test_the_client_refuses_a_stream_that_goes_back() -> None:
         list(replayed)
     with pytest.raises(ClientError, match="went back past entry 5"):
         list(Client._stream_pages(_lines(f"event: deliveries\ndata: {_page(5)}"), 5, []))
+
+
+def test_a_stream_its_client_drops_frees_its_slot(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'broker.db'}"
+    bootstrap(url, int(time.time() * 1000))
+    caps = {"inbox_max_waiting_per_member": "1", "inbox_stream_keepalive_s": "60"}
+    with broker_server(url, AUDIENCE, tmp_path / "broker.log", **caps) as (base, _):
+        target = "/v1/inbox/stream"
+        with httpx.stream("GET", f"{base}{target}", headers=_auth("ITA", "GET", target), timeout=10) as r:
+            assert r.status_code == 200
+            next(r.iter_lines())  # the opening comment: the stream holds ITA's one slot now
+        # the connection is closed; no event or keep-alive is due for a minute, yet the slot is
+        # given back at once (a leaked slot would lock the member out of waiting for good)
+        deadline = time.monotonic() + 5
+        while True:
+            again = Stream(base, "ITA")
+            if again.status == 200:
+                break
+            assert again.status == 429 and time.monotonic() < deadline, again.status
+            time.sleep(0.2)
