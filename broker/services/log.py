@@ -49,6 +49,7 @@ from msmt.core.receipt import parse_receipt, receipt_leaf
 from msmt.witness import submit_checkpoint
 
 from ..problems import conflict, invalid, not_found
+from ..store import queries
 from ..store.bulk import execute_many
 from ..store.db import IDLE_IN_TRANSACTION_TIMEOUT_S, transaction
 from ..store.models import (
@@ -88,9 +89,6 @@ _PENDING_BATCH = (
 _LOG_SIZE_FOR_UPDATE = select(LOG_STATE.c.size).where(LOG_STATE.c.id == 1).with_for_update()
 _ITEMS_TO_LOG = select(ITEMS.c.item_id, ITEMS.c.envelope_sha256, ITEMS.c.originator).where(
     ITEMS.c.item_id.in_(bindparam("ids", expanding=True))
-)
-_RECIPIENTS_OF = select(DELIVERIES.c.item_id, DELIVERIES.c.recipient).where(
-    DELIVERIES.c.item_id.in_(bindparam("ids", expanding=True))
 )
 _COUNTERS = select(COUNTERS.c.recipient, COUNTERS.c.last_seq)
 _SET_COUNTER = (
@@ -286,7 +284,7 @@ def integrate(
     )
     recipients: dict[str, list[str]] = defaultdict(list)
     if item_ids:
-        for item_id, recipient in connection.execute(_RECIPIENTS_OF, {"ids": item_ids}):
+        for item_id, recipient in connection.execute(queries.RECIPIENTS_OF, {"ids": item_ids}):
             recipients[item_id].append(recipient)
     next_seq, sizes = _reserve_seqs(session, [r for i in item_ids for r in recipients[i]])
 

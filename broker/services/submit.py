@@ -39,9 +39,6 @@ _STORED_DIGESTS = select(ITEMS.c.item_id, ITEMS.c.envelope_sha256).where(
 _ORIGINATORS_OF = select(ITEMS.c.item_id, ITEMS.c.originator).where(
     ITEMS.c.item_id.in_(bindparam("ids", expanding=True))
 )
-_RECIPIENTS_OF = select(DELIVERIES.c.item_id, DELIVERIES.c.recipient).where(
-    DELIVERIES.c.item_id.in_(bindparam("ids", expanding=True))
-)
 _LOCK_USAGE = (
     select(USAGE.c.country, USAGE.c.stored_bytes)
     .where(USAGE.c.country.in_(bindparam("codes", expanding=True)))
@@ -355,7 +352,7 @@ class _References:
         connection = session.connection()
         originators = dict(connection.execute(_ORIGINATORS_OF, {"ids": list(ids)}).all())
         recipients: dict[str, set[str]] = defaultdict(set)
-        for item_id, recipient in connection.execute(_RECIPIENTS_OF, {"ids": list(originators)}):
+        for item_id, recipient in connection.execute(queries.RECIPIENTS_OF, {"ids": list(originators)}):
             recipients[item_id].add(recipient)
         return cls(originators, dict(recipients))
 

@@ -57,6 +57,13 @@ _INBOX_PAGE = (
 )
 
 
+# The (item_id, recipient) pairs of the items named by the expanding parameter `ids`: read by
+# every submission batch (the items it refers to) and every integration (the items it logs).
+RECIPIENTS_OF = select(_DELIVERIES.c.item_id, _DELIVERIES.c.recipient).where(
+    _DELIVERIES.c.item_id.in_(bindparam("ids", expanding=True))
+)
+
+
 def inbox_page(session: Session, recipient: str, after: int, limit: int) -> Sequence[RowMapping]:
     """The recipient's numbered deliveries after `after`, in seq order, without envelopes."""
     return (

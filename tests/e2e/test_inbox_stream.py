@@ -17,7 +17,8 @@ import httpx
 import pytest
 
 from msmt.auth import mint_token
-from tests.integration.conftest import _KEYS, AUDIENCE, bootstrap, postgresql_schema
+from tests.integration.conftest import _KEYS, AUDIENCE, bootstrap
+from tests.integration.conftest import database_url as database_url  # the SQLite / PostgreSQL fixture
 
 from .servers import broker_server
 
@@ -103,15 +104,6 @@ class Stream:
     def ended(self) -> str | None:
         ends = [json.loads(e["data"])["reason"] for _, e in self.got if e.get("event") == "end"]
         return ends[-1] if ends else None
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'broker.db'}"
-    else:
-        with postgresql_schema() as url:
-            yield url
 
 
 def _wait_for(condition: Any, timeout: float = 15) -> None:
