@@ -335,3 +335,16 @@ def test_a_stream_its_client_drops_frees_its_slot(tmp_path: Path) -> None:
                 break
             assert again.status == 429 and time.monotonic() < deadline, again.status
             time.sleep(0.2)
+
+
+def test_bad_stream_parameters_are_problems_and_hold_no_slot(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'broker.db'}"
+    bootstrap(url, int(time.time() * 1000))
+    with broker_server(url, AUDIENCE, tmp_path / "broker.log", inbox_max_waiting_per_member="1") as (base, _):
+        for query in ("after=-1", "after=x", "max=-1", "max=86401", "after=9223372036854775808"):
+            target = f"/v1/inbox/stream?{query}"
+            r = httpx.get(f"{base}{target}", headers=_auth("FRA", "GET", target), timeout=10)
+            assert r.status_code == 422, (query, r.status_code, r.text)
+            assert r.headers["content-type"] == "application/problem+json"
+            assert r.json()["type"].endswith(":invalid-request"), r.text
+        assert Stream(base, "FRA").status == 200  # none of them kept FRA's one slot
