@@ -177,7 +177,13 @@ def _pollers(base: str, cursors: dict[str, int], stop: Any, ready: Any, out: Any
     asyncio.run(_poll_all(base, cursors, stop, out, streams))
 
 
-def latency(base: str, rate: float, items: int, streams: bool = False) -> list[float]:
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def latency(base: str, rate: float, items: int, broker_pid: int, streams: bool = False) -> list[float]:
     """Seconds from each POST's start to each recipient's long-poll returning the item.
 
     The pollers run in a process of their own, on one event loop, and the submitter in this
@@ -227,6 +233,12 @@ def latency(base: str, rate: float, items: int, streams: bool = False) -> list[f
             # ~100 ms each and it submitted ~10/s)
             interval = 1 / rate
             next_at = time.perf_counter()
+            cpu_before = (
+                cpu_s(broker_pid),
+                cpu_s(pollers.pid or 0),
+                time.process_time(),
+                time.perf_counter(),
+            )
             for item_id, envelope, auth in prepared:
                 delay = next_at - time.perf_counter()
                 if delay > 0:
@@ -234,6 +246,10 @@ def latency(base: str, rate: float, items: int, streams: bool = False) -> list[f
                 next_at += interval
                 pool.submit(post, item_id, envelope, auth)
         assert statuses == [201] * len(prepared), Counter(statuses)
+        broker_cpu = cpu_s(broker_pid) - cpu_before[0]
+        pollers_cpu = cpu_s(pollers.pid or 0) - cpu_before[1]
+        submitter_cpu = time.process_time() - cpu_before[2]
+        wall = time.perf_counter() - cpu_before[3]
         time.sleep(3.0)  # the last deliveries reach every poller
         stop.set()
         seen = out.get(timeout=60)
@@ -241,7 +257,13 @@ def latency(base: str, rate: float, items: int, streams: bool = False) -> list[f
     waits = [when - sent_at[item] for item, _, when in seen if item in sent_at]
     got = Counter(who for item, who, _ in seen if item in sent_at)
     assert got == dict.fromkeys(recipients, items), got
-    print(f"    ({rate:.0f}/s: POST answered p50 {1000 * statistics.median(answered):.1f} ms)", flush=True)
+    print(
+        f"    ({rate:.0f}/s {'streams' if streams else 'long-polls'}: POST answered p50 "
+        f"{1000 * statistics.median(answered):.1f} ms; CPU while submitting: broker "
+        f"{1000 * broker_cpu / len(prepared):.1f} ms per submission ({100 * broker_cpu / wall:.0f}% of a core), "
+        f"recipients {100 * pollers_cpu / wall:.0f}%, submitter {100 * submitter_cpu / wall:.0f}%)",
+        flush=True,
+    )
     return waits
 
 
@@ -279,7 +301,7 @@ def run(url: str, args: argparse.Namespace, workdir: Path) -> None:
         n1, s1 = consume(base, url, OBSERVER, signed_receipts=False)
         n2, s2 = consume(base, url, "NZL", signed_receipts=True)
         waits = {
-            (mode, rate): latency(base, rate, args.latency_items, streams=mode == "stream")
+            (mode, rate): latency(base, rate, args.latency_items, proc.pid, streams=mode == "stream")
             for mode in args.wakeups
             for rate in args.rates
         }

@@ -204,7 +204,9 @@ def create_app(settings: Settings | None = None, clock: Callable[[], int] | None
     # Long-polls wake when their recipient's inbox grows: in this process after the commit,
     # in the others by a NOTIFY that commits with the integration (services/notify.py).
     broker.integrator.in_transaction.append(notify_in_transaction)
-    broker.integrator.after_commit.append(lambda result: broker.notifier.publish(result.recipients))
+    broker.integrator.after_commit.append(
+        lambda result: broker.notifier.publish(result.recipients, result.deliveries)
+    )
     broker.sequencer = Sequencer(
         sessions,
         broker.registry,

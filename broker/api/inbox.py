@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from msmt.core import canonical
@@ -17,6 +17,7 @@ from msmt.core.errors import MsmtError
 from .. import metrics
 from ..problems import invalid
 from ..services import inbox as inbox_service
+from ..services import notify
 from . import schemas
 from .deps import BrokerState, CountryDep, StateDep, member_quota
 from .problem_docs import PROBLEMS
@@ -66,10 +67,17 @@ async def list_inbox(
             return schemas.InboxPage(**page)
 
     waiting = False
+    woken = False  # by a publish: most often this process's own integration, whose deliveries it holds
     try:
         while True:
             # taken before the check: deliveries published after it end the wait below at once
             seen = state.notifier.generation(caller.owner)
+            if woken and include is None and proofs is None:
+                fresh = state.notifier.recent.after(caller.owner, after, limit)
+                if fresh:
+                    now_ms = state.clock()
+                    body = notify.page_json([r.shown(now_ms) for r in fresh], fresh[-1].seq)
+                    return Response(body, media_type="application/json")  # type: ignore[return-value]
             page = await run_in_threadpool(load)
             remaining = deadline - loop.time()
             if page.deliveries or remaining <= 0:
@@ -81,7 +89,7 @@ async def list_inbox(
             # woken by the integrator's publish; the timeout is only the safety re-check
             metrics.longpoll_waiting(1)
             try:
-                await state.notifier.wait(
+                woken = await state.notifier.wait(
                     caller.owner, min(state.settings.inbox_poll_interval_s, remaining), since=seen
                 )
             finally:
@@ -160,6 +168,15 @@ async def stream_inbox(
             page = inbox_service.list_inbox(session, caller.owner, cursor, STREAM_PAGE, now_ms=now)
         return True, schemas.InboxPage(**page)
 
+    def recent(cursor: int) -> tuple[bool, list[notify.Recent] | None]:
+        """What this process just integrated for the caller after `cursor` (None: read the
+        database), checked against the registry this process holds."""
+        if state.registry.latest() is None:  # nothing to check against without the database
+            return True, None
+        if not _still_allowed(state, caller.owner, caller.key_id, state.clock(), refresh=False):
+            return False, None
+        return True, state.notifier.recent.after(caller.owner, cursor, STREAM_PAGE)
+
     async def events() -> AsyncIterator[bytes]:
         released: asyncio.Future[None] = loop.create_future()
         stopping.waiting.add(released)
@@ -169,6 +186,7 @@ async def stream_inbox(
             ends_at = loop.time() + lasts
             quiet_until = loop.time() + settings.inbox_stream_keepalive_s
             recheck_at = loop.time()
+            woken = False  # by a publish (else: the start, a full page, or the safety re-check)
             yield b": msmt inbox stream\n\n"  # the headers and a first line go out at once
             while True:
                 if stopping.requested:
@@ -179,16 +197,34 @@ async def stream_inbox(
                 refresh = loop.time() >= recheck_at
                 if refresh:
                     recheck_at = loop.time() + STREAM_RECHECK_S
-                allowed, page = await run_in_threadpool(load, cursor, refresh)
-                if not allowed or page is None:
-                    yield _end("key-not-in-force")
-                    return
-                if page.deliveries:
-                    cursor = page.cursor
-                    body = page.model_dump_json(exclude_none=True).encode()
+                body: bytes | None = None
+                full = False
+                if woken and not refresh:
+                    # most wake-ups: this process's own integration, whose deliveries it holds
+                    allowed, fresh = recent(cursor)
+                    if not allowed:
+                        yield _end("key-not-in-force")
+                        return
+                    if fresh:
+                        now_ms = state.clock()
+                        cursor = fresh[-1].seq
+                        body = notify.page_json([r.shown(now_ms) for r in fresh], cursor)
+                        full = len(fresh) == STREAM_PAGE
+                if body is None:
+                    allowed, page = await run_in_threadpool(load, cursor, refresh)
+                    if not allowed or page is None:
+                        yield _end("key-not-in-force")
+                        return
+                    if page.deliveries:
+                        cursor = page.cursor
+                        body = page.model_dump_json(exclude_none=True).encode()
+                        full = len(page.deliveries) == STREAM_PAGE
+                woken = False
+                if body is not None:
                     yield _event("deliveries", body, cursor)
                     quiet_until = loop.time() + settings.inbox_stream_keepalive_s
-                    continue  # a full page: there may be more at once
+                    if full:
+                        continue  # a full page: there may be more at once
                 now = loop.time()
                 if now >= ends_at:
                     yield _end("max-duration")
@@ -197,14 +233,15 @@ async def stream_inbox(
                     yield b": keep-alive\n\n"
                     quiet_until = now + settings.inbox_stream_keepalive_s
                 timeout = min(settings.inbox_poll_interval_s, ends_at - now, quiet_until - now)
-                woken: asyncio.Future[bool] = asyncio.ensure_future(
+                published: asyncio.Future[bool] = asyncio.ensure_future(
                     state.notifier.wait(caller.owner, timeout, since=seen)
                 )
                 try:
-                    pending: set[asyncio.Future[Any]] = {woken, released}
+                    pending: set[asyncio.Future[Any]] = {published, released}
                     await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    woken = published.done() and not published.cancelled() and published.result()
                 finally:
-                    woken.cancel()
+                    published.cancel()
         finally:
             stopping.waiting.discard(released)
             metrics.longpoll_waiting(-1)

@@ -18,23 +18,6 @@ from . import log as log_service
 from .registry import Registry, signing_public_key
 
 
-def delivery_view(row: RowMapping) -> dict[str, Any]:
-    """A delivery as the inbox shows it, from a row of `queries.inbox_page`."""
-    return {
-        "seq": row["seq"],
-        "item_id": row["item_id"],
-        "originator": row["originator"],
-        "created_ms": row["created_ms"],
-        "received_ms": row["received_ms"],
-        "classification": row["classification"],
-        "tlp": row["tlp"],
-        "content_type": row["content_type"],
-        "size": row["size"],
-        "log_index": row["log_index"],
-        "state": row["state"],
-    }
-
-
 def list_inbox(
     session: Session,
     recipient: str,
@@ -87,14 +70,16 @@ def _list_inbox(
                 break
             envelope = envelopes[int(row["seq"])]
             if _expired(row, now_ms):
-                deliveries.append({**delivery_view(row), "unavailable": "expired"})
+                deliveries.append({**queries.delivery_view(row), "unavailable": "expired"})
             elif envelope is None:  # purged by retention: listed, with nothing to fetch (410)
-                deliveries.append({**delivery_view(row), "unavailable": "purged"})
+                deliveries.append({**queries.delivery_view(row), "unavailable": "purged"})
             else:
-                deliveries.append({**delivery_view(row), "envelope": canonical.b64encode(envelope)})
+                deliveries.append({**queries.delivery_view(row), "envelope": canonical.b64encode(envelope)})
     else:
         deliveries = [
-            {**delivery_view(row), "unavailable": "expired"} if _expired(row, now_ms) else delivery_view(row)
+            {**queries.delivery_view(row), "unavailable": "expired"}
+            if _expired(row, now_ms)
+            else queries.delivery_view(row)
             for row in rows
         ]
     return {"deliveries": deliveries, "cursor": deliveries[-1]["seq"] if deliveries else after}

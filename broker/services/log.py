@@ -87,9 +87,18 @@ _PENDING_BATCH = (
     select(PENDING.c.id, PENDING.c.kind, PENDING.c.ref).order_by(PENDING.c.id).limit(bindparam("n"))
 )
 _LOG_SIZE_FOR_UPDATE = select(LOG_STATE.c.size).where(LOG_STATE.c.id == 1).with_for_update()
-_ITEMS_TO_LOG = select(ITEMS.c.item_id, ITEMS.c.envelope_sha256, ITEMS.c.originator).where(
-    ITEMS.c.item_id.in_(bindparam("ids", expanding=True))
-)
+# what the leaves commit to (never the envelopes themselves), and what the inbox shows of each
+# delivery: the new deliveries go to this process's waiting streams from memory (Integrated)
+_ITEMS_TO_LOG = select(
+    ITEMS.c.item_id,
+    ITEMS.c.envelope_sha256,
+    ITEMS.c.originator,
+    *(
+        ITEMS.c[c.key]
+        for c in queries.INBOX_COLUMNS
+        if c.class_ is Item and c.key not in ("item_id", "originator")
+    ),
+).where(ITEMS.c.item_id.in_(bindparam("ids", expanding=True)))
 _COUNTERS = select(COUNTERS.c.recipient, COUNTERS.c.last_seq)
 _SET_COUNTER = (
     update(COUNTERS)
@@ -128,6 +137,9 @@ class Integrated:
     leaves: int
     # item id -> (log index, each recipient's inbox number), for the items this batch logged
     items: dict[str, tuple[int, dict[str, int]]] = field(default_factory=dict)
+    # recipient -> its new deliveries, in seq order, as an inbox page shows them (with
+    # `expires_ms`), for the waiting streams and long-polls of this process (services/notify.py)
+    deliveries: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def recipients(self) -> set[str]:
@@ -278,7 +290,6 @@ def integrate(
     frontier = merkle.CompactRange.from_store(size, _get(_nodes(session, merkle.nodes_needed_for_root(size))))
 
     item_ids = [p.ref for p in pending if p.kind == "item"]
-    # only what the leaves commit to: never the envelopes themselves
     items: dict[str, Any] = (
         {i.item_id: i for i in connection.execute(_ITEMS_TO_LOG, {"ids": item_ids})} if item_ids else {}
     )
@@ -290,6 +301,7 @@ def integrate(
 
     entries: list[dict[str, object]] = []
     logged: dict[str, tuple[int, dict[str, int]]] = {}
+    deliveries: dict[str, list[dict[str, Any]]] = defaultdict(list)
     item_updates: list[dict[str, object]] = []
     delivery_updates: list[dict[str, object]] = []
     leaf_hashes: list[bytes] = []
@@ -313,6 +325,10 @@ def integrate(
         if row.kind == "item":
             item_updates.append({"b_item": row.ref, "b_index": index})
             logged[row.ref] = (index, seqs)
+            item = items[row.ref]._mapping
+            for r, seq in seqs.items():
+                view = queries.delivery_view({**item, "seq": seq, "state": "pending", "log_index": index})
+                deliveries[r].append({**view, "expires_ms": item["expires_ms"]})
             delivery_updates.extend(
                 {"b_item": row.ref, "b_recipient": r, "b_seq": seq} for r, seq in seqs.items()
             )
@@ -358,7 +374,7 @@ def integrate(
         checkpoint = Checkpoint(signer.origin, frontier.size, root)
         note = format_note(checkpoint.to_text(), list(signer.sign(checkpoint.to_text())))
         session.add(CheckpointRow(size=frontier.size, root=root, note=note.decode(), created_ms=now_ms))
-    return Integrated(frontier.size, root, len(entries), logged)
+    return Integrated(frontier.size, root, len(entries), logged, dict(deliveries))
 
 
 def _number(

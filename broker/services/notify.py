@@ -11,6 +11,12 @@ When the log integrator commits new deliveries it publishes their recipients:
   connection doing `LISTEN` on that channel) turns it into a local `publish`. On SQLite there is one
   broker process: both are no-ops.
 
+The deliveries themselves travel with the wake-up in this process: `publish(recipients,
+deliveries)` keeps each recipient's newest deliveries (`RecentDeliveries`, a short run of
+consecutive inbox numbers, briefly), so that a woken stream or long-poll of this process sends
+them without reading the database. What this process did not integrate itself (another process's
+NOTIFY) or no longer holds is read from the database, as before.
+
 No wake-up is lost: a long-poll takes the recipient's `generation()` *before* it checks the
 database and passes it to `wait(..., since=...)`, which returns at once if the recipient was
 published in between. A notification can still be missed (the listener reconnecting, another
@@ -22,10 +28,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import json
 import logging
 import threading
-from collections.abc import Iterable
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -99,6 +110,86 @@ def listener_conninfo(database_url: str) -> str | None:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+RECENT_PER_RECIPIENT = 1000  # deliveries kept per recipient: one stream event's worth
+RECENT_MAX_AGE_S = 5.0  # and only this long: a waiting reader takes them within milliseconds
+
+
+def encode_delivery(view: dict[str, Any]) -> bytes:
+    """A delivery as JSON, exactly as the API's model encodes it (compact, UTF-8, fields
+    in order, absent optional fields left out)."""
+    return json.dumps(view, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def page_json(encoded: Sequence[bytes], cursor: int) -> bytes:
+    """An InboxPage as JSON, from encoded deliveries."""
+    return b'{"deliveries":[' + b",".join(encoded) + b'],"cursor":%d}' % cursor
+
+
+@dataclass(frozen=True, slots=True)
+class Recent:
+    seq: int
+    kept_s: float  # time.monotonic() when it was kept
+    expires_ms: int | None
+    view: dict[str, Any]  # as queries.delivery_view shows it
+    encoded: bytes  # encode_delivery(view)
+
+    def shown(self, now_ms: int) -> bytes:
+        """What the inbox shows of it at `now_ms`: past its expiry, listed as unavailable."""
+        if self.expires_ms is not None and self.expires_ms <= now_ms:
+            return encode_delivery({**self.view, "unavailable": "expired"})
+        return self.encoded
+
+
+class RecentDeliveries:
+    """Each recipient's newest deliveries as this process integrated them: one run of
+    consecutive inbox numbers per recipient, the newest RECENT_PER_RECIPIENT, for at most
+    RECENT_MAX_AGE_S. A reader asks for what follows its cursor; it gets it only if the run
+    holds the very next number (so nothing between its cursor and the run is skipped), else
+    None: then it reads the database. Thread-safe."""
+
+    def __init__(
+        self, *, per_recipient: int = RECENT_PER_RECIPIENT, max_age_s: float = RECENT_MAX_AGE_S
+    ) -> None:
+        self._lock = threading.Lock()
+        self._runs: dict[str, deque[Recent]] = {}
+        self.per_recipient = per_recipient
+        self.max_age_s = max_age_s
+
+    def keep(self, deliveries: Mapping[str, Sequence[dict[str, Any]]]) -> None:
+        """New deliveries (recipient -> views with `expires_ms`, in seq order), just committed."""
+        now = time.monotonic()
+        with self._lock:
+            for recipient, views in deliveries.items():
+                run = self._runs.get(recipient)
+                for given in views:
+                    view = dict(given)
+                    expires_ms = view.pop("expires_ms", None)
+                    seq = int(view["seq"])
+                    if run is None or (run and run[-1].seq + 1 != seq):
+                        # a gap (another process numbered what lies between): start a new run
+                        run = self._runs[recipient] = deque(maxlen=self.per_recipient)
+                    run.append(Recent(seq, now, expires_ms, view, encode_delivery(view)))
+
+    def after(self, recipient: str, cursor: int, limit: int) -> list[Recent] | None:
+        """The deliveries with seq > cursor, at most `limit`, if the run holds cursor + 1;
+        None if it does not (or holds nothing newer): then only the database can tell."""
+        oldest = time.monotonic() - self.max_age_s
+        with self._lock:
+            run = self._runs.get(recipient)
+            if not run:
+                return None
+            while run and run[0].kept_s < oldest:
+                run.popleft()
+            if not run or not run[0].seq <= cursor + 1 <= run[-1].seq:
+                return None
+            start = cursor + 1 - run[0].seq
+            return list(itertools.islice(run, start, start + limit))
+
+    def forget(self, recipient: str) -> None:
+        with self._lock:
+            self._runs.pop(recipient, None)
+
+
 class InboxNotifier:
     """Per-recipient wake-ups for long-polls, in one process (and, with `start`, from other
     processes through PostgreSQL LISTEN/NOTIFY)."""
@@ -113,6 +204,7 @@ class InboxNotifier:
         self._thread: threading.Thread | None = None
         self.backend_pid: int | None = None  # the listener's PostgreSQL backend, once connected
         self.outage: Outage | None = None  # database outages, told once (services/health.py)
+        self.recent = RecentDeliveries()
 
     # --- in this process -------------------------------------------------------------------
 
@@ -121,8 +213,14 @@ class InboxNotifier:
         with self._lock:
             return self._generations.get(recipient, 0)
 
-    def publish(self, recipients: Iterable[str]) -> None:
-        """`recipients` have new deliveries: wake their long-polls. Safe from any thread."""
+    def publish(
+        self, recipients: Iterable[str], deliveries: Mapping[str, Sequence[dict[str, Any]]] | None = None
+    ) -> None:
+        """`recipients` have new deliveries: wake their long-polls. Safe from any thread.
+        `deliveries`: the new deliveries themselves (this process integrated them), kept for
+        the woken readers first (services/log.py's Integrated.deliveries)."""
+        if deliveries:
+            self.recent.keep(deliveries)
         woken: list[_Waiter] = []
         with self._lock:
             for recipient in set(recipients):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from sqlalchemy import RowMapping, Table, bindparam, delete, select, update
 from sqlalchemy.orm import Session
@@ -41,6 +42,24 @@ INBOX_COLUMNS = (
     Item.log_index,
     Item.expires_ms,
 )
+
+
+def delivery_view(row: Mapping[Any, Any]) -> dict[str, Any]:
+    """A delivery as the inbox shows it, from a row of INBOX_COLUMNS (the API's `Delivery`,
+    in its field order: the stream of a process's own new deliveries encodes this directly)."""
+    return {
+        "seq": row["seq"],
+        "item_id": row["item_id"],
+        "originator": row["originator"],
+        "created_ms": row["created_ms"],
+        "received_ms": row["received_ms"],
+        "classification": row["classification"],
+        "tlp": row["tlp"],
+        "content_type": row["content_type"],
+        "size": row["size"],
+        "log_index": row["log_index"],
+        "state": row["state"],
+    }
 
 
 _DELIVERIES: Table = Delivery.__table__  # type: ignore[assignment]

@@ -348,3 +348,24 @@ def test_bad_stream_parameters_are_problems_and_hold_no_slot(tmp_path: Path) -> 
             assert r.headers["content-type"] == "application/problem+json"
             assert r.json()["type"].endswith(":invalid-request"), r.text
         assert Stream(base, "FRA").status == 200  # none of them kept FRA's one slot
+
+
+def test_deliveries_integrated_by_two_broker_processes_interleave_without_a_gap(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A process pushes what it integrated itself from memory, and reads the database for what
+    another process numbered: with both integrating in turn, the stream still holds every
+    delivery once, in order, none skipped (a run in memory that does not start right after the
+    stream's cursor is never used)."""
+    bootstrap(database_url, int(time.time() * 1000))
+    with (
+        broker_server(database_url, AUDIENCE, tmp_path / "broker.log") as (base, _),
+        broker_server(database_url, AUDIENCE, tmp_path / "other.log") as (other, _),
+    ):
+        stream = Stream(base, "USA")
+        sent = [_submit(base if n % 3 else other, "KOR", ["USA", "JPN"]) for n in range(15)]
+        _wait_for(lambda: len(stream.deliveries()) >= 15)
+        time.sleep(0.3)  # nothing more (no duplicate) arrives after the last
+        got = stream.deliveries()
+    assert [d["seq"] for d in got] == list(range(1, 16))
+    assert [d["item_id"] for d in got] == sent

@@ -611,6 +611,49 @@ def test_without_a_publish_the_safety_recheck_still_finds_the_delivery(
     assert poll.ended - added < 3
 
 
+def test_a_woken_long_poll_answers_from_what_its_process_just_integrated(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The integrator hands its new deliveries to this process's waiting long-polls with the
+    wake-up: the woken long-poll answers without reading the database again, and with exactly
+    what the database shows."""
+    original = inbox_service.list_inbox
+    reads: list[int] = []
+
+    def counted(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        reads.append(1)
+        return original(*args, **kwargs)
+
+    with polling(world, monkeypatch, recheck_s=30) as polled:
+        monkeypatch.setattr(inbox_service, "list_inbox", counted)
+        poll = LongPoll(polled, world, wait=20)
+        waiting(polled)
+        assert len(reads) == 1  # its first check found nothing
+        r = world.submit("KOR", world.seal("KOR", ["USA", "JPN"]))
+        assert r.status_code == 201, r.text
+        result = poll.join()
+        assert len(reads) == 1  # answered from memory
+        assert result["deliveries"][0]["item_id"] == r.json()["item_id"]
+        assert result == page(polled, world, after=0)  # what the database shows, field for field
+        assert len(reads) == 2
+
+
+def test_a_woken_long_poll_never_skips_a_delivery_its_process_did_not_integrate(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seq 1 was numbered elsewhere (another broker process: here written directly), and this
+    process holds seq 2 in memory: the long-poll after 0 must read the database and answer 1,
+    never jump to 2."""
+    with polling(world, monkeypatch, recheck_s=30) as polled:
+        poll = LongPoll(polled, world, wait=20)
+        waiting(polled)
+        (first,) = add_deliveries(world, 1, logged=True)
+        held = {**page(polled, world, after=0)["deliveries"][0], "seq": 2, "item_id": "held-in-memory"}
+        state_of(polled).notifier.publish(["USA"], {"USA": [{**held, "expires_ms": None}]})
+        result = poll.join()
+    assert [d["item_id"] for d in result["deliveries"]] == [first]
+
+
 # --- log proofs in the page (proofs=N) ------------------------------------------------------------
 
 

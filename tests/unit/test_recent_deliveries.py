@@ -1,0 +1,99 @@
+"""RecentDeliveries: what a broker process hands its own woken streams and long-polls from
+memory. It may only answer when it holds the very next inbox number after the reader's cursor:
+anything else (a gap another process numbered, a cursor behind what it kept, nothing newer)
+is None, and the reader goes to the database."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from broker.services import notify
+from broker.services.notify import RecentDeliveries, encode_delivery, page_json
+
+
+def view(seq: int, expires_ms: int | None = None) -> dict[str, Any]:
+    return {
+        "seq": seq,
+        "item_id": f"00000000-0000-7000-8000-{seq:012d}",
+        "originator": "KOR",
+        "created_ms": 1,
+        "received_ms": 2,
+        "classification": "RESTRICTED",
+        "tlp": "AMBER",
+        "content_type": "text/plain",
+        "size": 10,
+        "log_index": 100 + seq,
+        "state": "pending",
+        "expires_ms": expires_ms,
+    }
+
+
+def seqs(found: list[notify.Recent] | None) -> list[int] | None:
+    return None if found is None else [r.seq for r in found]
+
+
+def test_what_follows_the_cursor_is_given_only_from_the_next_number_on() -> None:
+    recent = RecentDeliveries()
+    recent.keep({"USA": [view(5), view(6), view(7)]})
+    assert seqs(recent.after("USA", 4, 100)) == [5, 6, 7]
+    assert seqs(recent.after("USA", 5, 100)) == [6, 7]
+    assert seqs(recent.after("USA", 6, 1)) == [7]
+    assert seqs(recent.after("USA", 5, 1)) == [6]
+    # the reader is behind what is kept (4 lies between): only the database knows 4
+    assert recent.after("USA", 3, 100) is None
+    assert recent.after("USA", 0, 100) is None
+    # nothing newer than the cursor in memory: that is not "nothing new" (another process)
+    assert recent.after("USA", 7, 100) is None
+    assert recent.after("USA", 9, 100) is None
+    assert recent.after("JPN", 0, 100) is None
+
+
+def test_a_gap_starts_a_new_run_so_a_reader_never_jumps_it() -> None:
+    recent = RecentDeliveries()
+    recent.keep({"USA": [view(1), view(2)]})
+    recent.keep({"USA": [view(3)]})  # consecutive: the same run
+    assert seqs(recent.after("USA", 0, 100)) == [1, 2, 3]
+    recent.keep({"USA": [view(6), view(7)]})  # 4 and 5 were numbered by another process
+    assert recent.after("USA", 3, 100) is None  # not [6, 7]: that would skip 4 and 5
+    assert recent.after("USA", 0, 100) is None
+    assert seqs(recent.after("USA", 5, 100)) == [6, 7]
+
+
+def test_only_the_newest_are_kept_and_only_briefly(monkeypatch: pytest.MonkeyPatch) -> None:
+    recent = RecentDeliveries(per_recipient=3, max_age_s=5.0)
+    recent.keep({"USA": [view(n) for n in range(1, 6)]})
+    assert recent.after("USA", 1, 100) is None  # 2 fell out
+    assert seqs(recent.after("USA", 2, 100)) == [3, 4, 5]
+    clock = [1000.0]
+    monkeypatch.setattr(notify.time, "monotonic", lambda: clock[0])
+    recent.keep({"JPN": [view(1)]})
+    clock[0] += 4.9
+    assert seqs(recent.after("JPN", 0, 100)) == [1]
+    clock[0] += 0.2
+    assert recent.after("JPN", 0, 100) is None
+
+
+def test_an_expired_item_is_shown_as_unavailable_when_it_is_read() -> None:
+    recent = RecentDeliveries()
+    recent.keep({"USA": [view(1, expires_ms=1000), view(2)]})
+    found = recent.after("USA", 0, 100)
+    assert found is not None
+    before = json.loads(page_json([r.shown(999) for r in found], 2))
+    after = json.loads(page_json([r.shown(1000) for r in found], 2))
+    assert "unavailable" not in before["deliveries"][0]
+    assert after["deliveries"][0]["unavailable"] == "expired"
+    assert "unavailable" not in after["deliveries"][1]
+    assert "expires_ms" not in after["deliveries"][0]  # not part of the inbox's view
+    assert after["cursor"] == 2
+
+
+def test_the_encoding_is_the_api_models() -> None:
+    from broker.api.schemas import InboxPage
+
+    shown = {k: v for k, v in view(3).items() if k != "expires_ms"}
+    model = InboxPage(deliveries=[shown, {**shown, "unavailable": "expired"}], cursor=3)  # type: ignore[list-item]
+    ours = page_json([encode_delivery(shown), encode_delivery({**shown, "unavailable": "expired"})], 3)
+    assert ours == model.model_dump_json(exclude_none=True).encode()
