@@ -203,7 +203,9 @@ def create_app(settings: Settings | None = None, clock: Callable[[], int] | None
     )
     # Long-polls wake when their recipient's inbox grows: in this process after the commit,
     # in the others by a NOTIFY that commits with the integration (services/notify.py).
-    broker.integrator.in_transaction.append(notify_in_transaction)
+    broker.integrator.in_transaction.append(
+        functools.partial(notify_in_transaction, origin=broker.notifier.origin)
+    )
     broker.integrator.after_commit.append(
         lambda result: broker.notifier.publish(result.recipients, result.deliveries)
     )

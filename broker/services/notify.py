@@ -5,11 +5,12 @@ When the log integrator commits new deliveries it publishes their recipients:
 - in this process, `InboxNotifier.publish(recipients)` (thread-safe, from any thread) wakes
   every long-poll of those recipients at once;
 - for other broker processes on the same PostgreSQL database, `notify_in_transaction(session,
-  recipients)` sends `pg_notify('msmt_inbox_<schema hash>', 'USA,JPN')` inside the integrator's transaction,
-  so PostgreSQL delivers it exactly when (and only if) the deliveries are committed; each
-  process's listener (`InboxNotifier.start(database_url)`, one daemon thread with its own
-  connection doing `LISTEN` on that channel) turns it into a local `publish`. On SQLite there is one
-  broker process: both are no-ops.
+  recipients, origin)` sends `pg_notify('msmt_inbox_<schema hash>', '<origin>|USA,JPN')` inside
+  the integrator's transaction, so PostgreSQL delivers it exactly when (and only if) the
+  deliveries are committed; each process's listener (`InboxNotifier.start(database_url)`, one
+  daemon thread with its own connection doing `LISTEN` on that channel) turns it into a local
+  `publish`, except the sending process's own (`origin`), which published already. On SQLite
+  there is one broker process: both are no-ops.
 
 The deliveries themselves travel with the wake-up in this process: `publish(recipients,
 deliveries)` keeps each recipient's newest deliveries (`RecentDeliveries`, a short run of
@@ -31,6 +32,7 @@ import contextlib
 import itertools
 import json
 import logging
+import secrets
 import threading
 import time
 from collections import deque
@@ -87,12 +89,21 @@ def parse_payload(payload: str) -> list[str]:
     return [r for r in (part.strip() for part in payload.split(",")) if 0 < len(r) <= MAX_RECIPIENT_LENGTH]
 
 
-def notify_in_transaction(session: Session, recipients: Iterable[str]) -> None:
+def split_origin(payload: str) -> tuple[str | None, str]:
+    """A payload's sending process (`origin|`, see notify_in_transaction), if it names one, and
+    the recipients part."""
+    origin, bar, rest = payload.partition("|")
+    return (origin, rest) if bar else (None, payload)
+
+
+def notify_in_transaction(session: Session, recipients: Iterable[str], origin: str | None = None) -> None:
     """Tell every broker process listening on this PostgreSQL database that `recipients` have
-    new deliveries, when (and only if) the caller's transaction commits. No-op on SQLite."""
+    new deliveries, when (and only if) the caller's transaction commits. No-op on SQLite.
+    `origin`: the sending process's notifier (InboxNotifier.origin), whose own listener then
+    ignores the echo (it published the deliveries, with the deliveries, itself)."""
     if session.get_bind().dialect.name != "postgresql":
         return
-    chunks = payloads(recipients)
+    chunks = [f"{origin}|{chunk}" if origin else chunk for chunk in payloads(recipients)]
     if not chunks:
         return
     channel = session.execute(text(SCHEMA_CHANNEL_SQL), {"channel": CHANNEL}).scalar_one()
@@ -125,18 +136,20 @@ def page_json(encoded: Sequence[bytes], cursor: int) -> bytes:
     return b'{"deliveries":[' + b",".join(encoded) + b'],"cursor":%d}' % cursor
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Recent:
     seq: int
     kept_s: float  # time.monotonic() when it was kept
     expires_ms: int | None
     view: dict[str, Any]  # as queries.delivery_view shows it
-    encoded: bytes  # encode_delivery(view)
+    encoded: bytes | None = None  # encode_delivery(view), once someone reads it
 
     def shown(self, now_ms: int) -> bytes:
         """What the inbox shows of it at `now_ms`: past its expiry, listed as unavailable."""
         if self.expires_ms is not None and self.expires_ms <= now_ms:
             return encode_delivery({**self.view, "unavailable": "expired"})
+        if self.encoded is None:  # two readers at once encode it twice, alike: harmless
+            self.encoded = encode_delivery(self.view)
         return self.encoded
 
 
@@ -155,20 +168,18 @@ class RecentDeliveries:
         self.per_recipient = per_recipient
         self.max_age_s = max_age_s
 
-    def keep(self, deliveries: Mapping[str, Sequence[dict[str, Any]]]) -> None:
-        """New deliveries (recipient -> views with `expires_ms`, in seq order), just committed."""
+    def keep(self, deliveries: Mapping[str, Sequence[tuple[dict[str, Any], int | None]]]) -> None:
+        """New deliveries, just committed: recipient -> (view, its item's expires_ms), in seq order."""
         now = time.monotonic()
         with self._lock:
             for recipient, views in deliveries.items():
                 run = self._runs.get(recipient)
-                for given in views:
-                    view = dict(given)
-                    expires_ms = view.pop("expires_ms", None)
+                for view, expires_ms in views:
                     seq = int(view["seq"])
                     if run is None or (run and run[-1].seq + 1 != seq):
                         # a gap (another process numbered what lies between): start a new run
                         run = self._runs[recipient] = deque(maxlen=self.per_recipient)
-                    run.append(Recent(seq, now, expires_ms, view, encode_delivery(view)))
+                    run.append(Recent(seq, now, expires_ms, view))
 
     def after(self, recipient: str, cursor: int, limit: int) -> list[Recent] | None:
         """The deliveries with seq > cursor, at most `limit`, if the run holds cursor + 1;
@@ -205,6 +216,7 @@ class InboxNotifier:
         self.backend_pid: int | None = None  # the listener's PostgreSQL backend, once connected
         self.outage: Outage | None = None  # database outages, told once (services/health.py)
         self.recent = RecentDeliveries()
+        self.origin = secrets.token_hex(8)  # names this process's own NOTIFYs, to skip their echo
 
     # --- in this process -------------------------------------------------------------------
 
@@ -214,7 +226,9 @@ class InboxNotifier:
             return self._generations.get(recipient, 0)
 
     def publish(
-        self, recipients: Iterable[str], deliveries: Mapping[str, Sequence[dict[str, Any]]] | None = None
+        self,
+        recipients: Iterable[str],
+        deliveries: Mapping[str, Sequence[tuple[dict[str, Any], int | None]]] | None = None,
     ) -> None:
         """`recipients` have new deliveries: wake their long-polls. Safe from any thread.
         `deliveries`: the new deliveries themselves (this process integrated them), kept for
@@ -315,8 +329,9 @@ class InboxNotifier:
                     self._listening.set()
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=0.5):
-                            if note.channel == channel:
-                                self.publish(parse_payload(note.payload))
+                            origin, listed = split_origin(note.payload)
+                            if note.channel == channel and origin != self.origin:
+                                self.publish(parse_payload(listed))
             except Exception as exc:  # the listener must outlive a database outage
                 lost = self._listening.is_set()  # a connection that worked, not a failed connect
                 if self._stop.is_set():

@@ -21,6 +21,7 @@ from broker.services.notify import (
     notify_in_transaction,
     parse_payload,
     payloads,
+    split_origin,
 )
 
 T = TypeVar("T")
@@ -148,6 +149,8 @@ def test_payloads_stay_under_the_postgresql_limit_and_round_trip() -> None:
     assert payloads(["USA", "USA", "JPN"]) == ["JPN,USA"]
     assert payloads([]) == []
     assert parse_payload(" USA,,JPN ," + "x" * 81) == ["USA", "JPN"]
+    assert split_origin("0123abcd|USA,JPN") == ("0123abcd", "USA,JPN")
+    assert split_origin("USA,JPN") == (None, "USA,JPN")  # a broker that does not name itself
 
 
 def test_on_sqlite_nothing_is_notified_and_no_listener_runs(tmp_path: Path) -> None:
@@ -238,6 +241,37 @@ def test_a_notify_in_a_committed_transaction_wakes_the_other_processes_waiters()
             engine.dispose()
         assert not sender.listening and not receiver.listening
         assert not any(t.name == "msmt-inbox-listener" for t in threading.enumerate())
+
+
+@pytest.mark.postgresql
+def test_a_process_ignores_the_echo_of_its_own_notify_and_hears_the_others() -> None:
+    """The integrating process publishes its deliveries itself, with the deliveries: its own
+    NOTIFY's echo would wake its waiters a second time, for nothing they can use."""
+    from tests.integration.conftest import postgresql_schema
+
+    with postgresql_schema() as url:
+        sender, receiver = InboxNotifier(), InboxNotifier()
+        sender.start(url)
+        receiver.start(url)
+        engine = create_engine(url)
+        mine, theirs = _unique(), _unique()
+        try:
+            assert sender.wait_listening(10) and receiver.wait_listening(10)
+            with Session(engine) as session, session.begin():
+                notify_in_transaction(session, [mine], origin=sender.origin)
+            with Session(engine) as session, session.begin():
+                notify_in_transaction(session, [theirs], origin=receiver.origin)
+            deadline = time.monotonic() + 5
+            while sender.generation(theirs) == 0 or receiver.generation(mine) == 0:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            time.sleep(0.3)  # what the listeners heard, in order: the echoes came first
+            assert sender.generation(mine) == 0 and receiver.generation(theirs) == 0
+            assert sender.generation(theirs) == 1 and receiver.generation(mine) == 1
+        finally:
+            sender.stop()
+            receiver.stop()
+            engine.dispose()
 
 
 @pytest.mark.postgresql
