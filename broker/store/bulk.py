@@ -19,6 +19,7 @@ against 409 and 413/s without, run alternately.
 
 from __future__ import annotations
 
+import operator
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -54,4 +55,10 @@ def execute_many(
         with _lock:
             _compiled[shape] = cached
     sql, order = cached
-    connection.exec_driver_sql(sql, [tuple(row[key] for key in order) for row in rows])
+    if len(order) == 1:
+        (key,) = order
+        params = [(row[key],) for row in rows]
+    else:  # one C call per row (a generator of lookups per row was ~6% of a batch's GIL time)
+        values = operator.itemgetter(*order)
+        params = [values(row) for row in rows]
+    connection.exec_driver_sql(sql, params)

@@ -196,7 +196,19 @@ def test_html_page_without_pin_warns(capsys: pytest.CaptureFixture[str], tmp_pat
     assert canonical.decode(VALID.read_bytes())["report"]["manifest"]["title"] in page
 
 
-BLOCKED = ["httpx", "jwt", "broker", "fastapi", "sqlalchemy", "pydantic", "anyio", "h11", "httpcore"]
+# orjson too: canonical decoding uses it when it is there (a speed-up), never needs it
+BLOCKED = [
+    "httpx",
+    "jwt",
+    "broker",
+    "fastapi",
+    "sqlalchemy",
+    "pydantic",
+    "anyio",
+    "h11",
+    "httpcore",
+    "orjson",
+]
 RUNNER = """
 import importlib.abc, sys
 BEFORE = set(sys.modules)

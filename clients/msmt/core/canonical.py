@@ -7,6 +7,13 @@ or nulls appear in any signed structure, so for this profile JCS output is exact
 
 Decoding is strict: duplicate keys, floats, constants, invalid UTF-8 and any input that
 does not re-encode to the identical bytes are rejected.
+
+With orjson installed (the broker installs it; the client does not need it), `decode` first
+tries it: it accepts only what orjson parses, `_check` admits and orjson re-encodes to the very
+same bytes, for which the reference (stdlib json) answer is the same value (for this profile
+both encoders emit identical bytes: tests/unit/test_canonical_decode.py). Anything else, errors
+included, goes to the reference path, which alone says why it is refused. An envelope header
+(~18 KB for 11 recipients) decodes in ~30 µs instead of ~105 µs.
 """
 
 from __future__ import annotations
@@ -17,6 +24,12 @@ import json
 from typing import Any
 
 from .errors import DuplicateKey, InvalidHeader, MalformedEnvelope, NonCanonicalEncoding
+
+_orjson: Any
+try:
+    import orjson as _orjson
+except ImportError:  # optional: a speed-up only, the answers are the same without it
+    _orjson = None
 
 MAX_SAFE_INTEGER = 2**53 - 1
 _B64URL_VALUE = {
@@ -95,6 +108,19 @@ def _parse_int(text: str) -> int:
 
 def decode(data: bytes) -> JsonValue:
     """Decode canonical bytes; anything that is not the canonical encoding is rejected."""
+    if _orjson is not None:
+        try:
+            value = _orjson.loads(data)
+            _check(value)
+            if _orjson.dumps(value, option=_orjson.OPT_SORT_KEYS) == data:
+                return value
+        except (ValueError, TypeError, NonCanonicalEncoding, RecursionError):
+            pass  # the reference decides, and says why
+    return decode_reference(data)
+
+
+def decode_reference(data: bytes) -> JsonValue:
+    """`decode` with the standard library's json alone: the definition of what is accepted."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
