@@ -137,9 +137,10 @@ class Integrated:
     leaves: int
     # item id -> (log index, each recipient's inbox number), for the items this batch logged
     items: dict[str, tuple[int, dict[str, int]]] = field(default_factory=dict)
-    # recipient -> its new deliveries, in seq order, as an inbox page shows them, each with its
-    # item's expires_ms: for the waiting streams and long-polls of this process (services/notify.py)
-    deliveries: dict[str, list[tuple[dict[str, Any], int | None]]] = field(default_factory=dict)
+    # recipient -> its new deliveries in seq order, each (seq, the item as an inbox page shows it
+    # without the seq, the item's expires_ms; the view is shared by the item's recipients): for
+    # the waiting streams and long-polls of this process (services/notify.py)
+    deliveries: dict[str, list[tuple[int, dict[str, Any], int | None]]] = field(default_factory=dict)
 
     @property
     def recipients(self) -> set[str]:
@@ -301,7 +302,7 @@ def integrate(
 
     entries: list[dict[str, object]] = []
     logged: dict[str, tuple[int, dict[str, int]]] = {}
-    deliveries: dict[str, list[tuple[dict[str, Any], int | None]]] = defaultdict(list)
+    deliveries: dict[str, list[tuple[int, dict[str, Any], int | None]]] = defaultdict(list)
     item_updates: list[dict[str, object]] = []
     delivery_updates: list[dict[str, object]] = []
     leaf_hashes: list[bytes] = []
@@ -327,8 +328,9 @@ def integrate(
             logged[row.ref] = (index, seqs)
             item = items[row.ref]
             shown = queries.delivery_view({**item._mapping, "seq": 0, "state": "pending", "log_index": index})
+            del shown["seq"]
             for r, seq in seqs.items():
-                deliveries[r].append(({**shown, "seq": seq}, item.expires_ms))
+                deliveries[r].append((seq, shown, item.expires_ms))
             delivery_updates.extend(
                 {"b_item": row.ref, "b_recipient": r, "b_seq": seq} for r, seq in seqs.items()
             )

@@ -141,8 +141,12 @@ class Recent:
     seq: int
     kept_s: float  # time.monotonic() when it was kept
     expires_ms: int | None
-    view: dict[str, Any]  # as queries.delivery_view shows it
+    item: dict[str, Any]  # as queries.delivery_view shows it, without the seq (shared by recipients)
     encoded: bytes | None = None  # encode_delivery(view), once someone reads it
+
+    @property
+    def view(self) -> dict[str, Any]:
+        return {"seq": self.seq, **self.item}
 
     def shown(self, now_ms: int) -> bytes:
         """What the inbox shows of it at `now_ms`: past its expiry, listed as unavailable."""
@@ -168,18 +172,18 @@ class RecentDeliveries:
         self.per_recipient = per_recipient
         self.max_age_s = max_age_s
 
-    def keep(self, deliveries: Mapping[str, Sequence[tuple[dict[str, Any], int | None]]]) -> None:
-        """New deliveries, just committed: recipient -> (view, its item's expires_ms), in seq order."""
+    def keep(self, deliveries: Mapping[str, Sequence[tuple[int, dict[str, Any], int | None]]]) -> None:
+        """New deliveries, just committed: recipient -> (seq, the item's view without the seq,
+        its expires_ms), in seq order (services/log.py's Integrated.deliveries)."""
         now = time.monotonic()
         with self._lock:
             for recipient, views in deliveries.items():
                 run = self._runs.get(recipient)
-                for view, expires_ms in views:
-                    seq = int(view["seq"])
+                for seq, item, expires_ms in views:
                     if run is None or (run and run[-1].seq + 1 != seq):
                         # a gap (another process numbered what lies between): start a new run
                         run = self._runs[recipient] = deque(maxlen=self.per_recipient)
-                    run.append(Recent(seq, now, expires_ms, view))
+                    run.append(Recent(seq, now, expires_ms, item))
 
     def after(self, recipient: str, cursor: int, limit: int) -> list[Recent] | None:
         """The deliveries with seq > cursor, at most `limit`, if the run holds cursor + 1;
@@ -228,7 +232,7 @@ class InboxNotifier:
     def publish(
         self,
         recipients: Iterable[str],
-        deliveries: Mapping[str, Sequence[tuple[dict[str, Any], int | None]]] | None = None,
+        deliveries: Mapping[str, Sequence[tuple[int, dict[str, Any], int | None]]] | None = None,
     ) -> None:
         """`recipients` have new deliveries: wake their long-polls. Safe from any thread.
         `deliveries`: the new deliveries themselves (this process integrated them), kept for

@@ -648,8 +648,9 @@ def test_a_woken_long_poll_never_skips_a_delivery_its_process_did_not_integrate(
         poll = LongPoll(polled, world, wait=20)
         waiting(polled)
         (first,) = add_deliveries(world, 1, logged=True)
-        held = {**page(polled, world, after=0)["deliveries"][0], "seq": 2, "item_id": "held-in-memory"}
-        state_of(polled).notifier.publish(["USA"], {"USA": [(held, None)]})
+        held = {**page(polled, world, after=0)["deliveries"][0], "item_id": "held-in-memory"}
+        del held["seq"]
+        state_of(polled).notifier.publish(["USA"], {"USA": [(2, held, None)]})
         result = poll.join()
     assert [d["item_id"] for d in result["deliveries"]] == [first]
 

@@ -14,8 +14,10 @@ from broker.services import notify
 from broker.services.notify import RecentDeliveries, encode_delivery, page_json
 
 
-def view(seq: int, expires_ms: int | None = None) -> tuple[dict[str, Any], int | None]:
-    return shown(seq), expires_ms
+def view(seq: int, expires_ms: int | None = None) -> tuple[int, dict[str, Any], int | None]:
+    item = shown(seq)
+    del item["seq"]
+    return seq, item, expires_ms
 
 
 def shown(seq: int) -> dict[str, Any]:
