@@ -271,6 +271,35 @@ def _retry_after(response: httpx.Response | None) -> float:
     return min(float(value), MAX_RETRY_AFTER_S)
 
 
+class _StreamReader:
+    """An inbox event stream read line by line (sync and async clients alike): `feed` returns
+    the page an event completes, if any; `ended` is the `end` event's reason once it came."""
+
+    def __init__(self, page: Callable[[Any], InboxPage], after: int) -> None:
+        self._page = page
+        self.after = after
+        self.ended: str | None = None
+        self._event: dict[str, str] = {}
+
+    def feed(self, line: str) -> InboxPage | None:
+        if line != "":
+            if not line.startswith(":"):  # a comment (keep-alive) otherwise
+                name, _, value = line.partition(":")
+                self._event[name] = value.removeprefix(" ")
+            return None
+        kind, data = self._event.get("event"), self._event.get("data", "")
+        self._event = {}
+        if kind == "end":
+            self.ended = str(json.loads(data).get("reason", "")) if data else ""
+        if kind != "deliveries":
+            return None
+        page = self._page(json.loads(data))
+        if any(d.seq <= self.after for d in page.deliveries) or page.cursor < self.after:
+            raise ClientError(f"the broker's inbox stream went back past entry {self.after}")
+        self.after = page.cursor
+        return page
+
+
 class _ClientCore:
     def __init__(
         self,
@@ -787,23 +816,14 @@ class _ClientCore:
         """The pages of an inbox event stream (docs/protocol.md section 9.4), in order; the
         `end` event's reason goes into `ended`. A page that does not continue from the cursor
         before it (a delivery at or below it) is the broker's error, raised, never skipped."""
-        event: dict[str, str] = {}
+        reader = _StreamReader(cls._page, after)
         for line in lines:
-            if line == "":
-                kind, data = event.get("event"), event.get("data", "")
-                event = {}
-                if kind == "deliveries":
-                    page = cls._page(json.loads(data))
-                    if any(d.seq <= after for d in page.deliveries) or page.cursor < after:
-                        raise ClientError(f"the broker's inbox stream went back past entry {after}")
-                    after = page.cursor
-                    yield page
-                elif kind == "end":
-                    ended.append(str(json.loads(data).get("reason", "")) if data else "")
-                    return
-            elif not line.startswith(":"):  # a comment (keep-alive) otherwise
-                name, _, value = line.partition(":")
-                event[name] = value.removeprefix(" ")
+            page = reader.feed(line)
+            if page is not None:
+                yield page
+            if reader.ended is not None:
+                ended.append(reader.ended)
+                return
 
     @staticmethod
     def _inbox_params(
@@ -1500,6 +1520,32 @@ class AsyncClient(_ClientCore):
         params = self._inbox_params(after, limit, wait, envelopes, proofs)
         response = await self._request("GET", "/v1/inbox", params=params, timeout=wait + 30)
         return self._page(response.json())
+
+    async def stream(self, after: int = 0, *, max_s: float | None = None) -> AsyncIterator[InboxPage]:
+        """`Client.stream` as an async iterator: the pages the broker pushes on
+        GET /v1/inbox/stream, in order, until it ends the stream (`last_stream_end` says why)."""
+        params: dict[str, float] = {"after": after} if max_s is None else {"after": after, "max": max_s}
+        request = self._build(self._http, "GET", "/v1/inbox/stream", None, {"params": params}, None)
+        try:
+            response = await self._http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+        reader = _StreamReader(self._page, after)
+        try:
+            if response.status_code != 200:
+                await response.aread()
+                self._raise_for_problem(response)
+            async for line in response.aiter_lines():
+                page = reader.feed(line)
+                if page is not None:
+                    yield page
+                if reader.ended is not None:
+                    return
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+        finally:
+            await response.aclose()
+            self.last_stream_end = reader.ended if reader.ended is not None else "connection-closed"
 
     async def fetch(self, item_id: str) -> bytes:
         return (await self._request("GET", f"/v1/items/{item_id}")).content

@@ -271,6 +271,46 @@ def test_the_client_library_follows_a_stream_and_opens_what_it_pushes(tmp_path: 
             assert list(client.stream(3, max_s=0)) == [] and client.last_stream_end == "max-duration"
 
 
+def test_the_async_client_follows_a_stream_as_the_sync_one_does(tmp_path: Path) -> None:
+    import asyncio
+
+    from msmt.client import AsyncClient
+    from msmt.errors import BrokerError
+    from msmt.trust import TrustStore
+    from tests.integration.conftest import root_of
+
+    url = f"sqlite:///{tmp_path / 'broker.db'}"
+    bootstrap(url, int(time.time() * 1000))
+    with broker_server(url, AUDIENCE, tmp_path / "broker.log") as (base, _):
+        sent = [_submit(base, "KOR", ["JPN"]) for _ in range(2)]
+
+        async def follow() -> None:
+            trust = TrustStore.pin(root_of(url))
+            async with AsyncClient(base, _KEYS["JPN"], trust=trust, audience=AUDIENCE) as client:
+                late: list[str] = []
+                pusher = threading.Timer(0.5, lambda: late.append(_submit(base, "KOR", ["JPN"])))
+                pusher.start()
+                pages = [page async for page in client.stream(0, max_s=3)]
+                pusher.join()
+                assert client.last_stream_end == "max-duration"
+                deliveries = [d for page in pages for d in page.deliveries]
+                assert [d.item_id for d in deliveries] == sent + late
+                assert [d.seq for d in deliveries] == [1, 2, 3]
+                opened = await client.open(deliveries[-1])
+                assert opened.payload == b"report"
+                assert [p async for p in client.stream(3, max_s=0)] == []
+            # a broker's refusal is the same problem as from the sync client
+            async with AsyncClient(base, _KEYS["JPN"], trust=trust, audience=AUDIENCE) as client:
+                try:
+                    [p async for p in client.stream(-1)]
+                except BrokerError as exc:
+                    assert exc.status == 422
+                else:
+                    raise AssertionError("a negative cursor was accepted")
+
+        asyncio.run(follow())
+
+
 def _lines(*events: str) -> list[str]:
     return [line for event in events for line in [*event.split("\n"), ""]]
 
