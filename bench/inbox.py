@@ -277,6 +277,8 @@ async def hold_polls(base: str, count: int, pid: int) -> tuple[float, int]:
             who = members[i % len(members)]
             target = f"/v1/inbox?after={10**9 + i}&wait=20"
             r = await http.get(target, headers=headers(who, "GET", target))
+            if r.status_code != 200:
+                print(f"    a long-poll of {who}: {r.status_code} {r.text[:200]}", file=sys.stderr)
             return r.status_code
 
         tasks = [asyncio.create_task(one(i)) for i in range(count)]
@@ -289,11 +291,18 @@ async def hold_polls(base: str, count: int, pid: int) -> tuple[float, int]:
 
 
 def run(url: str, args: argparse.Namespace, workdir: Path) -> None:
-    bootstrap(url, int(time.time() * 1000))
+    # enough long-polls for --polls of them spread over the 12 members (the defaults: 20 each)
+    per_member = max(20, -(-args.polls // 12) + 2)
+    bootstrap(url, int(time.time() * 1000), quotas={"long_polls": per_member})
     enrol_observer(url)
     per_origin = max(1, args.items // len(MEMBERS))
     envelopes = [(o, e) for o in MEMBERS for e in sealed(o, per_origin, os.urandom(1024))]
-    with broker_server(url, AUDIENCE, workdir / "bench-inbox.log") as (base, proc):
+    caps = {
+        "inbox_max_waiting_per_member": str(per_member),
+        "inbox_max_waiting": str(12 * per_member),
+        "max_connections": str(15 * per_member + 100),  # long-polls may hold 80% of the connections
+    }
+    with broker_server(url, AUDIENCE, workdir / "bench-inbox.log", **caps) as (base, proc):
         time.sleep(1)
         idle = rss_mib(proc.pid)
         store(base, envelopes)

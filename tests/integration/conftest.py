@@ -280,12 +280,15 @@ def root_of(url: str) -> bytes:
         engine.dispose()
 
 
-def bootstrap(url: str, now_ms: int, log: LogIdentity | None = None) -> None:
+def bootstrap(
+    url: str, now_ms: int, log: LogIdentity | None = None, quotas: dict[str, Any] | None = None
+) -> None:
     """Found the directory with the 11 members (a root they all sign), then an admin and a
-    few agreements as one policy document."""
+    few agreements as one policy document (with `quotas`: its [quotas] table)."""
     migrate(url)
     document = policydoc.from_dict(
         {
+            **({"quotas": quotas} if quotas else {}),
             "ladder": ["UNCLASSIFIED", "RESTRICTED", "CONFIDENTIAL", "SECRET"],
             "default_agreement": {"ceiling": "RESTRICTED", "topics": "*"},
             "countries": {
