@@ -7,12 +7,13 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session
 
 from broker.services.notify import (
@@ -188,65 +189,10 @@ def _unique() -> str:
     return f"T{uuid.uuid4().hex[:12]}"
 
 
-@pytest.mark.postgresql
-def test_a_notify_in_a_committed_transaction_wakes_the_other_processes_waiters() -> None:
-    from tests.integration.conftest import postgresql_schema
-
-    with postgresql_schema() as url:
-        sender, receiver = InboxNotifier(), InboxNotifier()  # two broker processes
-        sender.start(url)
-        receiver.start(url)
-        engine = create_engine(url)
-        recipient, other = _unique(), _unique()
-        try:
-            assert sender.wait_listening(10) and receiver.wait_listening(10)
-
-            def rolled_back() -> None:
-                with Session(engine) as session:
-                    session.begin()
-                    notify_in_transaction(session, [recipient])
-                    session.rollback()
-
-            async def scenario() -> None:
-                # rolled back: nobody is woken
-                waiter = asyncio.create_task(receiver.wait(recipient, 1.0))
-                await until(lambda: receiver.waiting(recipient) == 1)
-                await asyncio.to_thread(rolled_back)
-                assert await waiter is False
-
-                # committed: woken when it commits, not before
-                waiter = asyncio.create_task(receiver.wait(recipient, 10))
-                await until(lambda: receiver.waiting(recipient) == 1)
-                session = Session(engine)
-                session.begin()
-                await asyncio.to_thread(notify_in_transaction, session, [recipient, other])
-                await asyncio.sleep(0.5)
-                assert not waiter.done()
-                start = time.monotonic()
-                await asyncio.to_thread(session.commit)
-                assert await waiter is True
-                assert time.monotonic() - start < 3
-                session.close()
-
-            run(scenario())
-            # every listening process heard it, the sender's own included
-            assert receiver.generation(other) == 1
-            deadline = time.monotonic() + 5
-            while sender.generation(other) == 0:
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
-        finally:
-            sender.stop()
-            receiver.stop()
-            engine.dispose()
-        assert not sender.listening and not receiver.listening
-        assert not any(t.name == "msmt-inbox-listener" for t in threading.enumerate())
-
-
-@pytest.mark.postgresql
-def test_a_process_ignores_the_echo_of_its_own_notify_and_hears_the_others() -> None:
-    """The integrating process publishes its deliveries itself, with the deliveries: its own
-    NOTIFY's echo would wake its waiters a second time, for nothing they can use."""
+@contextmanager
+def _two_processes() -> Iterator[tuple[InboxNotifier, InboxNotifier, Engine]]:
+    """Two broker processes' notifiers listening on one fresh schema, and an engine on it;
+    stopped and disposed of on the way out."""
     from tests.integration.conftest import postgresql_schema
 
     with postgresql_schema() as url:
@@ -254,24 +200,75 @@ def test_a_process_ignores_the_echo_of_its_own_notify_and_hears_the_others() -> 
         sender.start(url)
         receiver.start(url)
         engine = create_engine(url)
-        mine, theirs = _unique(), _unique()
         try:
             assert sender.wait_listening(10) and receiver.wait_listening(10)
-            with Session(engine) as session, session.begin():
-                notify_in_transaction(session, [mine], origin=sender.origin)
-            with Session(engine) as session, session.begin():
-                notify_in_transaction(session, [theirs], origin=receiver.origin)
-            deadline = time.monotonic() + 5
-            while sender.generation(theirs) == 0 or receiver.generation(mine) == 0:
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
-            time.sleep(0.3)  # what the listeners heard, in order: the echoes came first
-            assert sender.generation(mine) == 0 and receiver.generation(theirs) == 0
-            assert sender.generation(theirs) == 1 and receiver.generation(mine) == 1
+            yield sender, receiver, engine
         finally:
             sender.stop()
             receiver.stop()
             engine.dispose()
+
+
+@pytest.mark.postgresql
+def test_a_notify_in_a_committed_transaction_wakes_the_other_processes_waiters() -> None:
+    with _two_processes() as (sender, receiver, engine):
+        recipient, other = _unique(), _unique()
+
+        def rolled_back() -> None:
+            with Session(engine) as session:
+                session.begin()
+                notify_in_transaction(session, [recipient])
+                session.rollback()
+
+        async def scenario() -> None:
+            # rolled back: nobody is woken
+            waiter = asyncio.create_task(receiver.wait(recipient, 1.0))
+            await until(lambda: receiver.waiting(recipient) == 1)
+            await asyncio.to_thread(rolled_back)
+            assert await waiter is False
+
+            # committed: woken when it commits, not before
+            waiter = asyncio.create_task(receiver.wait(recipient, 10))
+            await until(lambda: receiver.waiting(recipient) == 1)
+            session = Session(engine)
+            session.begin()
+            await asyncio.to_thread(notify_in_transaction, session, [recipient, other])
+            await asyncio.sleep(0.5)
+            assert not waiter.done()
+            start = time.monotonic()
+            await asyncio.to_thread(session.commit)
+            assert await waiter is True
+            assert time.monotonic() - start < 3
+            session.close()
+
+        run(scenario())
+        # every listening process heard it, the sender's own included
+        assert receiver.generation(other) == 1
+        deadline = time.monotonic() + 5
+        while sender.generation(other) == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    assert not sender.listening and not receiver.listening
+    assert not any(t.name == "msmt-inbox-listener" for t in threading.enumerate())
+
+
+@pytest.mark.postgresql
+def test_a_process_ignores_the_echo_of_its_own_notify_and_hears_the_others() -> None:
+    """The integrating process publishes its deliveries itself, with the deliveries: its own
+    NOTIFY's echo would wake its waiters a second time, for nothing they can use."""
+    with _two_processes() as (sender, receiver, engine):
+        mine, theirs = _unique(), _unique()
+        with Session(engine) as session, session.begin():
+            notify_in_transaction(session, [mine], origin=sender.origin)
+        with Session(engine) as session, session.begin():
+            notify_in_transaction(session, [theirs], origin=receiver.origin)
+        deadline = time.monotonic() + 5
+        while sender.generation(theirs) == 0 or receiver.generation(mine) == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(0.3)  # what the listeners heard, in order: the echoes came first
+        assert sender.generation(mine) == 0 and receiver.generation(theirs) == 0
+        assert sender.generation(theirs) == 1 and receiver.generation(mine) == 1
 
 
 @pytest.mark.postgresql
