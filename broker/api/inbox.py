@@ -47,13 +47,13 @@ async def list_inbox(
             description="a log size: each delivery in that tree also carries its leaf and inclusion proof",
         ),
     ] = None,
-) -> schemas.InboxPage:
+) -> Response:
     """Deliveries with seq > after, in seq order. With `wait`, returns as soon as any arrive."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + min(wait, state.settings.inbox_max_wait_s)
     max_bytes = state.settings.inbox_max_page_bytes if include == "envelope" else None
 
-    def load() -> schemas.InboxPage:
+    def load() -> tuple[bool, bytes]:  # (any deliveries, the page as InboxPage encodes it)
         with state.sessions() as session:
             page = inbox_service.list_inbox(
                 session,
@@ -64,7 +64,7 @@ async def list_inbox(
                 proofs_at=proofs,
                 now_ms=state.clock(),
             )
-            return schemas.InboxPage(**page)
+        return bool(page["deliveries"]), notify.encode_page(page)
 
     waiting = False
     woken = False  # by a publish: most often this process's own integration, whose deliveries it holds
@@ -77,11 +77,11 @@ async def list_inbox(
                 if fresh:
                     now_ms = state.clock()
                     body = notify.page_json([r.shown(now_ms) for r in fresh], fresh[-1].seq)
-                    return Response(body, media_type="application/json")  # type: ignore[return-value]
-            page = await run_in_threadpool(load)
+                    return Response(body, media_type="application/json")
+            found, body = await run_in_threadpool(load)
             remaining = deadline - loop.time()
-            if page.deliveries or remaining <= 0:
-                return page
+            if found or remaining <= 0:
+                return Response(body, media_type="application/json")
             if not waiting:  # a long-poll holds a connection: counted, and capped
                 # past the member's long_polls quota: 429 too-many-long-polls, Retry-After: 1
                 state.long_polls.enter(caller.owner, member_quota(state, caller).long_polls)
@@ -160,13 +160,12 @@ async def stream_inbox(
             left = True
             state.long_polls.leave(caller.owner)
 
-    def load(cursor: int, refresh: bool) -> tuple[bool, schemas.InboxPage | None]:
+    def load(cursor: int, refresh: bool) -> tuple[bool, dict[str, Any] | None]:
         now = state.clock()
         if not _still_allowed(state, caller.owner, caller.key_id, now, refresh=refresh):
             return False, None
         with state.sessions() as session:
-            page = inbox_service.list_inbox(session, caller.owner, cursor, STREAM_PAGE, now_ms=now)
-        return True, schemas.InboxPage(**page)
+            return True, inbox_service.list_inbox(session, caller.owner, cursor, STREAM_PAGE, now_ms=now)
 
     def recent(cursor: int) -> tuple[bool, list[notify.Recent] | None]:
         """What this process just integrated for the caller after `cursor` (None: read the
@@ -215,10 +214,10 @@ async def stream_inbox(
                     if not allowed or page is None:
                         yield _end("key-not-in-force")
                         return
-                    if page.deliveries:
-                        cursor = page.cursor
-                        body = page.model_dump_json(exclude_none=True).encode()
-                        full = len(page.deliveries) == STREAM_PAGE
+                    if page["deliveries"]:
+                        cursor = page["cursor"]
+                        body = notify.encode_page(page)
+                        full = len(page["deliveries"]) == STREAM_PAGE
                 woken = False
                 if body is not None:
                     yield _event("deliveries", body, cursor)

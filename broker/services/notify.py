@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import secrets
 import threading
@@ -40,6 +39,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
@@ -127,13 +127,20 @@ RECENT_MAX_AGE_S = 5.0  # and only this long: a waiting reader takes them within
 
 def encode_delivery(view: dict[str, Any]) -> bytes:
     """A delivery as JSON, exactly as the API's model encodes it (compact, UTF-8, fields
-    in order, absent optional fields left out)."""
-    return json.dumps(view, separators=(",", ":"), ensure_ascii=False).encode()
+    in order, absent optional fields left out; tests/unit/test_recent_deliveries.py compares
+    the two). orjson, not the model: a page of 200 envelopes (6 MB of base64url) took the
+    model's validation and serialisation ~0.5 ms per delivery, two thirds of serving the page."""
+    return bytes(orjson.dumps(view))
 
 
 def page_json(encoded: Sequence[bytes], cursor: int) -> bytes:
     """An InboxPage as JSON, from encoded deliveries."""
     return b'{"deliveries":[' + b",".join(encoded) + b'],"cursor":%d}' % cursor
+
+
+def encode_page(page: Mapping[str, Any]) -> bytes:
+    """A page as `services.inbox.list_inbox` builds it, as the API's InboxPage encodes it."""
+    return page_json([encode_delivery(d) for d in page["deliveries"]], int(page["cursor"]))
 
 
 @dataclass(slots=True)

@@ -9,9 +9,11 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from broker.services import notify
-from broker.services.notify import RecentDeliveries, encode_delivery, page_json
+from broker.services.notify import RecentDeliveries, encode_delivery, encode_page, page_json
 
 
 def view(seq: int, expires_ms: int | None = None) -> tuple[int, dict[str, Any], int | None]:
@@ -102,3 +104,49 @@ def test_the_encoding_is_the_api_models() -> None:
     model = InboxPage(deliveries=[one, {**one, "unavailable": "expired"}], cursor=3)  # type: ignore[list-item]
     ours = page_json([encode_delivery(one), encode_delivery({**one, "unavailable": "expired"})], 3)
     assert ours == model.model_dump_json(exclude_none=True).encode()
+
+
+def test_pages_with_envelopes_and_proofs_encode_as_the_model() -> None:
+    """The inbox's own pages (GET /v1/inbox and the stream's database reads) bypass the model's
+    serialisation: every optional member, in the model's order, gives the model's bytes."""
+    from broker.api.schemas import InboxPage
+
+    page = {
+        "deliveries": [
+            {**shown(4), "envelope": "QUJD" * 5000, "leaf": "bGVhZg", "inclusion": ["aA", "aQ"]},
+            {**shown(5), "unavailable": "purged", "leaf": "bGVhZg", "inclusion": []},
+            {**shown(6), "unavailable": "expired"},
+            {**shown(7), "envelope": "QQ"},
+        ],
+        "cursor": 7,
+    }
+    model = InboxPage(**page)  # type: ignore[arg-type]
+    assert encode_page(page) == model.model_dump_json(exclude_none=True).encode()
+    assert encode_page({"deliveries": [], "cursor": 9}) == b'{"deliveries":[],"cursor":9}'
+
+
+_TEXT = st.text(st.characters(codec="utf-8"), max_size=40)  # any Unicode scalar: controls, U+2028, emoji
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    content_type=_TEXT,
+    classification=_TEXT,
+    tlp=_TEXT,
+    seq=st.integers(1, 2**63 - 1),
+    size=st.integers(0, 2**53),
+)
+def test_any_text_encodes_as_the_model(
+    content_type: str, classification: str, tlp: str, seq: int, size: int
+) -> None:
+    from broker.api.schemas import Delivery
+
+    view = {
+        **shown(1),
+        "seq": seq,
+        "content_type": content_type,
+        "classification": classification,
+        "tlp": tlp,
+        "size": size,
+    }
+    assert encode_delivery(view) == Delivery(**view).model_dump_json(exclude_none=True).encode()
