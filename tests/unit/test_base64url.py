@@ -1,11 +1,14 @@
 """canonical.b64decode (strict unpadded base64url, done in C for the broker's hot path) against
 a plain reference: the regular-expression version it replaced. Same bytes, or the same error,
-for every input, hostile ones included."""
+for every input, hostile ones included — through pybase64 (SIMD, when installed) and through
+the standard library's binascii alike."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -35,19 +38,51 @@ def outcome(decode: object, text: object) -> bytes | type[Exception]:
         return type(exc)
 
 
+@contextlib.contextmanager
+def _without_pybase64() -> Iterator[None]:
+    saved, canonical._pybase64 = canonical._pybase64, None
+    try:
+        yield
+    finally:
+        canonical._pybase64 = saved
+
+
+def on_both_paths(run: Callable[[], object]) -> list[object]:
+    """`run()` with pybase64 (the test environment installs it) and with binascii alone."""
+    assert canonical._pybase64 is not None, "the broker's environment installs pybase64"
+    fast = run()
+    with _without_pybase64():
+        return [fast, run()]
+
+
+def decoded(text: object) -> list[object]:
+    return on_both_paths(lambda: outcome(canonical.b64decode, text))
+
+
 HOSTILE = "+/=\n\r\t .:é\x00\u2028\U0001f600"
 
 
 @settings(max_examples=1500, deadline=None)
 @given(st.text(alphabet=_ALPHABET + HOSTILE, max_size=40))
 def test_agrees_with_the_reference(text: str) -> None:
-    assert outcome(canonical.b64decode, text) == outcome(reference, text)
+    assert decoded(text) == [outcome(reference, text)] * 2
 
 
 @settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=64))
 def test_round_trips(data: bytes) -> None:
-    assert canonical.b64decode(canonical.b64encode(data)) == data
+    encoded = on_both_paths(lambda: canonical.b64encode(data))
+    assert encoded == [base64.urlsafe_b64encode(data).rstrip(b"=").decode()] * 2
+    assert on_both_paths(lambda: canonical.b64decode(encoded[0])) == [data, data]
+
+
+def test_an_envelope_sized_value_round_trips() -> None:  # SIMD paths differ by length
+    data = bytes(range(256)) * 90 + b"\x01\x02"
+    text = base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    assert on_both_paths(lambda: canonical.b64encode(data)) == [text, text]
+    assert decoded(text) == [data, data]
+    assert decoded(text[:1000] + "+" + text[1001:]) == [InvalidHeader] * 2
+    assert decoded(text[:5000] + "\n" + text[5001:]) == [InvalidHeader] * 2
 
 
 @pytest.mark.parametrize(
@@ -73,7 +108,7 @@ def test_round_trips(data: bytes) -> None:
     ],
 )
 def test_edge_cases_agree(text: object) -> None:
-    assert outcome(canonical.b64decode, text) == outcome(reference, text)
+    assert decoded(text) == [outcome(reference, text)] * 2
 
 
 # canonical.check_b64: what the broker runs on the wrapped keys instead of decoding them. It must

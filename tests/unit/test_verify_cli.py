@@ -196,7 +196,7 @@ def test_html_page_without_pin_warns(capsys: pytest.CaptureFixture[str], tmp_pat
     assert canonical.decode(VALID.read_bytes())["report"]["manifest"]["title"] in page
 
 
-# orjson too: canonical decoding uses it when it is there (a speed-up), never needs it
+# orjson and pybase64 too: canonical decoding uses them when they are there (speed-ups), never needs them
 BLOCKED = [
     "httpx",
     "jwt",
@@ -208,6 +208,7 @@ BLOCKED = [
     "h11",
     "httpcore",
     "orjson",
+    "pybase64",
 ]
 RUNNER = """
 import importlib.abc, sys

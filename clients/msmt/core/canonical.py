@@ -31,6 +31,11 @@ try:
     import orjson as _orjson
 except ImportError:  # optional: a speed-up only, the answers are the same without it
     _orjson = None
+_pybase64: Any
+try:
+    import pybase64 as _pybase64
+except ImportError:  # optional likewise: base64url through the standard library's binascii
+    _pybase64 = None
 
 MAX_SAFE_INTEGER = 2**53 - 1
 _B64URL_VALUE = {
@@ -155,6 +160,8 @@ def decode_reference(data: bytes) -> JsonValue:
 
 def b64encode(data: bytes) -> str:
     """base64url without padding (RFC 4648 section 5)."""
+    if _pybase64 is not None:  # the same bytes (tests/unit/test_base64url.py), ~8x faster on an envelope
+        return str(_pybase64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii"))
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
@@ -170,9 +177,17 @@ def b64decode(text: str, what: str = "value") -> bytes:
     standard alphabet and decoded in strict mode, which refuses any other character."""
     if not isinstance(text, str) or len(text) % 4 == 1 or "+" in text or "/" in text or "=" in text:
         raise InvalidHeader(f"{what} is not unpadded base64url")
+    raw: bytes
     try:
-        standard = text.encode("ascii").translate(_TO_STANDARD) + _PADDING[len(text) % 4]
-        raw = binascii.a2b_base64(standard, strict_mode=True)
+        if _pybase64 is not None:  # SIMD: an envelope of an inbox page in ~10 us instead of ~230 us
+            # "-_" as the alphabet's last two; validate: any other character is refused ("+" and
+            # "/", which it would also take, are refused above)
+            raw = _pybase64.b64decode(
+                text.encode("ascii") + _PADDING[len(text) % 4], altchars=b"-_", validate=True
+            )
+        else:
+            standard = text.encode("ascii").translate(_TO_STANDARD) + _PADDING[len(text) % 4]
+            raw = binascii.a2b_base64(standard, strict_mode=True)
     except (UnicodeEncodeError, binascii.Error, ValueError) as exc:
         raise InvalidHeader(f"{what} is not unpadded base64url") from exc
     # Canonical iff the unused low bits of the last character are zero (RFC 4648 §3.5):
