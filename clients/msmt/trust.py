@@ -43,6 +43,7 @@ class TrustStore:
     def __init__(self, entries: list[bytes], folder: Path | None = None) -> None:
         self._entries = list(entries)
         self._state = gov.verify_chain(self._entries)
+        self._log: tuple[gov.DirectoryState, LogIdentity | None] | None = None  # (for this state, its log)
         self.folder = folder
         self.checkpoint_note: bytes | None = None
         self._inbox_tail: tuple[int, int] | None = None
@@ -54,8 +55,12 @@ class TrustStore:
 
     @property
     def log(self) -> LogIdentity | None:
-        """The transparency log the members' root pins, if it pins one."""
-        return LogIdentity.from_root_extra(self._state.extra)
+        """The transparency log the members' root pins, if it pins one (read once per verified
+        directory state: a consumer asks for it at every delivery it opens)."""
+        state = self._state
+        if self._log is None or self._log[0] is not state:
+            self._log = (state, LogIdentity.from_root_extra(state.extra))
+        return self._log[1]
 
     def checkpoint(self) -> Checkpoint | None:
         """The last checkpoint this agency verified (re-checked against the pinned log key)."""

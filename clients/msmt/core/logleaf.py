@@ -102,6 +102,15 @@ def envelope_digest(envelope: bytes) -> str:
     return hashlib.sha256(envelope).hexdigest()
 
 
+class _Malformed(Exception):
+    pass
+
+
+def _require(condition: object) -> None:
+    if not condition:
+        raise _Malformed
+
+
 @dataclass(frozen=True)
 class LogIdentity:
     """The log as the members' root pins it: its origin line, its note verifier keys, the
@@ -120,21 +129,22 @@ class LogIdentity:
             return None
         log = extra["log"]
         try:
-            assert isinstance(log, dict) and set(log) <= {"origin", "vkeys", "witnesses", "threshold"}
-            assert isinstance(log["origin"], str) and isinstance(log["vkeys"], list) and log["vkeys"]
-            assert all(isinstance(v, str) for v in log["vkeys"])
+            # explicit checks, not `assert`: they must hold under `python -O` too
+            _require(isinstance(log, dict) and set(log) <= {"origin", "vkeys", "witnesses", "threshold"})
+            _require(isinstance(log["origin"], str) and isinstance(log["vkeys"], list) and log["vkeys"])
+            _require(all(isinstance(v, str) for v in log["vkeys"]))
             witnesses = log.get("witnesses", [])
-            assert isinstance(witnesses, list)
+            _require(isinstance(witnesses, list))
             pairs = tuple((w["country"], w["vkey"]) for w in witnesses)
-            assert all(
-                isinstance(c, str) and COUNTRY_RE.fullmatch(c) and isinstance(v, str) for c, v in pairs
+            _require(
+                all(isinstance(c, str) and COUNTRY_RE.fullmatch(c) and isinstance(v, str) for c, v in pairs)
             )
             threshold = log.get("threshold", 0)
-            assert isinstance(threshold, int) and not isinstance(threshold, bool)
+            _require(isinstance(threshold, int) and not isinstance(threshold, bool))
             countries = {c for c, _ in pairs}
             # more than half of the witnesses must cosign, or two halves could each be shown a history
-            assert 0 <= threshold <= len(countries) and (not pairs or 2 * threshold > len(pairs))
-        except (AssertionError, KeyError, TypeError) as exc:
+            _require(0 <= threshold <= len(countries) and (not pairs or 2 * threshold > len(pairs)))
+        except (_Malformed, KeyError, TypeError) as exc:
             raise MalformedCheckpoint(
                 "the members' root pins a log, but its `extra.log` is malformed"
             ) from exc
