@@ -109,7 +109,7 @@ def consume(base: str, url: str, who: str, signed_receipts: bool) -> tuple[int, 
     count, cursor = 0, 0
     start = time.perf_counter()
     while True:
-        batch = client.receive(cursor, limit=200)
+        batch = client.receive(cursor, limit=200, read_ahead=True)
         if not batch.page.deliveries:
             break
         assert not batch.rejected, batch.rejected[:1]

@@ -17,9 +17,10 @@ import logging
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
 
@@ -298,6 +299,32 @@ class _StreamReader:
             raise ClientError(f"the broker's inbox stream went back past entry {self.after}")
         self.after = page.cursor
         return page
+
+
+_P = TypeVar("_P")
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """One available delivery of a page, opened from the page alone (no request): the envelope
+    bytes the page carried, and the delivery verified, decrypted and proven in the log from
+    the page's own proof, or None (then the caller takes it through `open`, one by one: a key
+    perhaps newer, a proof missing, or an error it raises in order)."""
+
+    data: bytes | None
+    received: Received | None
+    undecodable: Exception | None = None  # the page's envelope text itself was refused
+
+
+@dataclass(frozen=True, slots=True)
+class _Ahead(Generic[_P]):
+    """The page after `after` (`limit` deliveries at most), being fetched ahead, with proofs
+    against `at`, a checkpoint already verified."""
+
+    after: int
+    limit: int
+    at: Checkpoint | None
+    page: _P
 
 
 class _ClientCore:
@@ -670,6 +697,60 @@ class _ClientCore:
             **options,
         )
 
+    def _attempts(
+        self, directory: Directory | None, page: InboxPage, at: Checkpoint | None
+    ) -> list[_Attempt | None]:
+        """Each delivery of `page` opened from the page alone; None for one listed unavailable.
+        Nothing here raises or makes a request (the async client runs it off its event loop):
+        `receive` then takes whatever did not open here through `open`, in order."""
+
+        def attempt(index: int) -> _Attempt | None:
+            delivery = page.deliveries[index]
+            if delivery.unavailable is not None:
+                return None
+            try:
+                data = page.envelope(index)
+            except Exception as exc:  # raised again by `receive`, in order
+                return _Attempt(None, None, exc)
+            if data is None or directory is None:
+                return _Attempt(data, None)
+            try:
+                received = self._open(directory, delivery, data)
+                if self.trust.log is None or self._proven_here(received, data, page.proof(index), at):
+                    return _Attempt(data, received)
+            except Exception:  # noqa: S110 - `open` tries it again (newer keys) and raises what is wrong
+                pass
+            return _Attempt(data, None)
+
+        return [attempt(i) for i in range(len(page.deliveries))]
+
+    @staticmethod
+    def _needs_directory(page: InboxPage) -> bool:
+        return any(d.unavailable is None for d in page.deliveries)
+
+    @staticmethod
+    def _to_reopen(attempts: Sequence[_Attempt | None]) -> list[int]:
+        """The deliveries the page alone did not open: `receive` takes them through `open`."""
+        return [i for i, a in enumerate(attempts) if a is not None and a.received is None]
+
+    @staticmethod
+    def _batch(
+        page: InboxPage, attempts: Sequence[_Attempt | None], reopened: dict[int, Received | Exception]
+    ) -> Batch:
+        received: list[Received] = []
+        rejected: list[Rejected] = []
+        unavailable: list[Delivery] = []
+        for index, (delivery, attempt) in enumerate(zip(page.deliveries, attempts, strict=True)):
+            if attempt is None:  # listed without envelope: fetching would be 410
+                unavailable.append(delivery)
+                continue
+            result = attempt.received or reopened[index]
+            if isinstance(result, Exception):
+                rejected.append(Rejected(delivery, result, attempt.data))
+            else:
+                received.append(result)
+        return Batch(page, tuple(received), tuple(rejected), tuple(unavailable))
+
     def _open(
         self, directory: Directory, delivery: Delivery, data: bytes, allow_expired: bool = False
     ) -> Received:
@@ -859,9 +940,13 @@ class Client(_ClientCore):
         **options: Any,
     ) -> None:
         super().__init__(base_url, keys, **options)
-        self._http = httpx.Client(base_url=base_url, transport=transport, timeout=timeout)
+        self._http = httpx.Client(base_url=base_url, transport=transport, timeout=timeout)  # thread-safe
+        self._ahead: _Ahead[Future[InboxPage]] | None = None  # the next page, read ahead
+        self._ahead_pool: ThreadPoolExecutor | None = None
 
     def close(self) -> None:
+        if self._ahead_pool is not None:
+            self._ahead_pool.shutdown(wait=True, cancel_futures=True)
         self._http.close()
 
     def __enter__(self) -> Client:
@@ -1098,29 +1183,62 @@ class Client(_ClientCore):
             self.prove_included(delivery.log_index, self._checked_received_leaf(received, data, leaf))
         return received
 
-    def receive(self, after: int = 0, *, limit: int = 100, wait: float = 0) -> Batch:
+    def receive(
+        self, after: int = 0, *, limit: int = 100, wait: float = 0, read_ahead: bool = False
+    ) -> Batch:
         """One inbox page with its envelopes (one request), each delivery verified and
         decrypted from the page's bytes exactly as `open` does. A delivery that cannot be
         opened (`rejects_delivery`) is in `rejected`; any other error raises. Then `confirm`
-        the received ones and go on from `cursor`."""
-        at = self._newer_checkpoint() if self.trust.log is not None else None  # one for the page
-        page = self.inbox(after, limit=limit, wait=wait, envelopes=True, proofs=at.size if at else None)
-        received: list[Received] = []
-        rejected: list[Rejected] = []
-        unavailable: list[Delivery] = []
-        for index, delivery in enumerate(page.deliveries):
-            if delivery.unavailable is not None:  # listed without envelope: fetching would be 410
-                unavailable.append(delivery)
-                continue
-            data: bytes | None = None
+        the received ones and go on from `cursor`.
+
+        `read_ahead` (a consumer draining its inbox page after page): while this page is
+        verified, the next one (after its cursor, the same `limit`) is fetched in the
+        background, and the next `receive` from that cursor takes it instead of asking again:
+        the broker's work overlaps ours. What it takes is checked exactly as a page asked for
+        then; a page fetched ahead that is not taken is dropped."""
+        page, at = self._ahead_or_fetch(after, limit, wait)
+        if read_ahead and page.deliveries:
+            self._read_ahead(page.cursor, limit)
+        attempts = self._attempts(self.directory() if self._needs_directory(page) else None, page, at)
+        reopened: dict[int, Received | Exception] = {}
+        for index in self._to_reopen(attempts):  # one by one, in order, as `open` does it
+            attempt = attempts[index]
+            assert attempt is not None
             try:
-                data = page.envelope(index)
-                received.append(self.open(delivery, data=data, proof=page.proof(index), at=at))
+                if attempt.undecodable is not None:
+                    raise attempt.undecodable
+                reopened[index] = self.open(
+                    page.deliveries[index], data=attempt.data, proof=page.proof(index), at=at
+                )
             except Exception as exc:
                 if not rejects_delivery(exc):
                     raise
-                rejected.append(Rejected(delivery, exc, data))
-        return Batch(page, tuple(received), tuple(rejected), tuple(unavailable))
+                reopened[index] = exc
+        return self._batch(page, attempts, reopened)
+
+    def _ahead_or_fetch(self, after: int, limit: int, wait: float) -> tuple[InboxPage, Checkpoint | None]:
+        """The page after `after`: the one read ahead for it if there is one (and it is not an
+        empty page where the caller would wait), else asked now, each with the checkpoint its
+        proofs are against."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and (ahead.after, ahead.limit) == (after, limit):
+            try:
+                page = ahead.page.result()
+                if page.deliveries or not wait:
+                    return page, ahead.at
+            except Exception:  # noqa: S110 - asked again below, which raises what is wrong
+                pass
+        at = self._newer_checkpoint() if self.trust.log is not None else None  # one for the page
+        return self.inbox(after, limit=limit, wait=wait, envelopes=True, proofs=at.size if at else None), at
+
+    def _read_ahead(self, after: int, limit: int) -> None:
+        at = self._newer_checkpoint() if self.trust.log is not None else None  # here, not in the thread
+        if self._ahead_pool is None:
+            self._ahead_pool = ThreadPoolExecutor(1, thread_name_prefix="msmt-read-ahead")
+        future = self._ahead_pool.submit(
+            self.inbox, after, limit=limit, envelopes=True, proofs=at.size if at else None
+        )
+        self._ahead = _Ahead(after, limit, at, future)
 
     def open_bytes(self, data: bytes, *, accepted_ms: int, allow_expired: bool = False) -> Opened:
         """Verify and decrypt envelope bytes, with signing keys as they stood at `accepted_ms`;
@@ -1372,8 +1490,12 @@ class AsyncClient(_ClientCore):
     ) -> None:
         super().__init__(base_url, keys, **options)
         self._http = httpx.AsyncClient(base_url=base_url, transport=transport, timeout=timeout)
+        self._ahead: _Ahead[asyncio.Future[InboxPage]] | None = None  # the next page, read ahead
 
     async def aclose(self) -> None:
+        if self._ahead is not None:
+            self._ahead.page.cancel()
+            self._ahead = None
         await self._http.aclose()
 
     async def __aenter__(self) -> AsyncClient:
@@ -1572,25 +1694,54 @@ class AsyncClient(_ClientCore):
             await self.prove_included(delivery.log_index, self._checked_received_leaf(received, data, leaf))
         return received
 
-    async def receive(self, after: int = 0, *, limit: int = 100, wait: float = 0) -> Batch:
-        at = await self._newer_checkpoint() if self.trust.log is not None else None
-        page = await self.inbox(after, limit=limit, wait=wait, envelopes=True, proofs=at.size if at else None)
-        received: list[Received] = []
-        rejected: list[Rejected] = []
-        unavailable: list[Delivery] = []
-        for index, delivery in enumerate(page.deliveries):
-            if delivery.unavailable is not None:  # listed without envelope: fetching would be 410
-                unavailable.append(delivery)
-                continue
-            data: bytes | None = None
+    async def receive(
+        self, after: int = 0, *, limit: int = 100, wait: float = 0, read_ahead: bool = False
+    ) -> Batch:
+        page, at = await self._ahead_or_fetch(after, limit, wait)
+        if read_ahead and page.deliveries:
+            await self._read_ahead(page.cursor, limit)
+        directory = await self.directory() if self._needs_directory(page) else None
+        # off the event loop: verifying a page of 200 takes a few hundred milliseconds
+        attempts = await asyncio.to_thread(self._attempts, directory, page, at)
+        reopened: dict[int, Received | Exception] = {}
+        for index in self._to_reopen(attempts):
+            attempt = attempts[index]
+            assert attempt is not None
             try:
-                data = page.envelope(index)
-                received.append(await self.open(delivery, data=data, proof=page.proof(index), at=at))
+                if attempt.undecodable is not None:
+                    raise attempt.undecodable
+                reopened[index] = await self.open(
+                    page.deliveries[index], data=attempt.data, proof=page.proof(index), at=at
+                )
             except Exception as exc:
                 if not rejects_delivery(exc):
                     raise
-                rejected.append(Rejected(delivery, exc, data))
-        return Batch(page, tuple(received), tuple(rejected), tuple(unavailable))
+                reopened[index] = exc
+        return self._batch(page, attempts, reopened)
+
+    async def _ahead_or_fetch(
+        self, after: int, limit: int, wait: float
+    ) -> tuple[InboxPage, Checkpoint | None]:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and (ahead.after, ahead.limit) == (after, limit):
+            try:
+                page = await ahead.page
+                if page.deliveries or not wait:
+                    return page, ahead.at
+            except Exception:  # noqa: S110 - asked again below, which raises what is wrong
+                pass
+        elif ahead is not None:
+            ahead.page.cancel()
+        at = await self._newer_checkpoint() if self.trust.log is not None else None
+        page = await self.inbox(after, limit=limit, wait=wait, envelopes=True, proofs=at.size if at else None)
+        return page, at
+
+    async def _read_ahead(self, after: int, limit: int) -> None:
+        at = await self._newer_checkpoint() if self.trust.log is not None else None
+        task = asyncio.ensure_future(
+            self.inbox(after, limit=limit, envelopes=True, proofs=at.size if at else None)
+        )
+        self._ahead = _Ahead(after, limit, at, task)
 
     async def open_bytes(self, data: bytes, *, accepted_ms: int, allow_expired: bool = False) -> Opened:
         return self._open_with(await self.directory(), data, accepted_ms, allow_expired=allow_expired)

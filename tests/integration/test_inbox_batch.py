@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import threading
@@ -31,7 +32,7 @@ from broker.settings import Settings
 from broker.store.db import make_engine, make_sessionmaker, transaction
 from broker.store.models import Delivery, Item
 from msmt import cli
-from msmt.client import Client, _receipt_requests
+from msmt.client import AsyncClient, Client, _receipt_requests
 from msmt.core import canonical, errors, parse
 from msmt.errors import ClientError
 
@@ -720,3 +721,91 @@ def test_a_wrong_proof_or_leaf_in_a_page_is_caught(world: World) -> None:
     with usa(world, rewrite_page(other_leaf)) as recipient, pytest.raises(errors.MsmtError):
         recipient.receive()
     assert states(world) == {1: "pending", 2: "pending"}
+
+
+# --- read_ahead: the next page is fetched while this one is opened --------------------------------
+
+
+def test_read_ahead_takes_the_next_page_without_asking_again(world: World) -> None:
+    ids = send(world, 5)
+    world.settle()
+    calls: list[tuple[str, str]] = []
+    with usa(world, calls=calls) as recipient:
+        recipient.directory()
+        calls.clear()
+        got: list[str] = []
+        cursor = 0
+        pages = 0
+        while True:
+            batch = recipient.receive(cursor, limit=2, read_ahead=True)
+            if not batch.page.deliveries:
+                break
+            pages += 1
+            assert batch.rejected == ()
+            got += [r.opened.header.item_id for r in batch.received]
+            recipient.acknowledge(r.delivery.seq for r in batch.received)
+            cursor = batch.cursor
+    assert got == ids and pages == 3
+    # pages 1-3, and the empty one after the last: each asked for once, three of them ahead
+    assert calls.count(("GET", "/v1/inbox")) == 4
+    assert [c for c in calls if c[1].startswith(("/v1/items/", "/v1/log/leaves"))] == []
+    assert set(states(world).values()) == {"acknowledged"}
+
+
+def test_a_page_read_ahead_is_checked_like_one_asked_for(world: World) -> None:
+    send(world, 4)
+    world.settle()
+
+    def tamper_after_the_first_page(delivery: dict[str, Any]) -> None:
+        if delivery["seq"] > 2:
+            delivery["envelope"] = canonical.b64encode(flip(canonical.b64decode(delivery["envelope"])))
+
+    with usa(world, rewrite_page(tamper_after_the_first_page)) as recipient:
+        first = recipient.receive(0, limit=2, read_ahead=True)
+        assert len(first.received) == 2 and first.rejected == ()
+        second = recipient.receive(first.cursor, limit=2, read_ahead=True)  # the page read ahead
+        assert second.received == ()
+        assert [type(r.error) for r in second.rejected] == [errors.PayloadMismatch] * 2
+
+
+def test_a_page_read_ahead_for_another_cursor_is_not_used(world: World) -> None:
+    ids = send(world, 3)
+    world.settle()
+    calls: list[tuple[str, str]] = []
+    with usa(world, calls=calls) as recipient:
+        first = recipient.receive(0, limit=1, read_ahead=True)  # reads ahead after entry 1
+        again = recipient.receive(0, limit=1)  # another cursor: asked for afresh
+        assert [r.opened.header.item_id for r in again.received] == ids[:1] == [
+            r.opened.header.item_id for r in first.received
+        ]
+        wider = recipient.receive(first.cursor, limit=2)  # the cursor read ahead, another limit
+        assert [r.opened.header.item_id for r in wider.received] == ids[1:]
+    assert calls.count(("GET", "/v1/inbox")) == 4
+
+
+def test_the_async_client_reads_ahead_too(world: World) -> None:
+    ids = send(world, 3)
+    world.settle()
+    calls: list[tuple[str, str]] = []
+    sync_transport = transport(world.client, calls)
+
+    class Async(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            await request.aread()
+            return await asyncio.to_thread(sync_transport.handle_request, request)
+
+    async def drain() -> list[str]:
+        async with AsyncClient(
+            "http://testserver", world.members["USA"], transport=Async(), trust=world.trust(), audience=AUDIENCE
+        ) as recipient:
+            got: list[str] = []
+            cursor = 0
+            while batch := await recipient.receive(cursor, limit=2, read_ahead=True):
+                if not batch.page.deliveries:
+                    return got
+                got += [r.opened.header.item_id for r in batch.received]
+                cursor = batch.cursor
+        return got
+
+    assert asyncio.run(drain()) == ids
+    assert calls.count(("GET", "/v1/inbox")) == 3
