@@ -264,6 +264,45 @@ def test_a_batch_is_stored_in_one_transaction(world: World) -> None:
     assert sequencer.batches - before <= 2  # queued together: one batch (two if the writer woke mid-way)
 
 
+def test_a_batch_answer_is_encoded_as_its_response_model(world: World) -> None:
+    """The batch answer is built without the model (api/items.py `_batch_json`): the same bytes."""
+    from broker.api.schemas import BatchResults
+
+    good = world.seal("KOR", ["USA", "JPN"])
+    secret = Markings.create("CONFIDENTIAL", "AMBER", ["ALL"], topics=["maritime"])
+    r = post_batch(
+        world, "KOR", [good, b"MSMT-not-an-envelope", world.seal("KOR", ["NZL"], markings=secret), good]
+    )
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert [x["status"] for x in r.json()["results"]] == [201, 422, 403, 200]
+    assert r.content == BatchResults(**r.json()).model_dump_json().encode()
+
+
+def test_a_database_failure_while_storing_a_batch_is_503_for_each_of_its_envelopes(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from broker.services import sequencer as sequencer_module
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise OperationalError("INSERT", {}, Exception("server closed the connection unexpectedly"))
+
+    monkeypatch.setattr(sequencer_module, "accept_batch", broken)
+    envelopes = [
+        world.seal("KOR", ["USA"], payload=b"a"),
+        b"MSMT-not-an-envelope",
+        world.seal("KOR", ["USA"]),
+    ]
+    r = post_batch(world, "KOR", envelopes)
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["status"] for x in results] == [503, 422, 503]
+    assert results[0]["problem"]["type"].endswith("database-unavailable") and results[0]["receipt"] is None
+    monkeypatch.undo()
+    assert [x["status"] for x in post_batch(world, "KOR", envelopes[:1]).json()["results"]] == [201]
+
+
 def test_a_database_failure_while_storing_is_503_and_says_the_outcome_is_unknown(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
