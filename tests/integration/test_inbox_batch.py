@@ -775,9 +775,11 @@ def test_a_page_read_ahead_for_another_cursor_is_not_used(world: World) -> None:
     with usa(world, calls=calls) as recipient:
         first = recipient.receive(0, limit=1, read_ahead=True)  # reads ahead after entry 1
         again = recipient.receive(0, limit=1)  # another cursor: asked for afresh
-        assert [r.opened.header.item_id for r in again.received] == ids[:1] == [
-            r.opened.header.item_id for r in first.received
-        ]
+        assert (
+            [r.opened.header.item_id for r in again.received]
+            == ids[:1]
+            == [r.opened.header.item_id for r in first.received]
+        )
         wider = recipient.receive(first.cursor, limit=2)  # the cursor read ahead, another limit
         assert [r.opened.header.item_id for r in wider.received] == ids[1:]
     assert calls.count(("GET", "/v1/inbox")) == 4
@@ -796,7 +798,11 @@ def test_the_async_client_reads_ahead_too(world: World) -> None:
 
     async def drain() -> list[str]:
         async with AsyncClient(
-            "http://testserver", world.members["USA"], transport=Async(), trust=world.trust(), audience=AUDIENCE
+            "http://testserver",
+            world.members["USA"],
+            transport=Async(),
+            trust=world.trust(),
+            audience=AUDIENCE,
         ) as recipient:
             got: list[str] = []
             cursor = 0

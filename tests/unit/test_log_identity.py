@@ -42,7 +42,9 @@ MALFORMED = {
     "witness-country-not-a-code": _with(lambda log: log["witnesses"][0].__setitem__("country", "usa")),
     "witness-without-vkey": _with(lambda log: log["witnesses"][0].pop("vkey")),
     "threshold-a-boolean": _with(_set("threshold", True)),
-    "threshold-above-the-witnesses": _with(lambda log: log.__setitem__("threshold", len(log["witnesses"]) + 1)),
+    "threshold-above-the-witnesses": _with(
+        lambda log: log.__setitem__("threshold", len(log["witnesses"]) + 1)
+    ),
     "threshold-half-or-less": _with(lambda log: log.__setitem__("threshold", len(log["witnesses"]) // 2)),
     "threshold-negative": _with(_set("threshold", -1)),
 }
@@ -57,7 +59,7 @@ def test_the_vector_pin_is_well_formed() -> None:
 
 @pytest.mark.parametrize("name", sorted(MALFORMED))
 def test_a_malformed_pin_is_refused(name: str) -> None:
-    with pytest.raises(MalformedCheckpoint, match="extra.log` is malformed"):
+    with pytest.raises(MalformedCheckpoint, match=r"extra\.log` is malformed"):
         logleaf.LogIdentity.from_root_extra(MALFORMED[name])
 
 
@@ -77,7 +79,11 @@ def test_refused_under_python_optimise() -> None:
     )
     cases = [MALFORMED[n] for n in sorted(MALFORMED)]
     out = subprocess.run(
-        [sys.executable, "-O", "-c", script], input=json.dumps(cases), capture_output=True, text=True, check=True
+        [sys.executable, "-O", "-c", script],
+        input=json.dumps(cases),
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert int(out.stdout) == len(cases)
 
