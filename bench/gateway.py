@@ -232,7 +232,7 @@ def drain(
     while cursor < end:
         began = time.perf_counter()
         if store is not None:
-            followed = follow_once(client, store, limit=PAGE)
+            followed = follow_once(client, store, limit=PAGE, read_ahead=True)
             if followed.saved.rejected:
                 raise SystemExit(
                     f"the gateway rejected {followed.saved.rejected} deliveries: see gateway_rejected"

@@ -149,7 +149,9 @@ class FakeInbox:
     asked: list[int] = field(default_factory=list)
     on_confirm: Any = None
 
-    def receive(self, after: int = 0, *, limit: int = 100, wait: float = 0) -> Batch:
+    def receive(
+        self, after: int = 0, *, limit: int = 100, wait: float = 0, read_ahead: bool = False
+    ) -> Batch:
         self.asked.append(after)
         if self.fail_receive:
             self.fail_receive -= 1

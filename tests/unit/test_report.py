@@ -591,7 +591,9 @@ class FakeInbox:
     deliveries: list[Received]
     calls: list[int] = field(default_factory=list)
 
-    def receive(self, after: int = 0, *, limit: int = 100, wait: float = 0) -> Batch:
+    def receive(
+        self, after: int = 0, *, limit: int = 100, wait: float = 0, read_ahead: bool = False
+    ) -> Batch:
         self.calls.append(after)
         page = [r for r in self.deliveries if r.delivery.seq > after][:limit]
         cursor = page[-1].delivery.seq if page else after

@@ -135,7 +135,7 @@ def cmd_follow(args: argparse.Namespace) -> int:
         with make_client(config) as client:
             total = 0
             while True:
-                followed = follow_once(client, store, keep_withdrawn=config.keep_withdrawn)
+                followed = follow_once(client, store, keep_withdrawn=config.keep_withdrawn, read_ahead=True)
                 total += followed.saved.stored
                 if followed.handled == 0:
                     break

@@ -763,7 +763,9 @@ class _VerifiedDirectory(Protocol):
 class InboxClient(Protocol):
     """What `follow` needs of `msmt.client.Client`."""
 
-    def receive(self, after: int = 0, *, limit: int = 100, wait: float = 0) -> Batch: ...
+    def receive(
+        self, after: int = 0, *, limit: int = 100, wait: float = 0, read_ahead: bool = False
+    ) -> Batch: ...
 
     def confirm(self, received: Iterable[Received], *, unavailable: Iterable[Delivery] = ()) -> list[int]: ...
 
@@ -800,13 +802,22 @@ def check_withdrawals(client: InboxClient, batch: Batch) -> dict[str, rp.Withdra
 
 
 def follow_once(
-    client: InboxClient, store: Store, *, wait: float = 0, limit: int = 100, keep_withdrawn: bool = False
+    client: InboxClient,
+    store: Store,
+    *,
+    wait: float = 0,
+    limit: int = 100,
+    keep_withdrawn: bool = False,
+    read_ahead: bool = False,
 ) -> Followed:
     """One inbox page: receive (verify, decrypt) -> store in one transaction -> confirm and
     acknowledge only after that commit -> move the cursor. Rejected deliveries are stored as
     such and never acknowledged; the cursor moves past them (one bad item blocks nothing).
-    Withdrawals are verified and applied in the page's transaction (`Store.save`)."""
-    batch = client.receive(store.cursor(), limit=limit, wait=wait)
+    Withdrawals are verified and applied in the page's transaction (`Store.save`).
+
+    `read_ahead`: the next page is fetched while this one is stored (`Client.receive`); the
+    next call takes it only if the cursor did move to this page's end."""
+    batch = client.receive(store.cursor(), limit=limit, wait=wait, read_ahead=read_ahead)
     saved = store.save(batch, withdrawals=check_withdrawals(client, batch), keep_withdrawn=keep_withdrawn)
     acknowledged = client.confirm(batch.received, unavailable=batch.unavailable)
     store.set_cursor(batch.cursor)
@@ -858,7 +869,9 @@ def follow(
     pause = sleep or stop.wait
     while not stop.is_set():
         try:
-            followed = follow_once(client, store, wait=wait, limit=limit, keep_withdrawn=keep_withdrawn)
+            followed = follow_once(
+                client, store, wait=wait, limit=limit, keep_withdrawn=keep_withdrawn, read_ahead=True
+            )
         except Exception as exc:
             delay = backoff.next_delay()
             log.warning(
