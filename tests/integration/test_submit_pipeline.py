@@ -452,7 +452,9 @@ def test_a_session_hung_holding_the_integration_lock_is_ended(world: World) -> N
 
     world.settle()
     integrator = world.client.app.state.broker.integrator  # type: ignore[attr-defined]
-    integrator.hung_after_s = 1.0
+    # not before the session is seen hung below: on a loaded machine the 64 MB result takes
+    # more than a second to build, and the broker's sweep would end the session first
+    integrator.hung_after_s = 3600.0
     engine = make_engine(world.url)
     raw = engine.raw_connection()
     try:
@@ -471,6 +473,7 @@ def test_a_session_hung_holding_the_integration_lock_is_ended(world: World) -> N
                 assert time.monotonic() < deadline, row
                 time.sleep(0.05)
             assert row.state == "active"
+            integrator.hung_after_s = 1.0
 
             started = time.monotonic()
             r = world.submit("KOR", world.seal("KOR", ["USA"]))
