@@ -34,6 +34,7 @@ from .client import (
 from .core import KeyKind, Markings, errors, is_item_id, short_fingerprint, verify
 from .core import report as rp
 from .core.markings import COUNTRY_RE, TLP_LEVELS, TOPICS
+from .core.note import Checkpoint
 from .core.policy import DEFAULT_LADDER
 from .directory import Directory
 from .errors import BrokerError, BrokerUnavailable, ClientError, PolicyRefused
@@ -558,11 +559,14 @@ def _quarantine(
     return path
 
 
-def _pull_one(client: Client, folder: Path, page: InboxPage, index: int) -> Received | None:
+def _pull_one(
+    client: Client, folder: Path, page: InboxPage, index: int, at: Checkpoint | None
+) -> Received | None:
     """Save one delivery of the page (payload and header), or quarantine it: the item when saved.
 
     The envelope is the one the page carries (fetched only when it carries none), verified
-    exactly like fetched bytes."""
+    exactly like fetched bytes; its log entry from the page's proof against `at` (a checkpoint
+    already verified), else asked of the log."""
     delivery = page.deliveries[index]
     stem = _delivery_stem(delivery)
     if delivery.unavailable is not None and _is_seq(delivery.seq) and is_item_id(delivery.item_id):
@@ -574,7 +578,7 @@ def _pull_one(client: Client, folder: Path, page: InboxPage, index: int) -> Rece
     data: bytes | None = None
     try:
         data = page.envelope(index)
-        received = client.open(delivery, data=data)
+        received = client.open(delivery, data=data, proof=page.proof(index), at=at)
     except Exception as exc:
         if not _cannot_open(exc):
             raise
@@ -680,8 +684,10 @@ def _pull_once(
     client.directory(refresh=True)  # every poll: the chain still extends ours, and no foreign key of ours
     _private_folder(folder)  # made once the broker answered, not by a pull that cannot start
     cursor = _cursor(folder)
-    # one request for the page and its envelopes (capped in bytes by the broker)
-    page = client.inbox(cursor, limit=args.limit, wait=wait, envelopes=True)
+    # one request for the page, its envelopes (capped in bytes by the broker) and each one's
+    # log proof against one verified checkpoint: no request per delivery
+    at = client.page_checkpoint() if client.trust.log is not None else None
+    page = client.inbox(cursor, limit=args.limit, wait=wait, envelopes=True, proofs=at.size if at else None)
     missing = _skipped(cursor, [d.seq for d in page.deliveries])
     for seq in missing:
         print(f"AUDIT: inbox entry {seq} is missing: withheld or deleted by the broker", file=sys.stderr)
@@ -697,7 +703,7 @@ def _pull_once(
                 print(f"{_printable(unavailable_reason(delivery))}: not fetched", file=sys.stderr)
                 received = None
             else:
-                received = _pull_one(client, folder, page, index)
+                received = _pull_one(client, folder, page, index, at)
             if received is not None:
                 saved += 1
                 to_acknowledge.append(received)

@@ -1039,6 +1039,12 @@ class Client(_ClientCore):
                 continue  # moved aside with the broker's reason
         return receipts
 
+    def page_checkpoint(self) -> Checkpoint:
+        """What an inbox page's proofs are asked against (`inbox(proofs=...)`): the log's latest
+        checkpoint, verified as `log_checkpoint` does, or an empty one (size 0: no proofs) while
+        the log has none witnessed yet."""
+        return self._newer_checkpoint()
+
     def _newer_checkpoint(self) -> Checkpoint:
         try:
             return self.log_checkpoint()

@@ -479,6 +479,40 @@ def test_pull_uses_pages_and_quarantines_the_bytes_the_page_carried(
     assert states(world) == {1: "pending", 2: "acknowledged"}
 
 
+def test_pull_checks_a_page_against_one_checkpoint_without_a_request_per_delivery(
+    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    send(world, 3)
+    world.settle()
+    calls: list[tuple[str, str]] = []
+    code = pull(monkeypatch, lambda: usa(world, calls=calls), tmp_path / "usa-inbox")
+    assert code == cli.EXIT_OK
+    assert json.loads(capsys.readouterr().out)["saved"] == 3
+    per_delivery = [
+        c for c in calls if c[1].startswith(("/v1/log/leaves", "/v1/log/proof/inclusion", "/v1/items/"))
+    ]
+    assert per_delivery == []  # envelopes and log proofs came with the page
+    assert set(states(world).values()) == {"acknowledged"}
+
+
+def test_pull_refuses_a_page_whose_log_proof_is_wrong(
+    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    send(world, 1)
+    world.settle()
+
+    def bad_proof(delivery: dict[str, Any]) -> None:
+        if delivery.get("inclusion"):
+            delivery["inclusion"][0] = canonical.b64encode(
+                flip(canonical.b64decode(delivery["inclusion"][0]))
+            )
+
+    folder = tmp_path / "usa-inbox"
+    with pytest.raises(errors.MsmtError):
+        pull(monkeypatch, lambda: usa(world, rewrite_page(bad_proof)), folder)
+    assert not list(folder.glob("*.md")) and states(world) == {1: "pending"}
+
+
 def test_pull_goes_on_after_a_page_shortened_by_the_byte_cap(
     world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
