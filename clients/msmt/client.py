@@ -1590,6 +1590,9 @@ class AsyncClient(_ClientCore):
             proof = (await self._request("GET", "/v1/log/proof/consistency", params=params)).json()["proof"]
         return self._accept_checkpoint(data, proof)
 
+    async def page_checkpoint(self) -> Checkpoint:
+        return await self._newer_checkpoint()
+
     async def _newer_checkpoint(self) -> Checkpoint:
         try:
             return await self.log_checkpoint()
