@@ -278,9 +278,8 @@ def test_a_batch_answer_is_encoded_as_its_response_model(world: World) -> None:
     assert r.content == BatchResults(**r.json()).model_dump_json().encode()
 
 
-def test_a_database_failure_while_storing_a_batch_is_503_for_each_of_its_envelopes(
-    world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def break_storing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every batch the sequencer stores fails as when the database connection drops."""
     from sqlalchemy.exc import OperationalError
 
     from broker.services import sequencer as sequencer_module
@@ -289,6 +288,12 @@ def test_a_database_failure_while_storing_a_batch_is_503_for_each_of_its_envelop
         raise OperationalError("INSERT", {}, Exception("server closed the connection unexpectedly"))
 
     monkeypatch.setattr(sequencer_module, "accept_batch", broken)
+
+
+def test_a_database_failure_while_storing_a_batch_is_503_for_each_of_its_envelopes(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    break_storing(monkeypatch)
     envelopes = [
         world.seal("KOR", ["USA"], payload=b"a"),
         b"MSMT-not-an-envelope",
@@ -306,14 +311,7 @@ def test_a_database_failure_while_storing_a_batch_is_503_for_each_of_its_envelop
 def test_a_database_failure_while_storing_is_503_and_says_the_outcome_is_unknown(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sqlalchemy.exc import OperationalError
-
-    from broker.services import sequencer as sequencer_module
-
-    def broken(*args: Any, **kwargs: Any) -> Any:
-        raise OperationalError("INSERT", {}, Exception("server closed the connection unexpectedly"))
-
-    monkeypatch.setattr(sequencer_module, "accept_batch", broken)
+    break_storing(monkeypatch)
     r = world.submit("KOR", world.seal("KOR", ["USA"]))
     assert r.status_code == 503
     assert r.headers["retry-after"] == "1"
