@@ -184,6 +184,29 @@ def test_a_token_bound_to_one_request_is_refused_on_another_route(broker: Broker
     assert_problem(broker.get("/v1/inbox", bound), 401, "replayed-token")
 
 
+def test_a_bound_get_is_checked_against_the_body_it_carries_or_not(broker: Broker) -> None:
+    """A request without Content-Length or Transfer-Encoding has an empty body (RFC 9112 6.3)
+    and the broker does not read one; a GET that does carry a body is read and hashed."""
+    auth = lambda t: {"Authorization": f"Bearer {t}"}  # noqa: E731
+    url = f"{broker.base}/v1/inbox"
+    bound_to_bytes = token("USA", method="GET", target="/v1/inbox", body=b"some bytes")
+    assert_problem(httpx.get(url, headers=auth(bound_to_bytes), timeout=30), 401, "token-binding")
+    bound_to_nothing = token("USA", method="GET", target="/v1/inbox")
+    carrying = httpx.request("GET", url, headers=auth(bound_to_nothing), content=b"some bytes", timeout=30)
+    assert_problem(carrying, 401, "token-binding")
+    chunked = httpx.request(
+        "GET",
+        url,
+        headers=auth(token("USA", method="GET", target="/v1/inbox")),
+        content=iter([b"x"]),
+        timeout=30,
+    )
+    assert_problem(chunked, 401, "token-binding")
+    fresh = token("USA", method="GET", target="/v1/inbox", body=b"some bytes")
+    good = httpx.request("GET", url, headers=auth(fresh), content=b"some bytes", timeout=30)
+    assert good.status_code == 200, good.text
+
+
 def test_an_unbound_token_is_single_use_across_routes(broker: Broker) -> None:
     unbound = token("USA")
     assert broker.get("/v1/inbox", unbound).status_code == 200
