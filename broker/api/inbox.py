@@ -68,6 +68,7 @@ async def list_inbox(
 
     waiting = False
     woken = False  # by a publish: most often this process's own integration, whose deliveries it holds
+    first = True
     try:
         while True:
             # taken before the check: deliveries published after it end the wait below at once
@@ -78,7 +79,14 @@ async def list_inbox(
                     now_ms = state.clock()
                     body = notify.page_json([r.shown(now_ms) for r in fresh], fresh[-1].seq)
                     return Response(body, media_type="application/json")
-            found, body = await run_in_threadpool(load)
+            if first and wait > 0 and proofs is None and state.notifier.recent.at_end(caller.owner, after):
+                # The caller is at the end of its inbox as this process numbered it (a long-poll
+                # again right after a wake-up, most often): wait at once, without a read that
+                # would find nothing. Any later delivery wakes the wait; its re-check reads.
+                found, body = False, notify.page_json([], after)
+            else:
+                found, body = await run_in_threadpool(load)
+            first = False
             remaining = deadline - loop.time()
             if found or remaining <= 0:
                 return Response(body, media_type="application/json")

@@ -176,6 +176,9 @@ class RecentDeliveries:
     ) -> None:
         self._lock = threading.Lock()
         self._runs: dict[str, deque[Recent]] = {}
+        # recipient -> (the newest inbox number this process numbered, when): its inbox's end,
+        # until a wake-up without deliveries (another process numbered more) says otherwise
+        self._newest: dict[str, tuple[int, float]] = {}
         self.per_recipient = per_recipient
         self.max_age_s = max_age_s
 
@@ -191,6 +194,28 @@ class RecentDeliveries:
                         # a gap (another process numbered what lies between): start a new run
                         run = self._runs[recipient] = deque(maxlen=self.per_recipient)
                     run.append(Recent(seq, now, expires_ms, item))
+                if views:
+                    self._newest[recipient] = (views[-1][0], now)
+
+    def unsure(self, recipients: Iterable[str] | None = None) -> None:
+        """`recipients` (None: all) may have deliveries this process did not number: their
+        newest known number is no longer their inbox's end."""
+        with self._lock:
+            if recipients is None:
+                self._newest.clear()
+            else:
+                for recipient in recipients:
+                    self._newest.pop(recipient, None)
+
+    def at_end(self, recipient: str, cursor: int) -> bool:
+        """Whether `cursor` is the newest number this process gave `recipient`, within the last
+        RECENT_MAX_AGE_S, with no sign since of anything numbered elsewhere. True lets a
+        long-poll wait without first reading the database: whatever is numbered after `cursor`
+        wakes it (in this process by `publish`, from another by its NOTIFY), and its safety
+        re-check reads the database all the same."""
+        with self._lock:
+            known = self._newest.get(recipient)
+            return known is not None and known[0] == cursor and known[1] >= time.monotonic() - self.max_age_s
 
     def after(self, recipient: str, cursor: int, limit: int) -> list[Recent] | None:
         """The deliveries with seq > cursor, at most `limit`, if the run holds cursor + 1;
@@ -244,11 +269,15 @@ class InboxNotifier:
         """`recipients` have new deliveries: wake their long-polls. Safe from any thread.
         `deliveries`: the new deliveries themselves (this process integrated them), kept for
         the woken readers first (services/log.py's Integrated.deliveries)."""
+        recipients = set(recipients)
         if deliveries:
             self.recent.keep(deliveries)
+        # (before the generation moves: a long-poll that took the generation and then saw
+        # `at_end` true is woken by this publish)
+        self.recent.unsure([r for r in recipients if not deliveries or not deliveries.get(r)])
         woken: list[_Waiter] = []
         with self._lock:
-            for recipient in set(recipients):
+            for recipient in recipients:
                 self._generations[recipient] = self._generations.get(recipient, 0) + 1
                 woken.extend(self._waiters.get(recipient, ()))
         for waiter in woken:
@@ -289,6 +318,7 @@ class InboxNotifier:
     def wake_all(self) -> None:
         """Wake every waiting long-poll (to re-check the database), e.g. after notifications
         may have been missed."""
+        self.recent.unsure()  # notifications may have been missed: no inbox's end is known
         with self._lock:
             recipients = list(self._waiters)
         self.publish(recipients)

@@ -690,6 +690,69 @@ def test_a_woken_long_poll_never_skips_a_delivery_its_process_did_not_integrate(
     assert [d["item_id"] for d in result["deliveries"]] == [first]
 
 
+def test_a_long_poll_at_the_end_its_process_numbered_waits_without_reading_the_database(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Right after a wake-up the recipient asks again after what it got: its process numbered
+    that last, so nothing follows it yet, and the long-poll waits without a read that would
+    find nothing; the next delivery wakes it as any other."""
+    original = inbox_service.list_inbox
+    reads: list[int] = []
+
+    def counted(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        reads.append(1)
+        return original(*args, **kwargs)
+
+    with polling(world, monkeypatch, recheck_s=30) as polled:
+        first = world.submit("KOR", world.seal("KOR", ["USA"]))
+        assert first.status_code == 201, first.text
+        cursor = page(polled, world)["cursor"]
+        monkeypatch.setattr(inbox_service, "list_inbox", counted)
+        poll = LongPoll(polled, world, wait=20, after=cursor)
+        waiting(polled)
+        assert reads == []
+        second = world.submit("KOR", world.seal("KOR", ["USA"]))
+        result = poll.join()
+        assert [d["item_id"] for d in result["deliveries"]] == [second.json()["item_id"]]
+        assert reads == []
+        assert page(polled, world, after=cursor, wait=0) == result  # a poll that does not wait reads
+        assert reads == [1]
+
+
+def test_after_a_delivery_numbered_elsewhere_the_long_poll_reads_the_database_first(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process numbered the next delivery and its NOTIFY (here: a publish without
+    deliveries) arrived: what this process numbered last is no longer the inbox's end."""
+    with polling(world, monkeypatch, recheck_s=30) as polled:
+        r = world.submit("KOR", world.seal("KOR", ["USA"]))
+        assert r.status_code == 201, r.text
+        cursor = page(polled, world)["cursor"]
+        (elsewhere,) = add_deliveries(world, 1, first=cursor + 1, logged=True)
+        state_of(polled).notifier.publish(["USA"])
+        started = time.monotonic()
+        result = page(polled, world, after=cursor, wait=20)
+    assert [d["item_id"] for d in result["deliveries"]] == [elsewhere]
+    assert time.monotonic() - started < 3
+
+
+def test_a_long_poll_that_skipped_its_first_read_still_rechecks_the_database(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delivery numbered elsewhere whose wake-up never arrives: the safety re-check finds it."""
+    with polling(world, monkeypatch, recheck_s=0.3) as polled:
+        r = world.submit("KOR", world.seal("KOR", ["USA"]))
+        assert r.status_code == 201, r.text
+        cursor = page(polled, world)["cursor"]
+        poll = LongPoll(polled, world, wait=20, after=cursor)
+        waiting(polled)
+        (elsewhere,) = add_deliveries(world, 1, first=cursor + 1, logged=True)  # nobody publishes it
+        added = time.monotonic()
+        result = poll.join()
+    assert [d["item_id"] for d in result["deliveries"]] == [elsewhere]
+    assert poll.ended - added < 3
+
+
 # --- log proofs in the page (proofs=N) ------------------------------------------------------------
 
 

@@ -150,3 +150,35 @@ def test_any_text_encodes_as_the_model(
         "size": size,
     }
     assert encode_delivery(view) == Delivery(**view).model_dump_json(exclude_none=True).encode()
+
+
+def test_the_end_of_an_inbox_is_known_only_from_the_newest_number_and_only_briefly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(notify.time, "monotonic", lambda: clock[0])
+    recent = RecentDeliveries(max_age_s=5.0)
+    assert not recent.at_end("USA", 0)  # nothing numbered here: only the database knows
+    recent.keep({"USA": [view(5), view(6)], "JPN": []})
+    assert recent.at_end("USA", 6)
+    assert not recent.at_end("USA", 5)  # 6 follows
+    assert not recent.at_end("USA", 7)  # a cursor past what this process numbered
+    assert not recent.at_end("JPN", 0)
+    recent.keep({"USA": [view(9)]})  # 7 and 8 were numbered elsewhere: 9 is still the end
+    assert recent.at_end("USA", 9) and not recent.at_end("USA", 6)
+    clock[0] += 5.1
+    assert not recent.at_end("USA", 9)
+
+
+def test_a_wake_up_without_deliveries_makes_the_end_unknown() -> None:
+    notifier = notify.InboxNotifier()
+    notifier.publish(["USA", "JPN"], {"USA": [view(1)], "JPN": [view(4)]})
+    assert notifier.recent.at_end("USA", 1) and notifier.recent.at_end("JPN", 4)
+    notifier.publish(["USA"])  # another process's NOTIFY: it numbered something for USA
+    assert not notifier.recent.at_end("USA", 1)
+    assert notifier.recent.at_end("JPN", 4)
+    notifier.publish(["JPN", "USA"], {"USA": [view(2)]})  # JPN named without its deliveries
+    assert notifier.recent.at_end("USA", 2) and not notifier.recent.at_end("JPN", 4)
+    notifier.publish(["USA"], {"USA": [view(3)]})
+    notifier.wake_all()  # the listener reconnected: notifications may have been missed
+    assert not notifier.recent.at_end("USA", 3)
