@@ -16,7 +16,10 @@ The deliveries themselves travel with the wake-up in this process: `publish(reci
 deliveries)` keeps each recipient's newest deliveries (`RecentDeliveries`, a short run of
 consecutive inbox numbers, briefly), so that a woken stream or long-poll of this process sends
 them without reading the database. What this process did not integrate itself (another process's
-NOTIFY) or no longer holds is read from the database, as before.
+NOTIFY) or no longer holds is read from the database, as before. It also knows each recipient's
+newest number it gave out (`RecentDeliveries.at_end`), until a wake-up without deliveries says
+another process numbered more: a long-poll asking after exactly that number waits without
+reading first.
 
 No wake-up is lost: a long-poll takes the recipient's `generation()` *before* it checks the
 database and passes it to `wait(..., since=...)`, which returns at once if the recipient was
@@ -106,11 +109,13 @@ def notify_in_transaction(session: Session, recipients: Iterable[str], origin: s
     chunks = [f"{origin}|{chunk}" if origin else chunk for chunk in payloads(recipients)]
     if not chunks:
         return
-    channel = session.execute(text(SCHEMA_CHANNEL_SQL), {"channel": CHANNEL}).scalar_one()
-    for payload in chunks:
-        session.execute(
-            text("SELECT pg_notify(:channel, :payload)"), {"channel": channel, "payload": payload}
-        )
+    # the channel named in the same statement: one round trip per integration, not two
+    # (each chunk stands alone, so the order they go in does not matter)
+    notify = text(
+        "SELECT pg_notify(:channel || '_' || left(md5(current_schema()), 16), payload)"
+        " FROM unnest(CAST(:payloads AS text[])) AS p(payload)"
+    )
+    session.execute(notify, {"channel": CHANNEL, "payloads": chunks})
 
 
 def listener_conninfo(database_url: str) -> str | None:

@@ -253,6 +253,19 @@ def test_a_notify_in_a_committed_transaction_wakes_the_other_processes_waiters()
 
 
 @pytest.mark.postgresql
+def test_recipients_past_one_payloads_limit_are_all_notified_in_one_commit() -> None:
+    with _two_processes() as (_sender, receiver, engine):
+        many = [f"{_unique()}{i:04d}" for i in range(1200)]
+        assert len(payloads(many)) > 1  # several NOTIFYs, one statement
+        with Session(engine) as session, session.begin():
+            notify_in_transaction(session, many)
+        deadline = time.monotonic() + 10
+        while not all(receiver.generation(r) == 1 for r in many):
+            assert time.monotonic() < deadline, sum(receiver.generation(r) for r in many)
+            time.sleep(0.02)
+
+
+@pytest.mark.postgresql
 def test_a_process_ignores_the_echo_of_its_own_notify_and_hears_the_others() -> None:
     """The integrating process publishes its deliveries itself, with the deliveries: its own
     NOTIFY's echo would wake its waiters a second time, for nothing they can use."""
