@@ -633,13 +633,15 @@ class _ClientCore:
         numbered = {r: n for r, n in seqs.items() if n is not None}
         return logleaf.item_leaf(header.item_id, logleaf.envelope_digest(envelope), self.country, numbered)
 
-    def _checked_received_leaf(self, received: Received, data: bytes, leaf: Any) -> bytes:
+    def _checked_received_leaf(self, received: Received, leaf: Any) -> bytes:
+        """The log's leaf against the delivery as opened: the bytes checked are the bytes that
+        were verified and decrypted (`_open` hashed them once, for the leaf and the receipt)."""
         raw = canonical.b64decode(leaf["leaf"], "log leaf")
         header = received.opened.header
         logleaf.check_item_leaf(
             raw,
             item_id=header.item_id,
-            envelope=data,
+            envelope_sha256=received.envelope_sha256,
             originator=header.originator,
             recipients=header.recipient_countries,
             own=(self.country, received.delivery.seq),
@@ -716,7 +718,7 @@ class _ClientCore:
                 return _Attempt(data, None)
             try:
                 received = self._open(directory, delivery, data)
-                if self.trust.log is None or self._proven_here(received, data, page.proof(index), at):
+                if self.trust.log is None or self._proven_here(received, page.proof(index), at):
                     return _Attempt(data, received)
             except Exception:  # noqa: S110 - `open` tries it again (newer keys) and raises what is wrong
                 pass
@@ -877,7 +879,6 @@ class _ClientCore:
     def _proven_here(
         self,
         received: Received,
-        data: bytes,
         proof: tuple[str, tuple[str, ...]] | None,
         at: Checkpoint | None,
     ) -> bool:
@@ -887,7 +888,7 @@ class _ClientCore:
         index = received.delivery.log_index
         if proof is None or at is None or index >= at.size:
             return False
-        leaf = self._checked_received_leaf(received, data, {"leaf": proof[0]})
+        leaf = self._checked_received_leaf(received, {"leaf": proof[0]})
         hashes = [canonical.b64decode(h, "inclusion proof") for h in proof[1]]
         logleaf.check_inclusion(leaf, index, at, hashes)
         return True
@@ -1184,9 +1185,9 @@ class Client(_ClientCore):
             received = self._open(self.directory(), delivery, data, allow_expired)
         except EnvelopeError:  # a key may be newer
             received = self._open(self.directory(refresh=True), delivery, data, allow_expired)
-        if self.trust.log is not None and not self._proven_here(received, data, proof, at):
+        if self.trust.log is not None and not self._proven_here(received, proof, at):
             leaf = self._request("GET", f"/v1/log/leaves/{delivery.log_index}").json()
-            self.prove_included(delivery.log_index, self._checked_received_leaf(received, data, leaf))
+            self.prove_included(delivery.log_index, self._checked_received_leaf(received, leaf))
         return received
 
     def receive(
@@ -1698,9 +1699,9 @@ class AsyncClient(_ClientCore):
             received = self._open(await self.directory(), delivery, data, allow_expired)
         except EnvelopeError:
             received = self._open(await self.directory(refresh=True), delivery, data, allow_expired)
-        if self.trust.log is not None and not self._proven_here(received, data, proof, at):
+        if self.trust.log is not None and not self._proven_here(received, proof, at):
             leaf = (await self._request("GET", f"/v1/log/leaves/{delivery.log_index}")).json()
-            await self.prove_included(delivery.log_index, self._checked_received_leaf(received, data, leaf))
+            await self.prove_included(delivery.log_index, self._checked_received_leaf(received, leaf))
         return received
 
     async def receive(

@@ -169,6 +169,13 @@ def test_item_leaf_describes_its_envelope(leaf: dict[str, Any]) -> None:
     logleaf.check_item_leaf(data, own=None, **check)  # as the originator
     for recipient, seq in seqs.items():
         logleaf.check_item_leaf(data, own=(recipient, seq), **check)  # as each recipient
+    # a caller that hashed the envelope already passes the digest instead: the same answer
+    hashed = {**check, "envelope": None, "envelope_sha256": logleaf.envelope_digest(envelope)}
+    logleaf.check_item_leaf(data, own=None, **hashed)
+    with pytest.raises(errors.LogError, match="other envelope bytes"):
+        logleaf.check_item_leaf(data, own=None, **{**hashed, "envelope_sha256": "0" * 64})
+    with pytest.raises(TypeError):
+        logleaf.check_item_leaf(data, own=None, **{**check, "envelope_sha256": hashed["envelope_sha256"]})
 
 
 def test_directory_and_policy_leaves_name_their_documents() -> None:
@@ -317,14 +324,21 @@ def run_item_leaf(vector: Mapping[str, Any]) -> None:
     own = None if vector["own"] is None else (str(vector["own"][0]), int(vector["own"][1]))
     leaf = vector["leaf"].encode("utf-8")
     assert canonical.encode(canonical.decode(leaf)) == leaf  # well formed: only its content is wrong
-    logleaf.check_item_leaf(
-        leaf,
-        item_id=header.item_id,
-        envelope=envelope,
-        originator=header.originator,
-        recipients=header.recipient_countries,
-        own=own,
-    )
+    check = {
+        "item_id": header.item_id,
+        "originator": header.originator,
+        "recipients": header.recipient_countries,
+        "own": own,
+    }
+    # refused alike whether the caller passes the envelope or its digest (as Client.receive does)
+    with pytest.raises(errors.LogError) as by_digest:
+        logleaf.check_item_leaf(leaf, envelope_sha256=logleaf.envelope_digest(envelope), **check)
+    try:
+        logleaf.check_item_leaf(leaf, envelope=envelope, **check)
+    except errors.LogError as by_bytes:
+        assert (by_bytes.code, by_bytes.detail) == (by_digest.value.code, by_digest.value.detail)
+        raise
+    raise AssertionError(f"refused by digest ({by_digest.value.code}) but not by the envelope's bytes")
 
 
 def run_inclusion(vector: Mapping[str, Any]) -> None:

@@ -257,18 +257,23 @@ def check_item_leaf(
     leaf: bytes,
     *,
     item_id: str,
-    envelope: bytes,
+    envelope: bytes | None = None,
+    envelope_sha256: str | None = None,
     originator: str,
     recipients: Iterable[str],
     own: tuple[str, int] | None,
 ) -> None:
-    """The log's leaf describes exactly this item: its bytes, its originator, its recipients
-    and (for a recipient) this recipient's inbox number."""
+    """The log's leaf describes exactly this item: its bytes (`envelope`, or their
+    `envelope_digest` as `envelope_sha256` when the caller hashed them already), its originator,
+    its recipients and (for a recipient) this recipient's inbox number."""
+    if (envelope is None) == (envelope_sha256 is None):
+        raise TypeError("give exactly one of envelope and envelope_sha256")
+    expected = envelope_digest(envelope) if envelope is not None else envelope_sha256
     got_id, digest, got_origin, deliveries = parse_item_leaf(leaf)
     problems = []
     if got_id != item_id:
         problems.append(f"item {got_id}")
-    if digest != envelope_digest(envelope):
+    if digest != expected:
         problems.append("other envelope bytes")
     if got_origin != originator:
         problems.append(f"originator {got_origin}")
