@@ -131,6 +131,16 @@ def stage(session: Session, kind: str, ref: str, now_ms: int) -> None:
 
 
 @dataclass(frozen=True)
+class Tip:
+    """The log's right frontier and the index of its last inboxes leaf, as one integration
+    left them: what the next integration needs of the stored tree. Valid only while the log
+    still has `frontier.size` leaves (only integrations append, under the integration lock)."""
+
+    frontier: merkle.CompactRange
+    last_inboxes: int  # -1: none yet
+
+
+@dataclass(frozen=True)
 class Integrated:
     size: int
     root: bytes
@@ -141,6 +151,7 @@ class Integrated:
     # without the seq, the item's expires_ms; the view is shared by the item's recipients): for
     # the waiting streams and long-polls of this process (services/notify.py)
     deliveries: dict[str, list[tuple[int, dict[str, Any], int | None]]] = field(default_factory=dict)
+    tip: Tip | None = None  # the tree as this batch left it, for the next batch once committed
 
     @property
     def recipients(self) -> set[str]:
@@ -275,9 +286,12 @@ def integrate(
     signer: logleaf.LogSigner | None,
     now_ms: int,
     busy: Callable[[Session], None] | None = None,
+    tip: Tip | None = None,
 ) -> Integrated | None:
     """Integrate up to BATCH pending leaves in the caller's transaction; None if nothing to do
-    or another process is integrating (then `busy` is called)."""
+    or another process is integrating (then `busy` is called). `tip`: the tree as this
+    process's last committed integration left it, used instead of reading the frontier and
+    the last inboxes leaf back when the log's size (read under the lock) is still its size."""
     if not _take_lock(session):
         if busy is not None:
             busy(session)
@@ -288,7 +302,14 @@ def integrate(
     if not pending:
         return None
     size = int(connection.execute(_LOG_SIZE_FOR_UPDATE).scalar_one())
-    frontier = merkle.CompactRange.from_store(size, _get(_nodes(session, merkle.nodes_needed_for_root(size))))
+    if tip is not None and tip.frontier.size == size:
+        frontier, last_inboxes = tip.frontier, tip.last_inboxes
+    else:  # another process integrated since (or this one has not yet): read the tree
+        nodes = _nodes(session, merkle.nodes_needed_for_root(size))
+        frontier, last_inboxes = (
+            merkle.CompactRange.from_store(size, _get(nodes)),
+            _previous_inboxes(session, size),
+        )
 
     item_ids = [p.ref for p in pending if p.kind == "item"]
     items: dict[str, Any] = (
@@ -338,7 +359,8 @@ def integrate(
         index += 1
     if entries:
         # the batch ends with the inboxes leaf: every non-empty inbox's size after it, salted
-        leaf, salts = logleaf.new_inboxes_leaf(_previous_inboxes(session, size), sizes)
+        leaf, salts = logleaf.new_inboxes_leaf(last_inboxes, sizes)
+        last_inboxes = index
         digest = logleaf.hash_of(leaf)
         entries.append(
             {
@@ -376,7 +398,9 @@ def integrate(
         checkpoint = Checkpoint(signer.origin, frontier.size, root)
         note = format_note(checkpoint.to_text(), list(signer.sign(checkpoint.to_text())))
         session.add(CheckpointRow(size=frontier.size, root=root, note=note.decode(), created_ms=now_ms))
-    return Integrated(frontier.size, root, len(entries), logged, dict(deliveries))
+    return Integrated(
+        frontier.size, root, len(entries), logged, dict(deliveries), Tip(frontier, last_inboxes)
+    )
 
 
 def _number(
@@ -527,6 +551,9 @@ class Integrator:
         # process's waiting long-polls).
         self.in_transaction: list[Callable[[Session, set[str]], None]] = []
         self.after_commit: list[Callable[[Integrated], None]] = []
+        # the tree as this process's last committed integration left it (`integrate`'s `tip`):
+        # set only after a commit, checked against the log's size before every use
+        self.tip: Tip | None = None
 
     def integrate_in(self, session: Session) -> Integrated | None:
         """Integrate in the caller's transaction; the caller must call `committed` after."""
@@ -537,7 +564,7 @@ class Integrator:
             busy = True
             self._lock_held_elsewhere(session)
 
-        result = integrate(session, self.signer, self.clock(), held_elsewhere)
+        result = integrate(session, self.signer, self.clock(), held_elsewhere, self.tip)
         if not busy:
             self._busy_since = None
         if result is not None and result.items:
@@ -588,6 +615,7 @@ class Integrator:
     def committed(self, result: Integrated | None) -> None:
         if result is None:
             return
+        self.tip = result.tip
         for hook in self.after_commit:
             try:
                 hook(result)

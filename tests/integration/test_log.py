@@ -3,10 +3,13 @@ who rewrites history with the log key it holds, caught by unmodified clients."""
 
 from __future__ import annotations
 
-import pytest
-from sqlalchemy import text
+import threading
 
-from broker.store.db import make_engine
+import pytest
+from sqlalchemy import event, text
+
+from broker.services.log import Integrator, stage
+from broker.store.db import make_engine, make_sessionmaker, transaction
 from msmt.core import canonical, logleaf, merkle
 from msmt.core.errors import InvalidConsistencyProof, InvalidInclusionProof, LeafMismatch, LogRollback
 from msmt.core.note import Checkpoint, format_note, open_checkpoint
@@ -209,3 +212,67 @@ def test_the_migration_carries_an_existing_log_over(database_url: str) -> None:
         assert log_service.inclusion(session, 3, 7) == tree.inclusion_proof(3, 7)
         assert log_service.consistency(session, 2, 7) == tree.consistency_proof(2, 7)
     engine.dispose()
+
+
+# --- the integrator's own tip: the tree as its last commit left it -----------------------------
+
+
+def _tree_matches_the_checkpoint(world: World) -> None:
+    tree = merkle.MemoryTree()
+    tree.extend(_leaves(world))
+    note = world.client.get("/v1/log/checkpoint", headers=world.auth("USA")).json()["note"]
+    checkpoint, _ = open_checkpoint(
+        note.encode(), LOG_SIGNER.identity().verifiers(), origin=LOG_SIGNER.origin
+    )
+    assert (checkpoint.size, checkpoint.root_hash) == (len(_leaves(world)), tree.root())
+    stored = {
+        (int(lv), int(ix)): bytes(h) for lv, ix, h in _sql(world, "SELECT level, idx, hash FROM log_nodes")
+    }
+    assert stored == tree.nodes  # every stored subtree is the tree's own
+
+
+def test_after_its_own_integration_the_integrator_does_not_read_the_tree_back(world: World) -> None:
+    """The frontier and the last inboxes leaf come from the integrator's previous commit while
+    the log still has that size: no read of the stored subtrees or of the last leaf's kind."""
+    engine = world.client.app.state.engine  # type: ignore[attr-defined]
+    with client(world, "KOR") as kor:
+        kor.send(b"first", content_type="text/plain", markings=MARKINGS, recipients=["USA"])
+        world.settle()
+        seen: list[str] = []
+
+        def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+            if threading.current_thread().name == "msmt-sequencer":  # the integrations, not the proofs served
+                seen.append(statement)
+
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            kor.send(b"second", content_type="text/plain", markings=MARKINGS, recipients=["USA"])
+            world.settle()
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+    assert any("INSERT INTO log_nodes" in s for s in seen)  # it did integrate meanwhile
+    assert not [s for s in seen if "FROM log_nodes" in s or "SELECT log_entries.kind" in s]
+    _tree_matches_the_checkpoint(world)
+
+
+def test_after_another_process_integrated_the_integrator_reads_the_tree_again(world: World) -> None:
+    """Another broker process integrated since this one's last commit (the log is longer than
+    its tip): it must continue from the stored tree, not from what it remembers."""
+    with client(world, "KOR") as kor:
+        kor.send(b"ours", content_type="text/plain", markings=MARKINGS, recipients=["USA"])
+        world.settle()
+        ours = world.client.app.state.broker.log  # type: ignore[attr-defined]
+        assert ours.tip is not None and ours.tip.frontier.size == world.count("log_entries")
+        (version,) = _sql(world, "SELECT max(version) FROM policy_versions")[0]
+        engine = make_engine(world.url)
+        try:
+            other = Integrator(make_sessionmaker(engine), LOG_SIGNER, lambda: world.clock.ms)
+            with transaction(other.factory) as session:
+                stage(session, "policy", str(version), world.clock.ms)
+            assert other.run_once() is not None  # the other process's batch: a leaf and an inboxes leaf
+        finally:
+            engine.dispose()
+        kor.send(b"ours again", content_type="text/plain", markings=MARKINGS, recipients=["USA"])
+        world.settle()
+    assert ours.tip.frontier.size == world.count("log_entries")
+    _tree_matches_the_checkpoint(world)
