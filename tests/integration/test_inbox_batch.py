@@ -577,6 +577,19 @@ def polling(world: World, monkeypatch: pytest.MonkeyPatch, recheck_s: float) -> 
     yield world.client
 
 
+def counting_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From now on, one entry per inbox page read from the database."""
+    original = inbox_service.list_inbox
+    reads: list[int] = []
+
+    def counted(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        reads.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(inbox_service, "list_inbox", counted)
+    return reads
+
+
 def test_a_long_poll_wakes_when_its_recipient_is_published(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -652,15 +665,8 @@ def test_a_woken_long_poll_answers_from_what_its_process_just_integrated(
     """The integrator hands its new deliveries to this process's waiting long-polls with the
     wake-up: the woken long-poll answers without reading the database again, and with exactly
     what the database shows."""
-    original = inbox_service.list_inbox
-    reads: list[int] = []
-
-    def counted(*args: Any, **kwargs: Any) -> dict[str, Any]:
-        reads.append(1)
-        return original(*args, **kwargs)
-
     with polling(world, monkeypatch, recheck_s=30) as polled:
-        monkeypatch.setattr(inbox_service, "list_inbox", counted)
+        reads = counting_reads(monkeypatch)
         poll = LongPoll(polled, world, wait=20)
         waiting(polled)
         assert len(reads) == 1  # its first check found nothing
@@ -696,18 +702,11 @@ def test_a_long_poll_at_the_end_its_process_numbered_waits_without_reading_the_d
     """Right after a wake-up the recipient asks again after what it got: its process numbered
     that last, so nothing follows it yet, and the long-poll waits without a read that would
     find nothing; the next delivery wakes it as any other."""
-    original = inbox_service.list_inbox
-    reads: list[int] = []
-
-    def counted(*args: Any, **kwargs: Any) -> dict[str, Any]:
-        reads.append(1)
-        return original(*args, **kwargs)
-
     with polling(world, monkeypatch, recheck_s=30) as polled:
         first = world.submit("KOR", world.seal("KOR", ["USA"]))
         assert first.status_code == 201, first.text
         cursor = page(polled, world)["cursor"]
-        monkeypatch.setattr(inbox_service, "list_inbox", counted)
+        reads = counting_reads(monkeypatch)
         poll = LongPoll(polled, world, wait=20, after=cursor)
         waiting(polled)
         assert reads == []
