@@ -103,6 +103,7 @@ ITEM_COLUMNS = (
     "envelope",
     "log_index",
     "submitted_with_key",
+    "recipients",
     "policy_version",
 )
 DELIVERY_COLUMNS = ("item_id", "recipient", "seq", "state", "created_ms", "acked_ms")
@@ -146,6 +147,10 @@ def generate(
             at = first_ms + i * step_ms
             item_id = new_item_id(at)
             envelope = rng.randbytes(envelope_bytes)
+            others = [c for c in roster if c not in (origin, BIG_INBOX)]
+            recipients = rng.sample(others, 1 + i % 2)
+            if origin != BIG_INBOX:
+                recipients.append(BIG_INBOX)
             rows.items.append(
                 (
                     item_id,
@@ -161,14 +166,11 @@ def generate(
                     envelope,
                     i,
                     "bulk",
+                    ",".join(sorted(recipients)),
                     1,
                 )
             )
             stored[origin] = stored.get(origin, 0) + envelope_bytes
-            others = [c for c in roster if c not in (origin, BIG_INBOX)]
-            recipients = rng.sample(others, 1 + i % 2)
-            if origin != BIG_INBOX:
-                recipients.append(BIG_INBOX)
             acked = i < pending_from
             for r in sorted(recipients):
                 last_seq[r] += 1

@@ -11,7 +11,8 @@ with a signed checkpoint per batch. The load comes from `--load-procs` processes
 keep-alive HTTP/1.1 connections on the same 2 cores as the brokers, so read the rate as a
 floor; the broker's CPU time per accepted submission is read from /proc and set beside the
 cost of verifying one envelope's signatures in this process (the one cost the broker cannot
-avoid).
+avoid). On PostgreSQL the CPU of the server's processes on this machine over the run is shown
+per submission beside it (the server shares the same two cores).
 """
 
 from __future__ import annotations
@@ -50,6 +51,23 @@ TICKS = os.sysconf("SC_CLK_TCK")
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def server_cpu_seconds() -> float:
+    """CPU seconds of every PostgreSQL server process on this machine (the server shares the
+    two cores with the brokers and the load): what the run cost it is the difference."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        if stat[stat.index("(") + 1 : stat.rindex(")")].startswith("postgres"):
+            fields = stat.rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / TICKS
+    return total
 
 
 def _requests(work: list[tuple[str, bytes]], batch: int) -> list[tuple[str, bytes, str, int]]:
@@ -195,6 +213,7 @@ def run(
         for loader in loaders:
             loader.start()
         cpu_before = sum(cpu_seconds(proc.pid) for _, proc in servers)
+        server_before = server_cpu_seconds()
         ready.wait()
         start = time.perf_counter()
         statuses: Counter[int] = Counter()
@@ -202,6 +221,7 @@ def run(
             statuses.update(out.get())
         elapsed = time.perf_counter() - start
         cpu = sum(cpu_seconds(proc.pid) for _, proc in servers) - cpu_before
+        server_cpu = server_cpu_seconds() - server_before
         for loader in loaders:
             loader.join()
     accepted = statuses[201] + statuses[202]
@@ -210,6 +230,7 @@ def run(
     return {
         "rate": accepted / elapsed,
         "cpu_ms": 1000 * cpu / max(accepted, 1),
+        "server_cpu_ms": 1000 * server_cpu / max(accepted, 1),
         "logged": statuses[201] / max(accepted, 1),
         **integration_figures(url),
     }
@@ -257,7 +278,12 @@ def main() -> int:
                 f"{backend:>10} ({brokers} broker process{'es' if brokers > 1 else ''}): "
                 f"{figures['rate']:7.1f} accepted submissions/s | broker CPU {figures['cpu_ms']:.2f} ms "
                 f"per submission = {figures['cpu_ms'] / verify_ms:.1f}x signature verification | "
-                f"{100 * figures['logged']:.0f}% answered 201 (in the log)"
+                + (
+                    f"PostgreSQL server CPU {figures['server_cpu_ms']:.2f} ms per submission | "
+                    if backend == "postgresql"
+                    else ""
+                )
+                + f"{100 * figures['logged']:.0f}% answered 201 (in the log)"
             )
             if figures["integrated"]:
                 print(

@@ -190,21 +190,35 @@ def item_status(session: Session, caller: str, item_id: str, is_admin: bool) -> 
         r.recipient: r.data
         for r in session.scalars(select(DeliveryReceiptRow).where(DeliveryReceiptRow.item_id == item_id))
     }
-    return {
-        "item_id": item_id,
-        "log_index": item.log_index,
-        "received_ms": item.received_ms,
-        "deliveries": [
+    deliveries: list[dict[str, Any]]
+    if item.log_index is None:  # not yet integrated: its deliveries, unnumbered, are to come
+        deliveries = [
+            {
+                "recipient": r,
+                "seq": None,
+                "state": "pending",
+                "created_ms": item.received_ms,
+                "acked_ms": None,
+            }
+            for r in item.recipients.split(",")
+        ]
+    else:  # exactly the stored deliveries, written when the integrator logged the item
+        deliveries = [
             {
                 "recipient": d.recipient,
                 "seq": d.seq,
                 "state": d.state,
                 "created_ms": d.created_ms,
                 "acked_ms": d.acked_ms,
-                "receipt": None
-                if d.recipient not in receipts
-                else canonical.b64encode(receipts[d.recipient]),
             }
             for d in queries.deliveries_of_item(session, item_id)
-        ],
+        ]
+    for d in deliveries:
+        receipt = receipts.get(d["recipient"])
+        d["receipt"] = None if receipt is None else canonical.b64encode(receipt)
+    return {
+        "item_id": item_id,
+        "log_index": item.log_index,
+        "received_ms": item.received_ms,
+        "deliveries": deliveries,
     }

@@ -1,7 +1,7 @@
 """The transparency log: staging, batched integration, proofs and checkpoints.
 
-Accepting an item does not wait on any other submitter: its transaction inserts the item,
-its deliveries (without inbox numbers) and a row in `log_pending`, and commits. One
+Accepting an item does not wait on any other submitter: its transaction inserts the item
+(with its recipients) and a row in `log_pending`, and commits. One
 integrator at a time (a PostgreSQL transaction-level advisory lock; SQLite's single writer)
 then takes every pending row in one transaction: it assigns log indexes and each
 recipient's inbox sequence numbers in log order, appends the leaves to the Merkle tree
@@ -93,6 +93,8 @@ _ITEMS_TO_LOG = select(
     ITEMS.c.item_id,
     ITEMS.c.envelope_sha256,
     ITEMS.c.originator,
+    ITEMS.c.recipients,
+    ITEMS.c.received_ms,
     *(
         ITEMS.c[c.key]
         for c in queries.INBOX_COLUMNS
@@ -315,17 +317,14 @@ def integrate(
     items: dict[str, Any] = (
         {i.item_id: i for i in connection.execute(_ITEMS_TO_LOG, {"ids": item_ids})} if item_ids else {}
     )
-    recipients: dict[str, list[str]] = defaultdict(list)
-    if item_ids:
-        for item_id, recipient in connection.execute(queries.RECIPIENTS_OF, {"ids": item_ids}):
-            recipients[item_id].append(recipient)
+    recipients = {item_id: item.recipients.split(",") for item_id, item in items.items()}
     next_seq, sizes = _reserve_seqs(session, [r for i in item_ids for r in recipients[i]])
 
     entries: list[dict[str, object]] = []
     logged: dict[str, tuple[int, dict[str, int]]] = {}
     deliveries: dict[str, list[tuple[int, dict[str, Any], int | None]]] = defaultdict(list)
     item_updates: list[dict[str, object]] = []
-    delivery_updates: list[dict[str, object]] = []
+    new_deliveries: list[dict[str, object]] = []
     leaf_hashes: list[bytes] = []
     index = size
     for row in pending:
@@ -352,8 +351,15 @@ def integrate(
             del shown["seq"]
             for r, seq in seqs.items():
                 deliveries[r].append((seq, shown, item.expires_ms))
-            delivery_updates.extend(
-                {"b_item": row.ref, "b_recipient": r, "b_seq": seq} for r, seq in seqs.items()
+            new_deliveries.extend(
+                {
+                    "item_id": row.ref,
+                    "recipient": r,
+                    "seq": seq,
+                    "state": "pending",
+                    "created_ms": item.received_ms,
+                }
+                for r, seq in seqs.items()
             )
         leaf_hashes.append(digest)
         index += 1
@@ -390,7 +396,7 @@ def integrate(
             insert(LOG_NODES),
             [{"level": lv, "idx": ix, "hash": h} for (lv, ix), h in new_nodes],
         )
-    _number(session, item_updates, delivery_updates)
+    _number(session, item_updates, new_deliveries)
     connection.execute(_DONE_PENDING, {"ids": [p.id for p in pending]})
     connection.execute(_SET_LOG_SIZE, {"size": frontier.size})
     root = frontier.root()
@@ -404,17 +410,17 @@ def integrate(
 
 
 def _number(
-    session: Session, item_updates: list[dict[str, object]], delivery_updates: list[dict[str, object]]
+    session: Session, item_updates: list[dict[str, object]], new_deliveries: list[dict[str, object]]
 ) -> None:
-    """Write the log indexes and inbox numbers: on PostgreSQL one UPDATE ... FROM (VALUES ...)
-    per table (row-by-row updates of a batch's ~11 deliveries per item cost a quarter of its
-    integration, measured); on SQLite, where a statement is a function call, executemany."""
+    """Write the log indexes, and the deliveries with their inbox numbers (written once, here:
+    acceptance stored only the item's recipients; bulk.execute_many sends them in one
+    statement). The indexes: on PostgreSQL one UPDATE ... FROM unnest(...) of arrays, whose
+    text never changes (row-by-row updates cost a quarter of an integration, and a VALUES list
+    of n rows was compiled afresh for every batch: measured by bench/store.py); on SQLite,
+    where a statement is a function call, executemany."""
     if not item_updates:
         return
     if session.get_bind().dialect.name == "postgresql":
-        # Arrays, one per column, unnested by the server: the statement's text never changes
-        # (a VALUES list of n rows was compiled afresh for every batch, with 3 bind parameters
-        # per delivery: most of the integration's CPU in the broker, measured by bench/store.py).
         session.execute(
             text(
                 "UPDATE items SET log_index = v.log_index"
@@ -423,37 +429,16 @@ def _number(
             ),
             {"ids": [u["b_item"] for u in item_updates], "indexes": [u["b_index"] for u in item_updates]},
         )
-        if delivery_updates:
-            session.execute(
-                text(
-                    "UPDATE deliveries SET seq = v.seq FROM unnest(CAST(:ids AS text[]),"
-                    " CAST(:recipients AS text[]), CAST(:seqs AS bigint[])) AS v(item_id, recipient, seq)"
-                    " WHERE deliveries.item_id = v.item_id AND deliveries.recipient = v.recipient"
-                ),
-                {
-                    "ids": [u["b_item"] for u in delivery_updates],
-                    "recipients": [u["b_recipient"] for u in delivery_updates],
-                    "seqs": [u["b_seq"] for u in delivery_updates],
-                },
-            )
-        return
-    execute_many(
-        session,
-        "log.item-indexes",
-        update(ITEMS).where(ITEMS.c.item_id == bindparam("b_item")).values(log_index=bindparam("b_index")),
-        item_updates,
-    )
-    execute_many(
-        session,
-        "log.inbox-numbers",
-        update(DELIVERIES)
-        .where(
-            DELIVERIES.c.item_id == bindparam("b_item"),
-            DELIVERIES.c.recipient == bindparam("b_recipient"),
+    else:
+        execute_many(
+            session,
+            "log.item-indexes",
+            update(ITEMS)
+            .where(ITEMS.c.item_id == bindparam("b_item"))
+            .values(log_index=bindparam("b_index")),
+            item_updates,
         )
-        .values(seq=bindparam("b_seq")),
-        delivery_updates,
-    )
+    execute_many(session, "log.deliveries", insert(DELIVERIES), new_deliveries)
 
 
 def _reserve_seqs(session: Session, recipients: list[str]) -> tuple[dict[str, int], dict[str, int]]:

@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, and_, exists, func, select, text, update
+from sqlalchemy import ColumnElement, and_, exists, func, literal, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -111,6 +111,33 @@ def _deliveries(session: Session) -> Iterator[str]:
     )
     if unnumbered:
         yield f"{unnumbered} deliveries of logged items have no inbox number"
+    # the integrator writes an item's deliveries, one per recipient its header lists, when it
+    # logs the item: none before, exactly those after
+    early = session.scalar(
+        select(func.count())
+        .select_from(Delivery)
+        .join(Item, Item.item_id == Delivery.item_id)
+        .where(Item.log_index.is_(None))
+    )
+    if early:
+        yield f"{early} deliveries are of items not yet in the log"
+    stray = session.execute(
+        select(Delivery.recipient, Delivery.item_id)
+        .join(Item, Item.item_id == Delivery.item_id)
+        .where(~(literal(",") + Item.recipients + literal(",")).contains("," + Delivery.recipient + ","))
+        .limit(20)
+    ).all()
+    for recipient, item_id in stray:
+        yield f"item {item_id} has a delivery to {recipient}, which is not one of its recipients"
+    delivered = select(func.count()).where(Delivery.item_id == Item.item_id).correlate(Item).scalar_subquery()
+    listed = func.length(Item.recipients) - func.length(func.replace(Item.recipients, ",", "")) + 1
+    short = session.execute(
+        select(Item.item_id, delivered, listed)
+        .where(Item.log_index.is_not(None), delivered != listed)
+        .limit(20)
+    ).all()
+    for item_id, count, recipients in short:
+        yield f"item {item_id} is in the log with {count} deliveries for {recipients} recipients"
 
 
 def _inbox_sequences(session: Session) -> Iterator[str]:

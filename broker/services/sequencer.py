@@ -3,7 +3,7 @@
 A submit request does everything that needs no write on its own thread (parse, freshness,
 signature, against the registry as it stands) and queues the envelope. The writer takes
 whatever is queued (up to `max_batch` envelopes), and in ONE transaction stores the batch
-(items, deliveries without inbox numbers, log staging rows; the policy and key checks are
+(items with their recipients, log staging rows; the policy and key checks are
 made again under a share lock on the registry) and, if it holds the integration lock,
 integrates everything pending into the Merkle log: log indexes, each recipient's inbox
 numbers, the stored subtrees and one signed checkpoint. One commit, one fsync and one

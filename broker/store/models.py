@@ -126,6 +126,9 @@ class Item(Base):
         BigInteger, unique=True, nullable=True
     )  # set by the integrator
     submitted_with_key: Mapped[str] = mapped_column(String(32))
+    # the recipient countries as the envelope's header lists them (sorted, comma-joined): its
+    # deliveries are written by the integrator, with their inbox numbers, from this
+    recipients: Mapped[str] = mapped_column(Text)
     policy_version: Mapped[int | None] = mapped_column(
         BigInteger, nullable=True
     )  # the policy that allowed it

@@ -76,10 +76,10 @@ _INBOX_PAGE = (
 )
 
 
-# The (item_id, recipient) pairs of the items named by the expanding parameter `ids`: read by
-# every submission batch (the items it refers to) and every integration (the items it logs).
-RECIPIENTS_OF = select(_DELIVERIES.c.item_id, _DELIVERIES.c.recipient).where(
-    _DELIVERIES.c.item_id.in_(bindparam("ids", expanding=True))
+# (item_id, recipients comma-joined) of the items named by the expanding parameter `ids`: read
+# by every submission batch with references (the items it refers to).
+RECIPIENTS_OF = select(_ITEMS.c.item_id, _ITEMS.c.recipients).where(
+    _ITEMS.c.item_id.in_(bindparam("ids", expanding=True))
 )
 
 

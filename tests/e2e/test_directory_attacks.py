@@ -202,8 +202,8 @@ def _insert_item(d: Deployment, envelope: bytes, recipient: str) -> None:
     seq = int(d.sql("SELECT last_seq FROM inbox_counters WHERE recipient = :r", r=recipient)[0][0]) + 1
     d.sql(
         "INSERT INTO items (item_id, originator, originator_key_id, created_ms, received_ms, classification, tlp, "
-        "content_type, size, envelope_sha256, envelope, log_index, submitted_with_key) VALUES (:id, :o, :k, :c, :c, "
-        "'RESTRICTED', 'AMBER', 'text/plain', :n, 'x', :e, :li, 'x')",
+        "content_type, size, envelope_sha256, envelope, log_index, submitted_with_key, recipients) VALUES (:id, :o, :k, :c, :c, "
+        "'RESTRICTED', 'AMBER', 'text/plain', :n, 'x', :e, :li, 'x', :rc)",
         id=header.item_id,
         o=header.originator,
         k=header.originator_key_id,
@@ -211,6 +211,7 @@ def _insert_item(d: Deployment, envelope: bytes, recipient: str) -> None:
         n=len(envelope),
         e=envelope,
         li=size + 1000,
+        rc=recipient,
     )
     d.sql(
         "INSERT INTO deliveries (item_id, recipient, seq, state, created_ms) VALUES (:i, :r, :s, 'pending', 0)",

@@ -124,8 +124,8 @@ def insert_delivery(d: Deployment, envelope: bytes, recipient: str, content_type
     log_index = int(d.sql("SELECT count(*) FROM log_entries")[0][0]) + 1000 + seq
     d.sql(
         "INSERT INTO items (item_id, originator, originator_key_id, created_ms, received_ms, classification, "
-        "tlp, content_type, in_reply_to, size, envelope_sha256, envelope, log_index, submitted_with_key) "
-        "VALUES (:id, :o, :k, :c, :c, 'RESTRICTED', 'AMBER', :t, :r, :n, 'x', :e, :li, 'x')",
+        "tlp, content_type, in_reply_to, size, envelope_sha256, envelope, log_index, submitted_with_key, "
+        "recipients) VALUES (:id, :o, :k, :c, :c, 'RESTRICTED', 'AMBER', :t, :r, :n, 'x', :e, :li, 'x', :rc)",
         id=header.item_id,
         o=header.originator,
         k=header.originator_key_id,
@@ -135,6 +135,7 @@ def insert_delivery(d: Deployment, envelope: bytes, recipient: str, content_type
         n=len(envelope),
         e=envelope,
         li=log_index,
+        rc=recipient,
     )
     d.sql(
         "INSERT INTO deliveries (item_id, recipient, seq, state, created_ms) VALUES (:i, :r, :s, 'pending', 0)",

@@ -273,6 +273,7 @@ def add_deliveries(world: World, count: int, first: int = 1, logged: bool = Fals
             "envelope_sha256": "0" * 64,
             "envelope": b"x",
             "submitted_with_key": "0" * 32,
+            "recipients": "USA",
             "log_index": 1_000_000 + n if logged else None,
         }
         for n in numbers

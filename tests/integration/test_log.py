@@ -4,6 +4,7 @@ who rewrites history with the log key it holds, caught by unmodified clients."""
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 from sqlalchemy import event, text
@@ -276,3 +277,107 @@ def test_after_another_process_integrated_the_integrator_reads_the_tree_again(wo
         world.settle()
     assert ours.tip.frontier.size == world.count("log_entries")
     _tree_matches_the_checkpoint(world)
+
+
+def test_the_migration_moves_unnumbered_deliveries_onto_their_items(database_url: str) -> None:
+    """0010: an item keeps its recipients until the integrator writes its deliveries. Stored
+    deliveries fill `items.recipients`; those of items not yet in the log (no inbox number)
+    are removed, since the integrator writes them; the downgrade puts them back."""
+    from alembic import command
+
+    from broker.store.db import alembic_config, migrate
+
+    migrate(database_url, "0009")
+    engine = make_engine(database_url)
+    item = (
+        "INSERT INTO items (item_id, originator, originator_key_id, created_ms, received_ms, classification,"
+        " tlp, content_type, size, envelope_sha256, submitted_with_key, log_index) VALUES"
+        " (:i, 'KOR', 'k', 1, :t, 'RESTRICTED', 'AMBER', 'text/plain', 1, 'x', 'k', :li)"
+    )
+    delivery = "INSERT INTO deliveries (item_id, recipient, seq, state, created_ms) VALUES (:i, :r, :s, 'pending', :t)"
+    with engine.begin() as conn:
+        conn.execute(text(item), [{"i": "logged", "t": 10, "li": 5}, {"i": "waiting", "t": 20, "li": None}])
+        conn.execute(
+            text(delivery),
+            [
+                {"i": "logged", "r": "USA", "s": 1, "t": 10},
+                {"i": "logged", "r": "JPN", "s": 1, "t": 10},
+                {"i": "waiting", "r": "USA", "s": None, "t": 20},
+                {"i": "waiting", "r": "FRA", "s": None, "t": 20},
+                {"i": "waiting", "r": "DEU", "s": None, "t": 20},
+            ],
+        )
+    rows = "SELECT item_id, recipient, seq, state, created_ms FROM deliveries ORDER BY item_id, recipient"
+    with engine.connect() as conn:
+        before = conn.execute(text(rows)).all()
+    migrate(database_url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT item_id, recipients FROM items ORDER BY item_id")).all() == [
+            ("logged", "JPN,USA"),
+            ("waiting", "DEU,FRA,USA"),
+        ]
+        assert conn.execute(text(rows)).all() == [
+            ("logged", "JPN", 1, "pending", 10),
+            ("logged", "USA", 1, "pending", 10),
+        ]
+    command.downgrade(alembic_config(database_url), "0009")
+    with engine.connect() as conn:
+        assert conn.execute(text(rows)).all() == before
+    engine.dispose()
+
+
+def test_the_migration_refuses_an_item_without_deliveries(database_url: str) -> None:
+    """An item with no delivery at all has no recipients to keep: the upgrade stops and says so
+    (a database `msmt-broker check` finds inconsistent), changing nothing."""
+    from broker.store.db import migrate
+
+    migrate(database_url, "0009")
+    engine = make_engine(database_url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO items (item_id, originator, originator_key_id, created_ms, received_ms,"
+                " classification, tlp, content_type, size, envelope_sha256, submitted_with_key) VALUES"
+                " ('lonely', 'KOR', 'k', 1, 1, 'RESTRICTED', 'AMBER', 'text/plain', 1, 'x', 'k')"
+            )
+        )
+    with pytest.raises(RuntimeError, match="1 items have no deliveries"):
+        migrate(database_url)
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0009"
+        conn.execute(text("DELETE FROM items"))
+    migrate(database_url)  # nothing of the refused attempt is left (no column added twice)
+    engine.dispose()
+
+
+def test_a_sqlite_migration_checks_every_reference_before_it_commits(tmp_path: Path) -> None:
+    """On SQLite foreign keys are not enforced while a revision rebuilds a table, so the
+    migration checks them all before committing: a delivery of an item that does not exist
+    (written behind the broker's back) stops it, and the schema stays where it was."""
+    import sqlite3
+
+    from broker.store.db import migrate
+
+    url = f"sqlite:///{tmp_path / 'refs.db'}"
+    migrate(url, "0009")
+    raw = sqlite3.connect(tmp_path / "refs.db")
+    raw.execute(
+        "INSERT INTO items (item_id, originator, originator_key_id, created_ms, received_ms, classification,"
+        " tlp, content_type, size, envelope_sha256, submitted_with_key) VALUES"
+        " ('real', 'KOR', 'k', 1, 1, 'RESTRICTED', 'AMBER', 'text/plain', 1, 'x', 'k')"
+    )
+    for seq, item in enumerate(("real", "ghost"), 1):  # foreign keys are off on a plain connection
+        raw.execute(
+            "INSERT INTO deliveries (item_id, recipient, seq, state, created_ms) VALUES (?, 'USA', ?, 'pending', 1)",
+            (item, seq),
+        )
+    raw.commit()
+    raw.close()
+    with pytest.raises(RuntimeError, match="revision 0010 would leave broken references"):
+        migrate(url)
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0009"
+        conn.execute(text("DELETE FROM deliveries WHERE item_id = 'ghost'"))
+    migrate(url)
+    engine.dispose()

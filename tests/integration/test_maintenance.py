@@ -70,6 +70,28 @@ BREAKS: dict[str, tuple[Callable[[list[str]], str], str, str]] = {
         "inbox-sequences",
         "USA's inbox has gaps",
     ),
+    "delivery of a logged item lost": (
+        lambda ids: f"DELETE FROM deliveries WHERE item_id = '{ids[1]}' AND recipient = 'USA'",
+        "deliveries",
+        "is in the log with 1 deliveries for 2 recipients",
+    ),
+    "delivery to a non-recipient": (
+        lambda ids: (
+            f"UPDATE deliveries SET recipient = 'FRA' WHERE item_id = '{ids[2]}' AND recipient = 'USA'"
+        ),
+        "deliveries",
+        "has a delivery to FRA, which is not one of its recipients",
+    ),
+    "recipient dropped from an item": (
+        lambda ids: f"UPDATE items SET recipients = 'JPN' WHERE item_id = '{ids[0]}'",
+        "deliveries",
+        "has a delivery to USA, which is not one of its recipients",
+    ),
+    "delivery before the log": (
+        lambda ids: f"UPDATE items SET log_index = NULL WHERE item_id = '{ids[2]}'",
+        "deliveries",
+        "2 deliveries are of items not yet in the log",
+    ),
     "counter behind": (
         lambda ids: "UPDATE inbox_counters SET last_seq = 1 WHERE recipient = 'JPN'",
         "inbox-sequences",

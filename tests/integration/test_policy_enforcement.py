@@ -17,7 +17,7 @@ from broker.services.registry import RegistryCache
 from broker.services.submit import submit
 from broker.settings import Settings
 from broker.store.db import make_engine, make_sessionmaker, transaction
-from broker.store.models import Delivery
+from broker.store.models import Delivery, Item
 from msmt.core import Markings, seal
 from msmt.core.policy import evaluate
 
@@ -66,6 +66,10 @@ def test_broker_decisions_equal_the_pure_evaluator(backend: str, tmp_path: Path,
                 assert all(d.allowed for d in expected.values()), "the broker accepted a forbidden recipient"
                 accepted[receipt.item_id] = {c for c, d in expected.items() if d.allowed}
         with factory() as session:
+            stored = session.execute(select(Item.item_id, Item.recipients)).all()
             delivered = session.execute(select(Delivery.recipient, Delivery.item_id)).all()
-        # deliveries exist exactly for accepted items and their allowed recipients; refusals wrote nothing
-        assert {(r, i) for r, i in delivered} == {(r, i) for i, rs in accepted.items() for r in rs}
+        # items (with the recipients the integrator will deliver to) exist exactly for accepted
+        # items and their allowed recipients; refusals wrote nothing; nothing is delivered before
+        # the integrator numbers it
+        assert {i: set(rs.split(",")) for i, rs in stored} == accepted
+        assert delivered == []
