@@ -380,7 +380,9 @@ def integrate(
         )
         leaf_hashes.append(digest)
         if salts:
-            session.execute(
+            execute_many(
+                session,
+                "log.commitments",
                 insert(COMMITMENTS),
                 [
                     {"country": c, "log_index": index, "size": sizes[c], "salt": salt}
