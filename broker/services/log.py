@@ -94,8 +94,7 @@ _ITEMS_TO_LOG = select(
     ITEMS.c.envelope_sha256,
     ITEMS.c.originator,
     ITEMS.c.recipients,
-    ITEMS.c.received_ms,
-    *(
+    *(  # received_ms among them: the deliveries' created_ms
         ITEMS.c[c.key]
         for c in queries.INBOX_COLUMNS
         if c.class_ is Item and c.key not in ("item_id", "originator")
