@@ -19,6 +19,8 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,11 +29,13 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from broker.services.log import _LOCK_KEYS, ADVISORY_LOCK
 from broker.store.db import make_engine
 from msmt.cli import main
 from msmt.client import Client
 from msmt.core import Markings, SigningPrivateKey, parse, seal
 from msmt.core import report as rp
+from msmt.core.errors import LeafMismatch
 from msmt.errors import ClientError
 from msmt.trust import TrustStore
 
@@ -349,3 +353,99 @@ def test_an_envelope_swapped_in_the_database_is_refused(
     # another item's
     status, _, err = msmt("KOR", "status", prefix)
     assert status != 0 and other in err, err
+
+
+@contextmanager
+def integration_held(d: Deployment) -> Iterator[None]:
+    """The window between acceptance and integration, held open: this connection takes the
+    schema's integration lock (the advisory lock a broker integrates under), so the broker
+    stores and answers submissions (202, still durable) but logs none until it is let go."""
+    engine = make_engine(d.url)
+    try:
+        with engine.connect() as conn, conn.begin():
+            conn.execute(text(f"SELECT pg_advisory_xact_lock({_LOCK_KEYS})"), {"k": ADVISORY_LOCK})
+            yield
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "deployment", [pytest.param("postgresql", marks=pytest.mark.postgresql)], indirect=True
+)
+def test_recipients_rewritten_before_integration_are_refused_by_every_party(
+    deployment: Deployment, msmt: Any
+) -> None:
+    """Whoever writes the database between an item's acceptance and its integration rewrites
+    the recipients it is logged and delivered to (`items.recipients`): one item loses JPN (a
+    censored delivery), another gains JPN (a delivery it was never sealed for). The broker
+    logs and delivers what the row says; the unmodified clients each refuse it from their own
+    signed headers: the recipients (`msmt pull`), the country added, and the originator
+    (`msmt audit`). An item nobody touched, sent in the same window, is accepted by all.
+
+    PostgreSQL only: there acceptance and integration are separate transactions (another
+    process may hold the integration lock); on SQLite one transaction does both, so no
+    accepted item ever waits un-logged for a hand to reach it."""
+    everyone = Markings.create("RESTRICTED", "AMBER", ["ALL"], topics=["maritime"])
+    trust = TrustStore.load(deployment.keys("KOR") / "trust")
+    with (
+        integration_held(deployment),
+        Client(deployment.base, _KEYS["KOR"], trust=trust, audience=AUDIENCE, backoff_s=0.01) as kor,
+    ):
+        sends = [
+            (b"# Censored\n", ["JPN", "USA"]),
+            (b"# Widened\n", ["USA"]),
+            (b"# Untouched\n", ["USA"]),
+        ]
+        with ThreadPoolExecutor(len(sends)) as pool:  # each waits out the broker's settle time
+            receipts = list(
+                pool.map(
+                    lambda s: kor.send(
+                        s[0], content_type="text/markdown", markings=everyone, recipients=s[1]
+                    ),
+                    sends,
+                )
+            )
+        censored, widened, untouched = (r.item_id for r in receipts)
+        assert all(r.log_index is None for r in receipts)  # accepted, not yet logged
+        deployment.sql("UPDATE items SET recipients = 'USA' WHERE item_id = :i", i=censored)
+        deployment.sql("UPDATE items SET recipients = 'JPN,USA' WHERE item_id = :i", i=widened)
+
+    def delivered_to(item_id: str) -> list[str]:
+        rows = deployment.sql(
+            "SELECT recipient FROM deliveries WHERE item_id = :i ORDER BY recipient", i=item_id
+        )
+        return [r[0] for r in rows]
+
+    deadline = time.monotonic() + 20
+    while not all(delivered_to(i) for i in (censored, widened, untouched)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    # the attack took: the broker logged and delivered what the rewritten rows say
+    assert delivered_to(censored) == ["USA"]
+    assert delivered_to(widened) == ["JPN", "USA"]
+    assert delivered_to(untouched) == ["USA"]
+
+    # each recipient checks every delivery's log entry against the header its originator
+    # signed: a rewritten one is the log lying about an item (LeafMismatch), which stops a pull
+    # (it is not about one delivery) with nothing of it saved
+    usa_inbox, jpn_inbox = deployment.tmp / "usa-inbox", deployment.tmp / "jpn-inbox"
+    with deployment.client("USA") as usa:
+        deliveries = {d.item_id: d for d in usa.inbox().deliveries}
+        for item_id, listed in ((censored, "recipients USA$"), (widened, "recipients JPN, USA$")):
+            with pytest.raises(LeafMismatch, match=listed):
+                usa.open(deliveries[item_id])
+        assert usa.open(deliveries[untouched]).payload == b"# Untouched\n"  # the check is not vacuous
+    status, _, err = msmt("USA", "pull", str(usa_inbox))
+    assert status != 0 and "log-leaf-mismatch" in err, err
+    assert censored in err or widened in err, err
+    assert not list(usa_inbox.glob(f"*-{censored}.md")) and not list(usa_inbox.glob(f"*-{widened}.md"))
+
+    status, _, err = msmt("JPN", "pull", str(jpn_inbox))
+    assert status != 0 and f"item {widened} REJECTED" in err, err
+    assert not list(jpn_inbox.glob(f"*-{widened}.md"))
+
+    status, out, err = msmt("KOR", "audit")
+    assert status != 0, out
+    assert f"AUDIT: {censored}: the broker shows no delivery to JPN" in err, err
+    for item_id, listed in ((censored, "recipients USA)"), (widened, "recipients JPN, USA)")):
+        assert f"AUDIT: {item_id}: its log entry does not hold up" in err and listed in err, err
+    assert untouched not in err, err
