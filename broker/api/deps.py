@@ -104,7 +104,9 @@ class LongPolls:
             del self.by_member[member]
 
 
-def get_state(request: Request) -> BrokerState:
+async def get_state(request: Request) -> BrokerState:
+    """Async although it awaits nothing: FastAPI runs a plain `def` dependency on a worker
+    thread, a hop per request for one attribute read."""
     state: BrokerState = request.app.state.broker
     return state
 

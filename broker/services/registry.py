@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
 from sqlalchemy import Table, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from msmt.core import ApiPublicKey, SigningPublicKey
 from msmt.core import governance as gov
@@ -28,6 +28,7 @@ from msmt.core.markings import Markings
 from msmt.core.policy import Decision, Member, PolicySnapshot, evaluate
 
 from .. import policydoc
+from ..store.db import SINGLE_READ_OPTION
 from ..store.models import Admin, Key, RegistryState
 from . import governance as governance_service
 from . import policy as policy_service
@@ -198,6 +199,19 @@ class RegistryCache:
         """The newest registry this process has read, without reading the database (for
         checks that are made again, under a share lock, before anything is stored)."""
         return self._current
+
+    def fresh(self, factory: sessionmaker[Session]) -> Registry:
+        """The registry as of now, for a request that only reads it (authentication): the
+        version is read on a plain connection (a session per request cost more than the
+        query); a session is opened only when the registry changed."""
+        engine = factory.kw["bind"]
+        with engine.connect().execution_options(**{SINGLE_READ_OPTION: True}) as conn:
+            version = int(conn.execute(_VERSION).scalar_one())
+        current = self._current
+        if current is not None and current.version == version:
+            return current
+        with factory() as session:
+            return self.get(session)
 
     def get(self, session: Session, *, share_lock: bool = False) -> Registry:
         """The registry as of `session`'s view; `share_lock` blocks admin changes until commit."""

@@ -18,6 +18,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 WRITE_OPTION = "msmt_write"
+# A connection that runs one read statement and nothing else: on SQLite it needs no BEGIN (the
+# statement is its own transaction); elsewhere the option changes nothing.
+SINGLE_READ_OPTION = "msmt_single_read"
 
 
 def _migrations() -> Path:
@@ -146,8 +149,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         def _on_begin(connection: Any) -> None:
             # A unit of work takes the write lock up front (no deadlocked read-to-write
             # upgrades); a read begins a plain snapshot and never waits for a writer (WAL).
-            write = connection.get_execution_options().get(WRITE_OPTION, False)
-            connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+            options = connection.get_execution_options()
+            if options.get(SINGLE_READ_OPTION, False):
+                return
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if options.get(WRITE_OPTION, False) else "BEGIN")
 
         return engine
     # A database host that does not answer fails a connection in 5 s, not the OS's minutes.
