@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/inbox.py [--items 2000] [--backend sqlite|postgresql|both]
                                     [--rates 10 25 50] [--wakeups poll stream]
-                                    [--latency-items 300] [--polls 1000]
+                                    [--latency-items 300] [--batch 1] [--polls 1000]
 
 Against one real `msmt-broker serve` process per backend:
 
@@ -16,8 +16,10 @@ Against one real `msmt-broker serve` process per backend:
 4. **latency**: 11 recipients wait, by long-poll (`wait=2`) or by event stream
    (`GET /v1/inbox/stream`), from a process of their own on one event loop, while one member
    submits single envelopes at each of `--rates` per second, open-loop (each POST starts on its
-   schedule from a pool of threads); for every (item, recipient), the time from the start of the
-   POST to the recipient having it: p50, p90 and p99, and the POSTs' own answer time;
+   schedule from a pool of threads), or with `--batch N` the same number of items per second in
+   POST /v1/items/batch requests of N (as `throughput.py` submits); for every (item, recipient),
+   the time from the start of its POST to the recipient having it: p50, p90 and p99, and the
+   POSTs' own answer time;
 5. RSS with `--polls` long-polls waiting at once (their connections held open).
 
 Everything shares the machine's cores with the broker; figures are wall-clock.
@@ -183,8 +185,13 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def latency(base: str, rate: float, items: int, broker_pid: int, streams: bool = False) -> list[float]:
-    """Seconds from each POST's start to each recipient's long-poll returning the item.
+def latency(
+    base: str, rate: float, items: int, broker_pid: int, streams: bool = False, batch: int = 1
+) -> list[float]:
+    """Seconds from each POST's start to each recipient's long-poll returning the item; with
+    `batch` > 1, `rate` items per second go as POST /v1/items/batch of `batch` envelopes each
+    (`rate / batch` requests per second, as the throughput figures submit), and each item's
+    time runs from the start of its batch's POST.
 
     The pollers run in a process of their own, on one event loop, and the submitter in this
     one: with both in one interpreter (as this script first had them, 12 threads) a response
@@ -211,27 +218,36 @@ def latency(base: str, rate: float, items: int, broker_pid: int, streams: bool =
         sent_at: dict[str, float] = {}
         answered: list[float] = []
         statuses: list[int] = []
-        prepared = [(parse(e).header.item_id, e, headers(origin, "POST", "/v1/items", e)) for e in envelopes]
+        path, media = ("/v1/items", "application/vnd.msmt.envelope")
+        if batch > 1:
+            path, media = ("/v1/items/batch", "application/vnd.msmt.envelope-batch")
+        groups = [envelopes[i : i + batch] for i in range(0, len(envelopes), batch)]
+        bodies = [group[0] if batch == 1 else join_batch(group) for group in groups]
+        prepared = [
+            ([parse(e).header.item_id for e in group], body, headers(origin, "POST", path, body))
+            for group, body in zip(groups, bodies, strict=True)
+        ]
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
         with (
             httpx.Client(base_url=base, timeout=30, limits=limits) as posting,
             ThreadPoolExecutor(max_workers=32) as pool,
         ):
 
-            def post(item_id: str, envelope: bytes, auth: dict[str, str]) -> None:
-                sent_at[item_id] = time.perf_counter()
-                r = posting.post(
-                    "/v1/items",
-                    content=envelope,
-                    headers={**auth, "Content-Type": "application/vnd.msmt.envelope"},
-                )
-                answered.append(time.perf_counter() - sent_at[item_id])
-                statuses.append(r.status_code)
+            def post(item_ids: list[str], body: bytes, auth: dict[str, str]) -> None:
+                started = time.perf_counter()
+                for item_id in item_ids:
+                    sent_at[item_id] = started
+                r = posting.post(path, content=body, headers={**auth, "Content-Type": media})
+                answered.append(time.perf_counter() - started)
+                if batch == 1:
+                    statuses.append(r.status_code)
+                else:
+                    statuses.extend(x["status"] for x in r.json()["results"])
 
             # open loop: each submission starts on its schedule, whether or not the ones before
             # it were answered (a closed loop measured its own queue: at 25/s its POSTs took
             # ~100 ms each and it submitted ~10/s)
-            interval = 1 / rate
+            interval = len(prepared[0][0]) / rate
             next_at = time.perf_counter()
             cpu_before = (
                 cpu_s(broker_pid),
@@ -239,13 +255,13 @@ def latency(base: str, rate: float, items: int, broker_pid: int, streams: bool =
                 time.process_time(),
                 time.perf_counter(),
             )
-            for item_id, envelope, auth in prepared:
+            for item_ids, body, auth in prepared:
                 delay = next_at - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
                 next_at += interval
-                pool.submit(post, item_id, envelope, auth)
-        assert statuses == [201] * len(prepared), Counter(statuses)
+                pool.submit(post, item_ids, body, auth)
+        assert statuses == [201] * len(envelopes), Counter(statuses)
         broker_cpu = cpu_s(broker_pid) - cpu_before[0]
         pollers_cpu = cpu_s(pollers.pid or 0) - cpu_before[1]
         submitter_cpu = time.process_time() - cpu_before[2]
@@ -260,7 +276,7 @@ def latency(base: str, rate: float, items: int, broker_pid: int, streams: bool =
     print(
         f"    ({rate:.0f}/s {'streams' if streams else 'long-polls'}: POST answered p50 "
         f"{1000 * statistics.median(answered):.1f} ms; CPU while submitting: broker "
-        f"{1000 * broker_cpu / len(prepared):.1f} ms per submission ({100 * broker_cpu / wall:.0f}% of a core), "
+        f"{1000 * broker_cpu / len(envelopes):.1f} ms per submission ({100 * broker_cpu / wall:.0f}% of a core), "
         f"recipients {100 * pollers_cpu / wall:.0f}%, submitter {100 * submitter_cpu / wall:.0f}%)",
         flush=True,
     )
@@ -310,7 +326,9 @@ def run(url: str, args: argparse.Namespace, workdir: Path) -> None:
         n1, s1 = consume(base, url, OBSERVER, signed_receipts=False)
         n2, s2 = consume(base, url, "NZL", signed_receipts=True)
         waits = {
-            (mode, rate): latency(base, rate, args.latency_items, proc.pid, streams=mode == "stream")
+            (mode, rate): latency(
+                base, rate, args.latency_items, proc.pid, streams=mode == "stream", batch=args.batch
+            )
             for mode in args.wakeups
             for rate in args.rates
         }
@@ -323,8 +341,9 @@ def run(url: str, args: argparse.Namespace, workdir: Path) -> None:
     for (mode, rate), seen in waits.items():
         q = statistics.quantiles(seen, n=100)
         how = "long-poll return" if mode == "poll" else "stream event"
+        batches = f" (POSTs of {args.batch})" if args.batch > 1 else ""
         print(
-            f"  submit -> {how} at {rate:.0f} submits/s, 11 recipients {'polling' if mode == 'poll' else 'streaming'}: "
+            f"  submit -> {how} at {rate:.0f} submits/s{batches}, 11 recipients {'polling' if mode == 'poll' else 'streaming'}: "
             f"p50 {1000 * q[49]:.1f} ms, p90 {1000 * q[89]:.1f} ms, p99 {1000 * q[98]:.1f} ms "
             f"({len(seen)} deliveries)"
         )
@@ -342,6 +361,12 @@ def main() -> int:
         "--rates", type=float, nargs="+", default=[10.0, 25.0, 50.0], help="single submissions per second"
     )
     parser.add_argument("--latency-items", type=int, default=300)
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="latency: envelopes per POST (1: POST /v1/items; more: POST /v1/items/batch, as throughput.py)",
+    )
     parser.add_argument(
         "--wakeups",
         nargs="+",
