@@ -21,8 +21,10 @@ from sqlalchemy.exc import OperationalError
 
 from broker import metrics
 from broker.services import sequencer as sequencer_module
+from broker.services import submit as submit_module
 from broker.services.submit import join_batch
 from msmt.core import Markings
+from msmt.core import parse as parse_envelope
 
 from .conftest import MEMBERS, World
 
@@ -160,6 +162,66 @@ def test_a_submission_the_database_loses_is_counted_failed(
     assert deltas(before, own(), "msmt_submissions_total") == {
         series(outcome="failed", problem="database-unavailable"): 1
     }
+
+
+LARGE_BATCH = 32
+
+
+def _post_batch(world: World, envelopes: list[bytes]) -> Any:
+    return world.client.post(
+        "/v1/items/batch",
+        content=join_batch(envelopes),
+        headers={**world.auth("KOR"), "Content-Type": "application/vnd.msmt.envelope-batch"},
+    )
+
+
+def test_a_large_batch_prepared_in_parts_answers_each_envelope_in_its_place(world: World) -> None:
+    """Each answer of a large batch stays in its envelope's place, refusals included, and each
+    envelope is counted once."""
+    envelopes = [world.seal("KOR", ["GBR"], f"part {i}".encode()) for i in range(LARGE_BATCH)]
+    refused_at = {3, len(envelopes) - 2}
+    for i in refused_at:
+        envelopes[i] = world.seal("KOR", ["NZL"], markings=CONFIDENTIAL)
+    before = own()
+    r = _post_batch(world, envelopes)
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["status"] for x in results] == [403 if i in refused_at else 201 for i in range(len(envelopes))]
+    for i, (envelope, result) in enumerate(zip(envelopes, results, strict=True)):
+        if i not in refused_at:
+            assert result["receipt"]["item_id"] == parse_envelope(envelope).header.item_id
+    assert deltas(before, own(), "msmt_submissions_total") == {
+        series(outcome="accepted", problem="none"): len(envelopes) - 2,
+        series(outcome="refused", problem="recipients-refused"): 2,
+    }
+
+
+def test_a_large_batch_that_fails_midway_counts_each_envelope_once(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database goes away while a batch's envelopes are being prepared: the whole batch is
+    answered 503 and nothing is stored; every envelope is counted exactly once, refused (the
+    one that is not an envelope, before the failure) or failed (the rest, prepared or not)."""
+    envelopes = [world.seal("KOR", ["GBR"], f"lost {i}".encode()) for i in range(LARGE_BATCH)]
+    envelopes[1] = b"not an envelope"  # refused while being prepared
+    doomed = envelopes[len(envelopes) - 3]
+    real_prepare = submit_module.prepare
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        if args[4] == doomed:  # the envelope's bytes
+            raise OperationalError("SELECT", {}, Exception("the database went away"))
+        return real_prepare(*args, **kwargs)
+
+    monkeypatch.setattr(submit_module, "prepare", failing)
+    before = world.count("items")
+    counted = own()
+    r = _post_batch(world, envelopes)
+    assert r.status_code == 503, r.text
+    assert world.count("items") == before
+    moved = deltas(counted, own(), "msmt_submissions_total")
+    assert moved.pop(series(outcome="failed", problem="database-unavailable")) == len(envelopes) - 1
+    ((refusal, count),) = moved.items()  # the one envelope that is not an envelope
+    assert ("outcome", "refused") in refusal and count == 1
 
 
 # --- requests, long-polls, the pool -------------------------------------------------------
