@@ -11,7 +11,8 @@ import time
 import jwt
 import pytest
 
-from broker.services.auth import _plainly_well_formed, _precheck
+from broker.problems import Problem
+from broker.services.auth import _plainly_well_formed, _precheck, authenticate
 from broker.settings import Settings
 from msmt.agency import AgencyKeys
 from msmt.auth import mint_token
@@ -72,3 +73,12 @@ def test_the_shortcut_is_taken_only_where_pyjwt_accepts_the_shape(name: str) -> 
         assert _plainly_well_formed(token, header)  # the shortcut is the common case
     else:
         assert not _plainly_well_formed(token, header), name
+
+
+@pytest.mark.parametrize("name", ["junk in the signature", "non-canonical signature", "standard alphabet"])
+def test_a_shape_pyjwt_refuses_is_a_malformed_token_before_any_key_is_looked_up(name: str) -> None:
+    """401 `malformed-token`, raised before the registry is read (no factory or cache is
+    given: reaching them would fail otherwise)."""
+    with pytest.raises(Problem) as refused:
+        authenticate(None, None, SETTINGS, _shapes()[name], int(time.time() * 1000))  # type: ignore[arg-type]
+    assert (refused.value.status, refused.value.code) == (401, "malformed-token")
