@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -187,6 +188,8 @@ def create_app(settings: Settings | None = None, clock: Callable[[], int] | None
     sessions = make_sessionmaker(engine)
     broker = BrokerState(settings, sessions, clock or wall_clock_ms)
     broker.long_polls = LongPolls(settings.inbox_max_waiting_per_member, settings.inbox_max_waiting)
+    checks = settings.prepare_threads()
+    broker.checks = anyio.CapacityLimiter(checks) if checks is not None else None
 
     def pinned_log() -> LogIdentity | None:
         with sessions() as session:

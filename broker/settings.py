@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,10 @@ class Settings(BaseSettings):
     submit_max_batch: int = 512
     # POST /v1/items/batch: at most this many envelopes per request
     submit_batch_max_items: int = 1000
+    # Envelope checks (parsing, both signatures) run on at most this many threads at once;
+    # 0: on SQLite one fewer than the cores (at least one), on PostgreSQL no limit of their own
+    # (see `prepare_threads`).
+    submit_prepare_threads: int = 0
     # Where to reach the member witnesses the root names: "name=https://url;name=https://url".
     # Which witnesses count, and how many, is the members' root's decision, not this setting's.
     witness_urls: str = ""
@@ -91,6 +96,21 @@ class Settings(BaseSettings):
     metrics_country_labels: bool = False
     # The inbox gauges are read from the database at most this often, however often scraped.
     metrics_cache_s: float = 10.0
+
+    def prepare_threads(self) -> int | None:
+        """How many envelopes' checks run at once (`submit_prepare_threads`); None: no limit of
+        their own (the request thread pool's). By default, on SQLite one fewer than the cores
+        this process may run on: the checks are CPU work, and more of them at once than there
+        are cores to spare beside the event loop and the writer thread only makes them take the
+        GIL from each other and from the writer. On PostgreSQL no limit: there the writer's
+        batches are what it costs, and checks finishing together make larger ones (bench/
+        README.md, "Envelope checks on the cores there are to spare")."""
+        if self.submit_prepare_threads > 0:
+            return self.submit_prepare_threads
+        if not self.database_url.startswith("sqlite"):
+            return None
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, cores - 1)
 
     @model_validator(mode="before")
     @classmethod

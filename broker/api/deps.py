@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated
 
+import anyio
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
@@ -52,6 +53,9 @@ class BrokerState:
     # the members' quotas (the policy document's [quotas]) and their request-rate buckets
     quotas: QuotaBook = field(default_factory=QuotaBook)
     limiter: RateLimiter = field(default_factory=RateLimiter)
+    # envelope checks (parse, signatures) running at once: Settings.prepare_threads (api/items.py);
+    # None: the request thread pool's limit
+    checks: anyio.CapacityLimiter | None = None
 
     @property
     def log(self) -> Integrator:

@@ -9,6 +9,7 @@ import threading
 from concurrent.futures import Future
 from typing import Annotated, Any
 
+import anyio
 import orjson
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -34,6 +35,7 @@ from .problem_docs import PROBLEMS
 router = APIRouter(prefix="/v1/items", tags=["items"])
 ENVELOPE_MEDIA_TYPE = "application/vnd.msmt.envelope"
 BATCH_MEDIA_TYPE = "application/vnd.msmt.envelope-batch"
+CHECKS_PER_TURN = 10  # a batch's envelopes checked per turn, where the checks have slots of their own
 ITEM_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
 ItemId = Annotated[str, Path(pattern=ITEM_ID_PATTERN)]
 # the status route also takes a unique prefix of an id: 8 hex digits at least (`msmt status 01a2260c`)
@@ -66,7 +68,9 @@ async def submit_item(
     quota = member_quota(state, caller)
     limit = min(state.settings.max_envelope_bytes, quota.largest_envelope)
     data = await read_body(request, limit, envelope_too_large(caller.owner, quota))
-    prepared = await run_in_threadpool(_prepare, state, caller, data, state.clock())
+    prepared = await anyio.to_thread.run_sync(
+        _prepare, state, caller, data, state.clock(), limiter=state.checks
+    )
     note(item=prepared.envelope.header.item_id)
     # Stored and logged by the sequencer, in a batch with whatever else is queued
     # (services/sequencer.py): answered only once that batch has committed.
@@ -137,9 +141,10 @@ async def submit_batch(request: Request, caller: CountryDep, state: StateDep) ->
     now = state.clock()
     quota = member_quota(state, caller)
 
-    def prepare_all() -> list[submit_service.Prepared | Problem]:
-        out: list[submit_service.Prepared | Problem] = []
-        for envelope in envelopes:
+    out: list[submit_service.Prepared | Problem] = []
+
+    def prepare(part: list[bytes]) -> None:
+        for envelope in part:
             if len(envelope) > quota.largest_envelope:  # refused alone, as if submitted alone
                 refusal = envelope_too_large(caller.owner, quota, len(envelope))
                 metrics.submission_refused(refusal)
@@ -153,9 +158,13 @@ async def submit_batch(request: Request, caller: CountryDep, state: StateDep) ->
                 refused = sum(isinstance(answer, Problem) for answer in out)
                 metrics.submission_failed(_failure(exc), len(envelopes) - 1 - refused)
                 raise
-        return out
 
-    prepared = await run_in_threadpool(prepare_all)
+    # Where the checks have slots of their own (Settings.prepare_threads), in parts, each waiting
+    # its turn: a lone submission waits behind one part of a large batch, never the whole batch.
+    turn = CHECKS_PER_TURN if state.checks is not None else max(1, len(envelopes))
+    for start in range(0, len(envelopes), turn):
+        await anyio.to_thread.run_sync(prepare, envelopes[start : start + turn], limiter=state.checks)
+    prepared = out
     for answer in prepared:  # a batch carries only the caller's own envelopes: else none is stored
         if isinstance(answer, Problem) and answer.code == "originator-mismatch":
             for _ in range(sum(not isinstance(p, Problem) for p in prepared)):

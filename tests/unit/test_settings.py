@@ -29,3 +29,22 @@ def test_a_missing_or_empty_url_file_is_an_error_naming_it(
     with pytest.raises(ValidationError, match=words) as info:
         Settings()
     assert str(secret) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "cores", "set_to", "threads"),
+    [
+        ("sqlite:///broker.db", {0, 1}, 0, 1),  # the other core: the event loop and the writer
+        ("sqlite:///broker.db", {0, 1, 2, 3}, 0, 3),
+        ("sqlite:///broker.db", {0}, 0, 1),  # never none
+        ("postgresql+psycopg://db/msmt", {0, 1}, 0, None),  # the request thread pool's limit
+        ("sqlite:///broker.db", {0, 1}, 4, 4),  # what the operator set, on either store
+        ("postgresql+psycopg://db/msmt", {0, 1}, 2, 2),
+    ],
+)
+def test_envelope_checks_run_on_the_cores_to_spare(
+    monkeypatch: pytest.MonkeyPatch, url: str, cores: set[int], set_to: int, threads: int | None
+) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: cores)
+    settings = Settings(database_url=url, submit_prepare_threads=set_to)
+    assert settings.prepare_threads() == threads
