@@ -1,6 +1,7 @@
 """The broker's submit work split in two, in one process, without HTTP or threads:
 
     .venv/bin/python bench/store.py [--items 600] [--batch 50] [--backend sqlite|postgresql|both]
+                                    [--contend N]
 
 - prepare: parse, freshness, the originator's key and both signatures (what each request's
   thread does before its envelope joins the group commit);
@@ -13,6 +14,10 @@ CPU time per item of each, and each as a multiple of verifying one envelope's si
 the same run. bench/throughput.py measures the same work through real broker processes under
 concurrent load; this one is steadier on a shared machine (no load generator, no GIL convoy)
 and names which half moved.
+
+`--contend N`: the store runs again with N threads preparing envelopes beside it (as request
+threads do in a broker under load), and its thread's CPU and wall time per item are shown
+against the store alone: what the store pays for the GIL when it is not alone.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import os
 import platform
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -71,11 +77,66 @@ def run(url: str, items: list[tuple[str, bytes]], batch: int) -> dict[str, float
     return {"prepare_ms": 1e3 * prepare_s / len(items), "store_ms": 1e3 * store_s / len(items)}
 
 
+def contended(url: str, items: list[tuple[str, bytes]], batch: int, threads: int) -> dict[str, float]:
+    """The store's thread CPU and wall time per item, alone and with `threads` threads
+    preparing envelopes beside it, in four rounds of a quarter of the items each (alone,
+    contended, alone, contended)."""
+    bootstrap(url, int(time.time() * 1000))
+    enrol_observer(url)
+    engine = make_engine(url)
+    factory = make_sessionmaker(engine)
+    cache = RegistryCache()
+    settings = Settings(database_url=url)
+    with factory() as session:
+        cache.get(session)
+    now = int(time.time() * 1000)
+
+    def prepare_one(origin: str, data: bytes) -> Prepared:
+        return prepare(factory, cache, settings, Caller(origin, _KEYS[origin].api.key_id), data, now)
+
+    prepared = [prepare_one(origin, data) for origin, data in items]
+    quotas = QuotaBook()
+    stop = threading.Event()
+
+    def contend() -> None:  # what request threads do while the writer stores
+        while not stop.is_set():
+            for origin, data in items[:100]:
+                if stop.is_set():
+                    return
+                prepare_one(origin, data)
+
+    got: dict[str, float] = {}
+    quarter = len(prepared) // 4
+    for round_, beside in enumerate((0, threads, 0, threads)):
+        stop.clear()
+        others = [threading.Thread(target=contend) for _ in range(beside)]
+        for other in others:
+            other.start()
+        part = prepared[round_ * quarter : (round_ + 1) * quarter]
+        cpu, wall = time.thread_time(), time.perf_counter()
+        for i in range(0, len(part), batch):
+            with transaction(factory) as session:
+                accept_batch(session, cache, part[i : i + batch], quotas)
+                integrate(session, None, now)
+        cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+        stop.set()
+        for other in others:
+            other.join()
+        label = "contended" if beside else "alone"
+        got[f"{label}_cpu_ms"] = got.get(f"{label}_cpu_ms", 0.0) + 1e3 * cpu / len(part) / 2
+        got[f"{label}_wall_ms"] = got.get(f"{label}_wall_ms", 0.0) + 1e3 * wall / len(part) / 2
+    engine.dispose()
+    return got
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--items", type=int, default=600)
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument(
+        "--contend", type=int, default=0, help="also: the store with N threads preparing envelopes beside it"
+    )
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} cores, {platform.machine()}, {platform.system()} {platform.release()}")
     print(
@@ -97,6 +158,18 @@ def main() -> int:
             f" | store {got['store_ms']:.3f} ms ({got['store_ms'] / verify_ms:.1f}x verify)"
             f" | together {(got['prepare_ms'] + got['store_ms']) / verify_ms:.1f}x verify"
         )
+        if args.contend:
+            if backend == "sqlite":
+                with tempfile.TemporaryDirectory() as folder:
+                    beside = contended(f"sqlite:///{folder}/store.db", items, args.batch, args.contend)
+            else:
+                with postgresql_schema() as url:
+                    beside = contended(url, items, args.batch, args.contend)
+            print(
+                f"{'':>10}  the store's thread per item, alone / with {args.contend} threads preparing beside it: "
+                f"CPU {beside['alone_cpu_ms']:.3f} / {beside['contended_cpu_ms']:.3f} ms, "
+                f"wall {beside['alone_wall_ms']:.3f} / {beside['contended_wall_ms']:.3f} ms"
+            )
     return 0
 
 
