@@ -132,6 +132,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             retention.cancel()
         broker.writer.stop()
         broker.notifier.stop()
+        broker.registry.close()
         structlog.get_logger(LIFECYCLE_LOGGER).info("broker stopped", pid=os.getpid())
 
 

@@ -22,7 +22,7 @@ from ..observability import note
 from ..policydoc import QuotasDoc
 from ..problems import PROBLEM_MEDIA_TYPE, Problem, forbidden, unauthorized
 from ..services import policy as policy_service
-from ..services.auth import Caller, ReplayCache, Target, authenticate
+from ..services.auth import Caller, NeedsDatabase, ReplayCache, Target, authenticate
 from ..services.health import Outage
 from ..services.log import Integrator
 from ..services.notify import InboxNotifier
@@ -146,6 +146,32 @@ def _authenticate(state: BrokerState, token: str, now_ms: int, target: Target) -
     return caller
 
 
+def _authenticate_on_loop(state: BrokerState, token: str, now_ms: int, target: Target) -> Caller | None:
+    """`_authenticate` without leaving the event loop, where it reads and writes nothing but
+    the registry's version on SQLite (RegistryCache.quick): the registry and the quotas this
+    process holds are current, and the token's replay check is this process's own. None where
+    it would need more (then `_authenticate` on a worker thread decides). The hop to a worker
+    thread and back, with the context switches and GIL hand-offs it brings, cost more than
+    the check itself (bench/README.md, "Authentication on the event loop")."""
+    registry = state.registry.quick(state.sessions)
+    if registry is None or not state.quotas.loaded_at(registry.version):
+        return None
+    try:
+        return authenticate(
+            state.sessions,
+            state.registry,
+            state.settings,
+            token,
+            now_ms,
+            target,
+            state.replays,
+            registry=registry,
+            may_write=False,
+        )
+    except NeedsDatabase:
+        return None
+
+
 def member_quota(state: BrokerState, caller: Caller) -> Quota:
     """The caller's quotas as of the registry version its authentication read."""
     return state.quotas.latest().of(caller.owner)
@@ -156,9 +182,10 @@ async def current_caller(request: Request, state: StateDep) -> Caller:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise unauthorized("missing-token", "send 'Authorization: Bearer <JWT>' signed with your API key")
-    caller = await run_in_threadpool(
-        _authenticate, state, token.strip(), state.clock(), request_target(request)
-    )
+    token, now_ms, target = token.strip(), state.clock(), request_target(request)
+    caller = _authenticate_on_loop(state, token, now_ms, target)
+    if caller is None:
+        caller = await run_in_threadpool(_authenticate, state, token, now_ms, target)
     note(caller=caller.owner)
     quota = None if caller.is_admin else member_quota(state, caller)
     if quota is not None:  # members' requests only: the admins are the operator's own

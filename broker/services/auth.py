@@ -34,7 +34,7 @@ from ..settings import Settings
 from ..store import queries
 from ..store.db import transaction
 from ..store.models import UsedToken
-from .registry import ADMIN_PREFIX, RegistryCache, api_public_key
+from .registry import ADMIN_PREFIX, Registry, RegistryCache, api_public_key
 
 JTI_RE = re.compile(r"[A-Za-z0-9._~+/=-]{8,64}")
 
@@ -87,6 +87,12 @@ class ReplayCache:
 
     def __len__(self) -> int:
         return len(self._seen)
+
+
+class NeedsDatabase(Exception):
+    """`authenticate(..., registry=..., may_write=False)`: this token's check writes to the
+    database (a token not bound to its request, an admin's, or one whose replay check is shared
+    between processes): authenticate it again with `may_write=True`, off the event loop."""
 
 
 class _Repeated(ValueError):
@@ -155,6 +161,16 @@ def _precheck(token: str, settings: Settings, now_ms: int) -> dict[str, Any]:
     return header
 
 
+def _replay_checked_here(token: str, target: Target | None, replays: ReplayCache | None) -> bool:
+    """Whether the token's replay check may be this process's own (ReplayCache), not a row
+    in the database: the token claims a binding to its request, and the route's replay check
+    is not shared between processes. (What the claims say is verified after; admins' tokens,
+    which always take the database, are known once the key is.)"""
+    if target is None or replays is None or target.shared_replay_check:
+        return False
+    return "bh" in _segment(token.split(".")[1], "claims")  # read by _precheck already: no refusal
+
+
 def _plainly_well_formed(token: str, header: dict[str, Any]) -> bool:
     """Whether PyJWT's `get_unverified_header` would surely accept the token, so that it need
     not be asked (it reads every segment again, a character at a time in Python: a sixth of an
@@ -205,8 +221,17 @@ def authenticate(
     now_ms: int,
     target: Target | None = None,
     replays: ReplayCache | None = None,
+    *,
+    registry: Registry | None = None,
+    may_write: bool = True,
 ) -> Caller:
+    """The caller a bearer token authenticates, or the Problem that refuses it. `registry`: the
+    registry as of now, already read (RegistryCache.quick), else it is read here. Without
+    `may_write`, raises NeedsDatabase before writing anything (the event loop's fast path:
+    api/deps.py)."""
     header = _precheck(token, settings, now_ms)
+    if not may_write and not _replay_checked_here(token, target, replays):
+        raise NeedsDatabase  # before its signature is checked: the worker thread checks it
     if not _plainly_well_formed(token, header):
         try:  # PyJWT's own reading decides, and its refusal is a malformed token
             jwt.get_unverified_header(token)
@@ -218,7 +243,8 @@ def authenticate(
     if not isinstance(kid, str):
         raise unauthorized("unknown-key", "the token has no key id (kid)")
 
-    registry = registry_cache.fresh(factory)
+    if registry is None:
+        registry = registry_cache.fresh(factory)
     record = registry.keys.get(kid)
     if (
         record is not None
@@ -312,6 +338,8 @@ def authenticate(
         if not replays.add(f"{kid}:{jti}", expires_ms, now_ms):
             raise unauthorized("replayed-token", "this token was already used; mint a new one per request")
         return Caller(owner, kid, bh)
+    if not may_write:
+        raise NeedsDatabase
     try:
         with transaction(factory) as session:
             session.add(UsedToken(jti=f"{kid}:{jti}", key_id=kid, expires_ms=expires_ms))

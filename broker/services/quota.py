@@ -71,6 +71,11 @@ class QuotaBook:
             self._current = current
         return current[1]
 
+    def loaded_at(self, version: int) -> bool:
+        """Whether the quotas as of registry `version` are loaded (`at` then reads nothing)."""
+        current = self._current
+        return current is not None and current[0] == version
+
     def latest(self) -> Quotas:
         """The quotas last loaded (the defaults before any): what a request's own checks use
         after authentication brought them up to date."""

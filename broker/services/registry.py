@@ -14,12 +14,15 @@ version row, so an admin change cannot commit between its checks and its writes.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
+from pathlib import Path
 
 from sqlalchemy import Table, select
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.orm import Session, sessionmaker
 
 from msmt.core import ApiPublicKey, SigningPublicKey
@@ -134,6 +137,7 @@ _REGISTRY: Table = RegistryState.__table__  # type: ignore[assignment]
 # (a statement built per call cost SQLAlchemy more than the query, py-spy --gil).
 _VERSION = select(_REGISTRY.c.version).where(_REGISTRY.c.id == 1)
 _VERSION_SHARED = _VERSION.with_for_update(read=True)
+_VERSION_SQL = str(_VERSION.compile(dialect=sqlite_dialect.dialect(), compile_kwargs={"literal_binds": True}))
 
 
 def read_version(session: Session, *, share_lock: bool = False) -> int:
@@ -194,6 +198,59 @@ class RegistryCache:
     def __init__(self) -> None:
         self._current: Registry | None = None
         self._lock = threading.Lock()
+        # `quick`'s own SQLite connection; `_quick_none`: this store has none (not a SQLite file)
+        self._quick: sqlite3.Connection | None = None
+        self._quick_none = False
+
+    def quick(self, factory: sessionmaker[Session]) -> Registry | None:
+        """For the event loop's thread: the registry as of now, where knowing that costs one
+        read of its version on a SQLite file, on a connection of this cache's own (never the
+        pool's, whose checkout may wait) that takes no lock and never waits for one, and the
+        version is the one this process holds. None otherwise (PostgreSQL, where the read is a
+        round trip; a registry that moved; a database busy or failing): then `fresh`, on a
+        worker thread. The version is read on every call: a revocation applies from the next
+        request, as with `fresh`."""
+        current = self._current
+        if current is None or self._quick_none:
+            return None
+        connection = self._quick or self._open_quick(factory)
+        if connection is None:
+            return None
+        try:
+            row = connection.execute(_VERSION_SQL).fetchone()
+        except sqlite3.Error:
+            self.close()  # opened again on the next call; this request goes the long way
+            return None
+        if row is None or int(row[0]) != current.version:
+            return None
+        return current
+
+    def _open_quick(self, factory: sessionmaker[Session]) -> sqlite3.Connection | None:
+        url = factory.kw["bind"].url
+        database = url.database or ""
+        if url.get_backend_name() != "sqlite" or database in ("", ":memory:") or database.startswith("file:"):
+            self._quick_none = True
+            return None
+        try:
+            # timeout=0: a read that would wait fails at once (and goes to a worker thread)
+            connection = sqlite3.connect(  # mode=rw: never create a file that is not there
+                f"{Path(database).resolve().as_uri()}?mode=rw",
+                uri=True,
+                timeout=0,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            connection.execute("PRAGMA query_only = ON")
+        except sqlite3.Error:
+            return None
+        self._quick = connection
+        return connection
+
+    def close(self) -> None:
+        """Close `quick`'s connection (the broker stopping; or after it failed)."""
+        connection, self._quick = self._quick, None
+        if connection is not None:
+            connection.close()
 
     def latest(self) -> Registry | None:
         """The newest registry this process has read, without reading the database (for
