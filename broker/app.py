@@ -130,9 +130,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         unwatch()
         if retention is not None:
             retention.cancel()
-        broker.writer.stop()
-        broker.notifier.stop()
-        broker.registry.close()
+        try:
+            broker.writer.stop()
+            broker.notifier.stop()
+        finally:
+            broker.registry.close(for_good=True)
         structlog.get_logger(LIFECYCLE_LOGGER).info("broker stopped", pid=os.getpid())
 
 

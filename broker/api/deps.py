@@ -22,7 +22,7 @@ from ..observability import note
 from ..policydoc import QuotasDoc
 from ..problems import PROBLEM_MEDIA_TYPE, Problem, forbidden, unauthorized
 from ..services import policy as policy_service
-from ..services.auth import Caller, NeedsDatabase, ReplayCache, Target, authenticate
+from ..services.auth import Caller, NeedsDatabase, ReplayCache, Target, authenticate, replay_checked_here
 from ..services.health import Outage
 from ..services.log import Integrator
 from ..services.notify import InboxNotifier
@@ -153,6 +153,8 @@ def _authenticate_on_loop(state: BrokerState, token: str, now_ms: int, target: T
     it would need more (then `_authenticate` on a worker thread decides). The hop to a worker
     thread and back, with the context switches and GIL hand-offs it brings, cost more than
     the check itself (bench/README.md, "Authentication on the event loop")."""
+    if not replay_checked_here(token, target, state.replays):  # recorded in the database: not here
+        return None
     registry = state.registry.quick(state.sessions)
     if registry is None or not state.quotas.loaded_at(registry.version):
         return None

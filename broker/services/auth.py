@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from msmt.core import canonical
 from msmt.core.errors import MsmtError
 
-from ..problems import forbidden, unauthorized
+from ..problems import Problem, forbidden, unauthorized
 from ..settings import Settings
 from ..store import queries
 from ..store.db import transaction
@@ -161,14 +161,20 @@ def _precheck(token: str, settings: Settings, now_ms: int) -> dict[str, Any]:
     return header
 
 
-def _replay_checked_here(token: str, target: Target | None, replays: ReplayCache | None) -> bool:
+def replay_checked_here(token: str, target: Target | None, replays: ReplayCache | None) -> bool:
     """Whether the token's replay check may be this process's own (ReplayCache), not a row
     in the database: the token claims a binding to its request, and the route's replay check
     is not shared between processes. (What the claims say is verified after; admins' tokens,
     which always take the database, are known once the key is.)"""
     if target is None or replays is None or target.shared_replay_check:
         return False
-    return "bh" in _segment(token.split(".")[1], "claims")  # read by _precheck already: no refusal
+    parts = token.split(".")
+    if len(parts) != 3:
+        return False  # refused the long way, with the code it has always had
+    try:
+        return "bh" in _segment(parts[1], "claims")
+    except Problem:
+        return False
 
 
 def _plainly_well_formed(token: str, header: dict[str, Any]) -> bool:
@@ -230,7 +236,7 @@ def authenticate(
     `may_write`, raises NeedsDatabase before writing anything (the event loop's fast path:
     api/deps.py)."""
     header = _precheck(token, settings, now_ms)
-    if not may_write and not _replay_checked_here(token, target, replays):
+    if not may_write and not replay_checked_here(token, target, replays):
         raise NeedsDatabase  # before its signature is checked: the worker thread checks it
     if not _plainly_well_formed(token, header):
         try:  # PyJWT's own reading decides, and its refusal is a malformed token

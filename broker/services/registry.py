@@ -14,6 +14,7 @@ version row, so an admin change cannot commit between its checks and its writes.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Mapping
@@ -31,7 +32,7 @@ from msmt.core.markings import Markings
 from msmt.core.policy import Decision, Member, PolicySnapshot, evaluate
 
 from .. import policydoc
-from ..store.db import SINGLE_READ_OPTION
+from ..store.db import SINGLE_READ_OPTION, writable
 from ..store.models import Admin, Key, RegistryState
 from . import governance as governance_service
 from . import policy as policy_service
@@ -198,8 +199,11 @@ class RegistryCache:
     def __init__(self) -> None:
         self._current: Registry | None = None
         self._lock = threading.Lock()
-        # `quick`'s own SQLite connection; `_quick_none`: this store has none (not a SQLite file)
+        # `quick`'s own SQLite connection, the thread that uses it and the file it has open;
+        # `_quick_none`: this store has none (not a SQLite file), or the broker is stopping
         self._quick: sqlite3.Connection | None = None
+        self._quick_thread = 0
+        self._quick_file: tuple[int, int] = (0, 0)
         self._quick_none = False
 
     def quick(self, factory: sessionmaker[Session]) -> Registry | None:
@@ -207,19 +211,25 @@ class RegistryCache:
         read of its version on a SQLite file, on a connection of this cache's own (never the
         pool's, whose checkout may wait) that takes no lock and never waits for one, and the
         version is the one this process holds. None otherwise (PostgreSQL, where the read is a
-        round trip; a registry that moved; a database busy or failing): then `fresh`, on a
-        worker thread. The version is read on every call: a revocation applies from the next
+        round trip; a registry that moved; a database busy, failing, unwritable or replaced;
+        another thread than the one that opened the connection): then `fresh`, on a worker
+        thread. The version is read on every call: a revocation applies from the next
         request, as with `fresh`."""
         current = self._current
         if current is None or self._quick_none:
             return None
         connection = self._quick or self._open_quick(factory)
-        if connection is None:
+        if connection is None or self._quick_thread != threading.get_ident():
             return None
+        path = factory.kw["bind"].url.database
         try:
+            stat = os.stat(path)
+            if (stat.st_dev, stat.st_ino) != self._quick_file:  # replaced: the pool's turn
+                self.close()
+                return None
             row = connection.execute(_VERSION_SQL).fetchone()
-        except sqlite3.Error:
-            self.close()  # opened again on the next call; this request goes the long way
+        except (OSError, sqlite3.Error):
+            self.close()  # opened again on a later call; this request goes the long way
             return None
         if row is None or int(row[0]) != current.version:
             return None
@@ -231,23 +241,34 @@ class RegistryCache:
         if url.get_backend_name() != "sqlite" or database in ("", ":memory:") or database.startswith("file:"):
             self._quick_none = True
             return None
+        path = Path(database)
+        if not writable(path):  # opened read-only, it would leave the process a read-only -shm
+            return None
+        connection: sqlite3.Connection | None = None
         try:
+            stat = os.stat(path)
             # timeout=0: a read that would wait fails at once (and goes to a worker thread)
             connection = sqlite3.connect(  # mode=rw: never create a file that is not there
-                f"{Path(database).resolve().as_uri()}?mode=rw",
+                f"{path.resolve().as_uri()}?mode=rw",
                 uri=True,
                 timeout=0,
                 isolation_level=None,
                 check_same_thread=False,
             )
             connection.execute("PRAGMA query_only = ON")
-        except sqlite3.Error:
+        except (OSError, sqlite3.Error):
+            if connection is not None:
+                connection.close()
             return None
-        self._quick = connection
+        self._quick, self._quick_thread = connection, threading.get_ident()
+        self._quick_file = (stat.st_dev, stat.st_ino)
         return connection
 
-    def close(self) -> None:
-        """Close `quick`'s connection (the broker stopping; or after it failed)."""
+    def close(self, *, for_good: bool = False) -> None:
+        """Close `quick`'s connection: after it failed (opened again on a later call), or
+        `for_good` (the broker stopping)."""
+        if for_good:
+            self._quick_none = True
         connection, self._quick = self._quick, None
         if connection is not None:
             connection.close()

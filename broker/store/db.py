@@ -78,7 +78,7 @@ SQLITE_RECONNECT_CODES = frozenset({8, 10, 13, 14})
 # ended by the server, releasing its locks, after this long. Settings can override them.
 
 
-def _writable(path: Path) -> bool:
+def writable(path: Path) -> bool:
     """Whether SQLite can open the database and its -wal and -shm files for writing now.
 
     A connection opened while the file system is read-only is read-only for good (SQLite
@@ -121,8 +121,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-            if path is not None and not _writable(path):
-                # Refused before it reads anything: see _writable.
+            if path is not None and not writable(path):
+                # Refused before it reads anything: see writable.
                 dbapi_connection.close()
                 raise _read_only_error(path)
             # Let SQLAlchemy, not the driver, issue BEGIN (see SQLAlchemy's pysqlite notes).

@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from broker.api import deps
 from broker.app import create_app
+from broker.services import registry as registry_module
 from broker.settings import Settings
 
 from .conftest import AUDIENCE, World, log_key_file
@@ -81,3 +82,26 @@ def test_a_key_revoked_through_another_broker_process_is_refused_on_the_next_req
     r = world.client.get("/v1/inbox", headers=_bound(world, "USA"))
     assert r.status_code == 401 and r.json()["type"].endswith(":unknown-key"), r.text
     assert world.client.get("/v1/inbox", headers=_bound(world, "JPN")).status_code == 200
+
+
+def test_a_bound_token_checked_on_a_worker_thread_is_refused_again_on_the_loop(world: World) -> None:
+    """Both paths share the process's replay cache: the process's first request goes the long
+    way (nothing read yet), and the same token a second time is refused, on SQLite on the loop."""
+    headers = _bound(world, "KOR")
+    assert world.client.get("/v1/inbox", headers=headers).status_code == 200
+    again = world.client.get("/v1/inbox", headers=headers)
+    assert again.status_code == 401 and again.json()["type"].endswith(":replayed-token"), again.text
+
+
+def test_no_connection_of_its_own_while_the_database_cannot_be_written(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opened while the file system is read-only, a connection would leave the process a
+    read-only -shm for good (store/db.py `writable`): the loop's connection is not opened then,
+    and every request goes the long way."""
+    monkeypatch.setattr(registry_module, "writable", lambda _path: False)
+    hops = _hops(monkeypatch)
+    for _ in range(2):
+        assert world.client.get("/v1/inbox", headers=_bound(world, "USA")).status_code == 200
+    assert hops.count("_authenticate") == 2, hops
+    assert world.client.app.state.broker.registry._quick is None  # type: ignore[attr-defined]
