@@ -30,7 +30,11 @@ import tempfile
 import threading
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -47,21 +51,38 @@ from broker.store.db import make_engine, make_sessionmaker, transaction  # noqa:
 from tests.integration.conftest import _KEYS, bootstrap, postgresql_schema  # noqa: E402
 
 
+@dataclass
+class Store:
+    """A fresh broker database with the members enrolled, and what prepare and store need."""
+
+    engine: Engine
+    factory: sessionmaker[Session]
+    cache: RegistryCache
+    settings: Settings
+    now: int
+
+    @classmethod
+    def at(cls, url: str) -> Store:
+        bootstrap(url, int(time.time() * 1000))
+        enrol_observer(url)
+        engine = make_engine(url)
+        factory = make_sessionmaker(engine)
+        cache = RegistryCache()
+        with factory() as session:
+            cache.get(session)
+        return cls(engine, factory, cache, Settings(database_url=url), int(time.time() * 1000))
+
+    def prepare(self, origin: str, data: bytes) -> Prepared:
+        return prepare(
+            self.factory, self.cache, self.settings, Caller(origin, _KEYS[origin].api.key_id), data, self.now
+        )
+
+
 def run(url: str, items: list[tuple[str, bytes]], batch: int) -> dict[str, float]:
-    bootstrap(url, int(time.time() * 1000))
-    enrol_observer(url)
-    engine = make_engine(url)
-    factory = make_sessionmaker(engine)
-    cache = RegistryCache()
-    settings = Settings(database_url=url)
-    with factory() as session:
-        cache.get(session)
-    now = int(time.time() * 1000)
+    store = Store.at(url)
+    engine, factory, cache, now = store.engine, store.factory, store.cache, store.now
     started = time.process_time()
-    prepared: list[Prepared] = [
-        prepare(factory, cache, settings, Caller(origin, _KEYS[origin].api.key_id), data, now)
-        for origin, data in items
-    ]
+    prepared: list[Prepared] = [store.prepare(origin, data) for origin, data in items]
     prepare_s = time.process_time() - started
     quotas = QuotaBook()  # kept across batches, as the sequencer keeps its own
     started = time.process_time()
@@ -81,20 +102,10 @@ def contended(url: str, items: list[tuple[str, bytes]], batch: int, threads: int
     """The store's thread CPU and wall time per item, alone and with `threads` threads
     preparing envelopes beside it, in four rounds of a quarter of the items each (alone,
     contended, alone, contended)."""
-    bootstrap(url, int(time.time() * 1000))
-    enrol_observer(url)
-    engine = make_engine(url)
-    factory = make_sessionmaker(engine)
-    cache = RegistryCache()
-    settings = Settings(database_url=url)
-    with factory() as session:
-        cache.get(session)
-    now = int(time.time() * 1000)
+    store = Store.at(url)
+    engine, factory, cache, now = store.engine, store.factory, store.cache, store.now
 
-    def prepare_one(origin: str, data: bytes) -> Prepared:
-        return prepare(factory, cache, settings, Caller(origin, _KEYS[origin].api.key_id), data, now)
-
-    prepared = [prepare_one(origin, data) for origin, data in items]
+    prepared = [store.prepare(origin, data) for origin, data in items]
     quotas = QuotaBook()
     stop = threading.Event()
 
@@ -103,7 +114,7 @@ def contended(url: str, items: list[tuple[str, bytes]], batch: int, threads: int
             for origin, data in items[:100]:
                 if stop.is_set():
                     return
-                prepare_one(origin, data)
+                store.prepare(origin, data)
 
     got: dict[str, float] = {}
     quarter = len(prepared) // 4
