@@ -236,8 +236,6 @@ def authenticate(
     `may_write`, raises NeedsDatabase before writing anything (the event loop's fast path:
     api/deps.py)."""
     header = _precheck(token, settings, now_ms)
-    if not may_write and not replay_checked_here(token, target, replays):
-        raise NeedsDatabase  # before its signature is checked: the worker thread checks it
     if not _plainly_well_formed(token, header):
         try:  # PyJWT's own reading decides, and its refusal is a malformed token
             jwt.get_unverified_header(token)
