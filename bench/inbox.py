@@ -13,8 +13,9 @@ Against one real `msmt-broker serve` process per backend:
    decryption verified (`Client.receive`), then acknowledged — with plain acknowledgements
    and, separately, with signed delivery receipts (`Client.confirm`, one ML-DSA-65 + Ed25519
    signature per item, which the plain rate does not pay);
-4. **latency**: 11 recipients wait, by long-poll (`wait=2`) or by event stream
-   (`GET /v1/inbox/stream`), from a process of their own on one event loop, while one member
+4. **latency**: 11 recipients wait, by long-poll (`wait=2`, each from a process of its own on
+   a plain keep-alive connection) or by event stream (`GET /v1/inbox/stream`, all from one
+   process on one event loop), while one member
    submits single envelopes at each of `--rates` per second, open-loop (each POST starts on its
    schedule from a pool of threads), or with `--batch N` the same number of items per second in
    POST /v1/items/batch requests of N (as `throughput.py` submits); for every (item, recipient),
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import multiprocessing as mp
 import os
@@ -42,6 +44,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -127,8 +130,9 @@ def consume(base: str, url: str, who: str, signed_receipts: bool) -> tuple[int, 
 
 
 async def _poll_all(base: str, cursors: dict[str, int], stop: Any, out: Any, streams: bool) -> None:
-    """The 11 recipients' long-polls, one task each on one event loop: (item id, when) for every
-    delivery, `when` on the system-wide monotonic clock that perf_counter reads."""
+    """The recipients' event streams (or long-polls), one task each on one event loop: (item id,
+    recipient, when) for every delivery, `when` on the system-wide monotonic clock that
+    perf_counter reads."""
     seen: list[tuple[str, float]] = []
     async with httpx.AsyncClient(base_url=base, timeout=30) as http:
 
@@ -179,6 +183,30 @@ def _pollers(base: str, cursors: dict[str, int], stop: Any, ready: Any, out: Any
     asyncio.run(_poll_all(base, cursors, stop, out, streams))
 
 
+def _recipient(base: str, who: str, after: int, stop: Any, ready: Any, out: Any) -> None:
+    """One recipient's long-polls, from a process of its own (as each agency waits from its own
+    machine), on a plain keep-alive connection (as throughput.py's load processes submit):
+    (item id, recipient, when) for every delivery, `when` once the page's body is read."""
+    parts = urlsplit(base)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    seen: list[tuple[str, str, float]] = []
+    ready.set()
+    while not stop.is_set():
+        target = f"/v1/inbox?after={after}&limit=1000&wait=2"
+        conn.request("GET", target, headers=headers(who, "GET", target))
+        response = conn.getresponse()
+        body = response.read()
+        now = time.perf_counter()
+        if response.status != 200:
+            print(f"{who}'s long-poll: {response.status} {body[:300]!r}", file=sys.stderr)
+            break
+        page = json.loads(body)
+        seen.extend((d["item_id"], who, now) for d in page["deliveries"])
+        after = page["cursor"]
+    conn.close()
+    out.put(seen)
+
+
 def cpu_s(pid: int) -> float:
     """CPU seconds (user + system) the process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -193,9 +221,13 @@ def latency(
     (`rate / batch` requests per second, as the throughput figures submit), and each item's
     time runs from the start of its batch's POST.
 
-    The pollers run in a process of their own, on one event loop, and the submitter in this
-    one: with both in one interpreter (as this script first had them, 12 threads) a response
-    waited for the GIL behind the others, and the figure was the load generator's."""
+    Long-polls: each recipient waits from a process of its own on a plain keep-alive
+    connection (`_recipient`). Until the ninth session they shared one process and one httpx
+    event loop (`_poll_all`, which the streams still use), whose ~2 ms of client CPU per
+    long-poll cycle took 37-45% of a core at 500 items/s in POSTs of 25, from the two cores the
+    broker runs on: the figure then held the load generator's share of the machine. With all in
+    one interpreter (as this script first had them, 12 threads) a response waited for the GIL
+    behind the others, and the figure was the load generator's likewise."""
     origin = "KOR"
     recipients = [c for c in ROSTER if c != origin]
     envelopes = sealed(origin, items, b"l" * 1024)
@@ -210,10 +242,19 @@ def latency(
                     break
                 cursors[who] = page["cursor"]
         context = mp.get_context("fork")  # the observer's keys are made at import: inherit them
-        stop, ready, out = context.Event(), context.Event(), context.Queue()
-        pollers = context.Process(target=_pollers, args=(base, cursors, stop, ready, out, streams))
-        pollers.start()
-        ready.wait(30)
+        stop, out = context.Event(), context.Queue()
+        readies = [context.Event() for _ in range(1 if streams else len(cursors))]
+        if streams:
+            pollers = [context.Process(target=_pollers, args=(base, cursors, stop, readies[0], out, True))]
+        else:
+            pollers = [
+                context.Process(target=_recipient, args=(base, who, after, stop, ready, out))
+                for (who, after), ready in zip(cursors.items(), readies, strict=True)
+            ]
+        for process in pollers:
+            process.start()
+        for ready in readies:
+            ready.wait(30)
         time.sleep(2.0)  # every long-poll waiting
         sent_at: dict[str, float] = {}
         answered: list[float] = []
@@ -251,7 +292,7 @@ def latency(
             next_at = time.perf_counter()
             cpu_before = (
                 cpu_s(broker_pid),
-                cpu_s(pollers.pid or 0),
+                sum(cpu_s(process.pid or 0) for process in pollers),
                 time.process_time(),
                 time.perf_counter(),
             )
@@ -263,13 +304,14 @@ def latency(
                 pool.submit(post, item_ids, body, auth)
         assert statuses == [201] * len(envelopes), Counter(statuses)
         broker_cpu = cpu_s(broker_pid) - cpu_before[0]
-        pollers_cpu = cpu_s(pollers.pid or 0) - cpu_before[1]
+        pollers_cpu = sum(cpu_s(process.pid or 0) for process in pollers) - cpu_before[1]
         submitter_cpu = time.process_time() - cpu_before[2]
         wall = time.perf_counter() - cpu_before[3]
         time.sleep(3.0)  # the last deliveries reach every poller
         stop.set()
-        seen = out.get(timeout=60)
-        pollers.join(30)
+        seen = [delivery for _ in pollers for delivery in out.get(timeout=60)]
+        for process in pollers:
+            process.join(30)
     waits = [when - sent_at[item] for item, _, when in seen if item in sent_at]
     got = Counter(who for item, who, _ in seen if item in sent_at)
     assert got == dict.fromkeys(recipients, items), got
