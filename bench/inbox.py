@@ -129,26 +129,12 @@ def consume(base: str, url: str, who: str, signed_receipts: bool) -> tuple[int, 
     return count, elapsed
 
 
-async def _poll_all(base: str, cursors: dict[str, int], stop: Any, out: Any, streams: bool) -> None:
-    """The recipients' event streams (or long-polls), one task each on one event loop: (item id,
-    recipient, when) for every delivery, `when` on the system-wide monotonic clock that
-    perf_counter reads."""
+async def _follow_all(base: str, cursors: dict[str, int], stop: Any, out: Any) -> None:
+    """The recipients' event streams, one task each on one event loop: (item id, recipient,
+    when) for every delivery, `when` on the system-wide monotonic clock that perf_counter
+    reads."""
     seen: list[tuple[str, float]] = []
     async with httpx.AsyncClient(base_url=base, timeout=30) as http:
-
-        async def poll(who: str) -> None:
-            after = cursors[who]
-            while not stop.is_set():
-                target = f"/v1/inbox?after={after}&limit=1000&wait=2"
-                r = await http.get(target, headers=headers(who, "GET", target))
-                now = time.perf_counter()
-                if r.status_code != 200:
-                    if not stop.is_set():
-                        print(f"{who}'s long-poll: {r.status_code} {r.text[:300]}", file=sys.stderr)
-                    return
-                page = r.json()
-                seen.extend((d["item_id"], who, now) for d in page["deliveries"])
-                after = page["cursor"]
 
         async def follow(who: str) -> None:  # GET /v1/inbox/stream: one request, events pushed
             after = cursors[who]
@@ -170,7 +156,7 @@ async def _poll_all(base: str, cursors: dict[str, int], stop: Any, out: Any, str
             while not stop.is_set():
                 await asyncio.sleep(0.05)
 
-        tasks = [asyncio.ensure_future((follow if streams else poll)(who)) for who in cursors]
+        tasks = [asyncio.ensure_future(follow(who)) for who in cursors]
         await until_stopped()
         for task in tasks:
             task.cancel()
@@ -178,9 +164,9 @@ async def _poll_all(base: str, cursors: dict[str, int], stop: Any, out: Any, str
     out.put(seen)
 
 
-def _pollers(base: str, cursors: dict[str, int], stop: Any, ready: Any, out: Any, streams: bool) -> None:
+def _followers(base: str, cursors: dict[str, int], stop: Any, ready: Any, out: Any) -> None:
     ready.set()
-    asyncio.run(_poll_all(base, cursors, stop, out, streams))
+    asyncio.run(_follow_all(base, cursors, stop, out))
 
 
 def _recipient(base: str, who: str, after: int, stop: Any, ready: Any, out: Any) -> None:
@@ -223,7 +209,7 @@ def latency(
 
     Long-polls: each recipient waits from a process of its own on a plain keep-alive
     connection (`_recipient`). Until the ninth session they shared one process and one httpx
-    event loop (`_poll_all`, which the streams still use), whose ~2 ms of client CPU per
+    event loop (as the streams still do, `_follow_all`), whose ~2 ms of client CPU per
     long-poll cycle took 37-45% of a core at 500 items/s in POSTs of 25, from the two cores the
     broker runs on: the figure then held the load generator's share of the machine. With all in
     one interpreter (as this script first had them, 12 threads) a response waited for the GIL
@@ -245,7 +231,7 @@ def latency(
         stop, out = context.Event(), context.Queue()
         readies = [context.Event() for _ in range(1 if streams else len(cursors))]
         if streams:
-            pollers = [context.Process(target=_pollers, args=(base, cursors, stop, readies[0], out, True))]
+            pollers = [context.Process(target=_followers, args=(base, cursors, stop, readies[0], out))]
         else:
             pollers = [
                 context.Process(target=_recipient, args=(base, who, after, stop, ready, out))

@@ -109,9 +109,10 @@ IDLE_IN_TRANSACTION_TIMEOUT_S = float(os.environ.get("MSMT_DB_IDLE_IN_TRANSACTIO
 
 # Pages of 16 KiB, not SQLite's 4 KiB, for a new database: an envelope (~20 KB for 11
 # recipients) then fills two overflow pages instead of five, and a batch's commit writes the
-# WAL (and a checkpoint copies it back) in a third as many system calls. Measured: the store's
-# CPU per item -15-20% (bench/store.py; bench/README.md, ninth session); 8 KiB gained less,
-# 32 and 64 KiB less again (each commit rewrites whole index pages).
+# WAL (and a checkpoint copies it back) in fewer than half as many system calls. Measured: the
+# store's CPU per item -12% in five alternating pairs, -15-20% in a quieter hour (bench/store.py;
+# bench/README.md, ninth session); 8 KiB gained less, 32 and 64 KiB less again (each commit
+# rewrites whole index pages).
 SQLITE_PAGE_SIZE = 16384
 
 
