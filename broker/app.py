@@ -110,6 +110,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         # process: an app made and dropped again (tests) would leave its objects frozen.
         gc.collect()
         gc.freeze()
+        _, older, oldest = gc.get_threshold()
+        gc.set_threshold(broker.settings.gc_young_threshold, older, oldest)
     settings = broker.settings
     structlog.get_logger(LIFECYCLE_LOGGER).info(
         "broker starting",

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from msmt.auth import audience_of
@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     log_sweep_interval_s: float = 0.5
     # `serve` sets this: freeze the start-up heap out of the garbage collector (broker/app.py).
     gc_freeze: bool = False
+    # ... and collect the young generation after this many allocations, not CPython's 700: a
+    # broker's garbage is almost never cyclic (reference counting frees it), so each collection
+    # is pure cost, ~4% of a submission's CPU at the default (bench/README.md, "The garbage
+    # collector"). Only where gc_freeze is on (a server process).
+    gc_young_threshold: int = Field(default=50_000, ge=700)
     # Group commit: at most this many queued submissions share one transaction.
     submit_max_batch: int = 512
     # POST /v1/items/batch: at most this many envelopes per request
