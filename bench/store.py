@@ -18,11 +18,18 @@ and names which half moved.
 `--contend N`: the store runs again with N threads preparing envelopes beside it (as request
 threads do in a broker under load), and its thread's CPU and wall time per item are shown
 against the store alone: what the store pays for the GIL when it is not alone.
+
+The garbage collector runs as a broker's `serve` sets it (start-up frozen, the young generation
+collected after `Settings.gc_young_threshold` allocations): with CPython's defaults most of what
+`--contend` showed was not the GIL but collections, which the preparing threads' allocations
+set off and which scanned every envelope held in memory (bench/README.md, "The garbage
+collector").
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import platform
 import sys
@@ -154,6 +161,11 @@ def main() -> int:
         f"python {platform.python_version()}; {args.items} items of 1 KiB to 11 recipients, batches of {args.batch}"
     )
     items = seal_items(args.items)
+    # the garbage collector as a broker's `serve` sets it (broker/app.py): what is loaded so far
+    # frozen, the young generation collected after Settings.gc_young_threshold allocations
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(Settings().gc_young_threshold, *gc.get_threshold()[1:])
     verify_ms = 1e3 * verify_cost(items)
     print(f"verifying one envelope's signatures (Ed25519 + ML-DSA-65): {verify_ms:.3f} ms of CPU")
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
