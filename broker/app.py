@@ -110,6 +110,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         # process: an app made and dropped again (tests) would leave its objects frozen.
         gc.collect()
         gc.freeze()
+        # and the young generation less often (Settings.gc_young_threshold says why)
         _, older, oldest = gc.get_threshold()
         gc.set_threshold(broker.settings.gc_young_threshold, older, oldest)
     settings = broker.settings

@@ -71,8 +71,9 @@ class Settings(BaseSettings):
     gc_freeze: bool = False
     # ... and collect the young generation after this many allocations, not CPython's 700: a
     # broker's garbage is almost never cyclic (reference counting frees it), so each collection
-    # is pure cost, ~4% of a submission's CPU at the default (bench/README.md, "The garbage
-    # collector"). Only where gc_freeze is on (a server process).
+    # is pure cost: ~7% of a submission's CPU at the default, the older generations' passes
+    # scanning every envelope held in memory (bench/README.md, "The garbage collector"). Only
+    # where gc_freeze is on (a server process).
     gc_young_threshold: int = Field(default=50_000, ge=700)
     # Group commit: at most this many queued submissions share one transaction.
     submit_max_batch: int = 512
