@@ -20,7 +20,7 @@ threads do in a broker under load), and its thread's CPU and wall time per item 
 against the store alone: what the store pays for the GIL when it is not alone.
 
 The garbage collector runs as a broker's `serve` sets it (start-up frozen, the young generation
-collected after `Settings.gc_young_threshold` allocations): with CPython's defaults most of what
+collected after `Settings.gc_young_threshold` allocations net of deallocations): with CPython's defaults most of what
 `--contend` showed was not the GIL but collections, which the preparing threads' allocations
 set off and which scanned every envelope held in memory (bench/README.md, "The garbage
 collector").

@@ -69,11 +69,12 @@ class Settings(BaseSettings):
     log_sweep_interval_s: float = 0.5
     # `serve` sets this: freeze the start-up heap out of the garbage collector (broker/app.py).
     gc_freeze: bool = False
-    # ... and collect the young generation after this many allocations, not CPython's 700: a
-    # broker's garbage is almost never cyclic (reference counting frees it), so each collection
-    # is pure cost: ~7% of a submission's CPU at the default, the older generations' passes
-    # scanning every envelope held in memory (bench/README.md, "The garbage collector"). Only
-    # where gc_freeze is on (a server process).
+    # ... and collect the young generation once this many more objects were allocated than
+    # freed, not CPython's 700: a broker's garbage is almost never cyclic (reference counting
+    # frees it), so each collection is pure cost: ~7% of a submission's CPU at the default, the
+    # older generations' passes scanning every envelope held in memory (bench/README.md, "The
+    # garbage collector"). Larger is fewer, longer pauses (at 50,000 the longest young pass under
+    # bench/throughput.py took 11.5 ms). Only where gc_freeze is on (a server process).
     gc_young_threshold: int = Field(default=50_000, ge=700)
     # Group commit: at most this many queued submissions share one transaction.
     submit_max_batch: int = 512
