@@ -19,17 +19,15 @@ and names which half moved.
 threads do in a broker under load), and its thread's CPU and wall time per item are shown
 against the store alone: what the store pays for the GIL when it is not alone.
 
-The garbage collector runs as a broker's `serve` sets it (start-up frozen, the young generation
-collected after `Settings.gc_young_threshold` allocations net of deallocations): with CPython's defaults most of what
-`--contend` showed was not the GIL but collections, which the preparing threads' allocations
-set off and which scanned every envelope held in memory (bench/README.md, "The garbage
-collector").
+The garbage collector runs as a broker's `serve` sets it (`broker.app.settle_collector`): with
+CPython's defaults most of what `--contend` showed was not the GIL but collections, which the
+preparing threads' allocations set off and which scanned every envelope held in memory
+(bench/README.md, "The garbage collector").
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import platform
 import sys
@@ -48,6 +46,7 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 from bench.broker import enrol_observer, seal_items  # noqa: E402
 from bench.throughput import verify_cost  # noqa: E402
+from broker.app import settle_collector  # noqa: E402
 from broker.services.auth import Caller  # noqa: E402
 from broker.services.log import integrate  # noqa: E402
 from broker.services.quota import QuotaBook  # noqa: E402
@@ -161,11 +160,7 @@ def main() -> int:
         f"python {platform.python_version()}; {args.items} items of 1 KiB to 11 recipients, batches of {args.batch}"
     )
     items = seal_items(args.items)
-    # the garbage collector as a broker's `serve` sets it (broker/app.py): what is loaded so far
-    # frozen, the young generation collected after Settings.gc_young_threshold allocations
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(Settings().gc_young_threshold, *gc.get_threshold()[1:])
+    settle_collector(Settings().gc_young_threshold)  # as a broker's `serve` does
     verify_ms = 1e3 * verify_cost(items)
     print(f"verifying one envelope's signatures (Ed25519 + ML-DSA-65): {verify_ms:.3f} ms of CPU")
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]

@@ -100,6 +100,16 @@ def _install_error_handlers(app: FastAPI) -> None:
     # instead of Starlette's last-resort handler raising it again into the server).
 
 
+def settle_collector(young_threshold: int) -> None:
+    """A long-lived process's garbage collector: what is loaded so far frozen out of its passes,
+    and the young generation collected only after `young_threshold` more allocations than
+    deallocations (Settings.gc_young_threshold says why)."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(young_threshold, older, oldest)
+
+
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     broker: BrokerState = app.state.broker
@@ -108,11 +118,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         # collector's full passes, whose pauses otherwise land on requests (measured: p99
         # submit -> long-poll 99.8 -> 36 ms at 10 submits/s, bench/inbox.py). Only for a server
         # process: an app made and dropped again (tests) would leave its objects frozen.
-        gc.collect()
-        gc.freeze()
-        # and the young generation less often (Settings.gc_young_threshold says why)
-        _, older, oldest = gc.get_threshold()
-        gc.set_threshold(broker.settings.gc_young_threshold, older, oldest)
+        settle_collector(broker.settings.gc_young_threshold)
     settings = broker.settings
     structlog.get_logger(LIFECYCLE_LOGGER).info(
         "broker starting",
