@@ -3,8 +3,10 @@
     .venv/bin/python bench/inbox.py [--items 2000] [--backend sqlite|postgresql|both]
                                     [--rates 10 25 50] [--wakeups poll stream]
                                     [--latency-items 300] [--batch 1] [--polls 1000]
+                                    [--brokers 1]
 
-Against one real `msmt-broker serve` process per backend:
+Against one real `msmt-broker serve` process per backend (on PostgreSQL, `--brokers` of them
+for the latency figure, as throughput.py measures the maximum rate):
 
 1. broker RSS at idle (members enrolled, nothing stored);
 2. `--items` items of 1 KiB to 11 recipients stored through POST /v1/items/batch; RSS after;
@@ -42,6 +44,7 @@ import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -200,12 +203,22 @@ def cpu_s(pid: int) -> float:
 
 
 def latency(
-    base: str, rate: float, items: int, broker_pid: int, streams: bool = False, batch: int = 1
+    bases: list[str],
+    rate: float,
+    items: int,
+    broker_pids: list[int],
+    streams: bool = False,
+    batch: int = 1,
 ) -> list[float]:
     """Seconds from each POST's start to each recipient's long-poll returning the item; with
     `batch` > 1, `rate` items per second go as POST /v1/items/batch of `batch` envelopes each
     (`rate / batch` requests per second, as the throughput figures submit), and each item's
     time runs from the start of its batch's POST.
+
+    With several broker processes (`bases`, PostgreSQL), as the maximum rate was measured
+    (throughput.py --brokers 2): the POSTs go to each in turn, and the recipients' long-polls
+    are spread over them likewise, so that most wake-ups cross from the process that stored an
+    item to another one (LISTEN/NOTIFY) as they would behind a load balancer.
 
     Long-polls: each recipient waits from a process of its own on a plain keep-alive
     connection (`_recipient`). Until the ninth session they shared one process and one httpx
@@ -218,6 +231,7 @@ def latency(
     recipients = [c for c in ROSTER if c != origin]
     envelopes = sealed(origin, items, b"l" * 1024)
     cursors: dict[str, int] = {}
+    base = bases[0]
     with httpx.Client(base_url=base, timeout=30) as http:
         for who in recipients:  # start after whatever is there already
             cursors[who] = 0
@@ -234,8 +248,8 @@ def latency(
             pollers = [context.Process(target=_followers, args=(base, cursors, stop, readies[0], out))]
         else:
             pollers = [
-                context.Process(target=_recipient, args=(base, who, after, stop, ready, out))
-                for (who, after), ready in zip(cursors.items(), readies, strict=True)
+                context.Process(target=_recipient, args=(bases[i % len(bases)], who, after, stop, ready, out))
+                for i, ((who, after), ready) in enumerate(zip(cursors.items(), readies, strict=True))
             ]
         for process in pollers:
             process.start()
@@ -255,12 +269,12 @@ def latency(
             for group, body in zip(groups, bodies, strict=True)
         ]
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-        with (
-            httpx.Client(base_url=base, timeout=30, limits=limits) as posting,
-            ThreadPoolExecutor(max_workers=32) as pool,
-        ):
+        with ExitStack() as clients, ThreadPoolExecutor(max_workers=32) as pool:
+            postings = [
+                clients.enter_context(httpx.Client(base_url=b, timeout=30, limits=limits)) for b in bases
+            ]
 
-            def post(item_ids: list[str], body: bytes, auth: dict[str, str]) -> None:
+            def post(item_ids: list[str], body: bytes, auth: dict[str, str], posting: httpx.Client) -> None:
                 started = time.perf_counter()
                 for item_id in item_ids:
                     sent_at[item_id] = started
@@ -277,19 +291,19 @@ def latency(
             interval = len(prepared[0][0]) / rate
             next_at = time.perf_counter()
             cpu_before = (
-                cpu_s(broker_pid),
+                sum(cpu_s(pid) for pid in broker_pids),
                 sum(cpu_s(process.pid or 0) for process in pollers),
                 time.process_time(),
                 time.perf_counter(),
             )
-            for item_ids, body, auth in prepared:
+            for n, (item_ids, body, auth) in enumerate(prepared):
                 delay = next_at - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
                 next_at += interval
-                pool.submit(post, item_ids, body, auth)
+                pool.submit(post, item_ids, body, auth, postings[n % len(postings)])
         assert statuses == [201] * len(envelopes), Counter(statuses)
-        broker_cpu = cpu_s(broker_pid) - cpu_before[0]
+        broker_cpu = sum(cpu_s(pid) for pid in broker_pids) - cpu_before[0]
         pollers_cpu = sum(cpu_s(process.pid or 0) for process in pollers) - cpu_before[1]
         submitter_cpu = time.process_time() - cpu_before[2]
         wall = time.perf_counter() - cpu_before[3]
@@ -304,7 +318,8 @@ def latency(
     print(
         f"    ({rate:.0f}/s {'streams' if streams else 'long-polls'}: POST answered p50 "
         f"{1000 * statistics.median(answered):.1f} ms; CPU while submitting: broker "
-        f"{1000 * broker_cpu / len(envelopes):.1f} ms per submission ({100 * broker_cpu / wall:.0f}% of a core), "
+        f"{1000 * broker_cpu / len(envelopes):.1f} ms per submission ({100 * broker_cpu / wall:.0f}% of a core"
+        f"{f' over {len(bases)} processes' if len(bases) > 1 else ''}), "
         f"recipients {100 * pollers_cpu / wall:.0f}%, submitter {100 * submitter_cpu / wall:.0f}%)",
         flush=True,
     )
@@ -334,7 +349,7 @@ async def hold_polls(base: str, count: int, pid: int) -> tuple[float, int]:
     return rss, early
 
 
-def run(url: str, args: argparse.Namespace, workdir: Path) -> None:
+def run(url: str, args: argparse.Namespace, workdir: Path, brokers: int = 1) -> None:
     # enough long-polls for --polls of them spread over the 12 members (the defaults: 20 each)
     per_member = max(20, -(-args.polls // 12) + 2)
     bootstrap(url, int(time.time() * 1000), quotas={"long_polls": per_member})
@@ -353,13 +368,19 @@ def run(url: str, args: argparse.Namespace, workdir: Path) -> None:
         stored = rss_mib(proc.pid)
         n1, s1 = consume(base, url, OBSERVER, signed_receipts=False)
         n2, s2 = consume(base, url, "NZL", signed_receipts=True)
-        waits = {
-            (mode, rate): latency(
-                base, rate, args.latency_items, proc.pid, streams=mode == "stream", batch=args.batch
-            )
-            for mode in args.wakeups
-            for rate in args.rates
-        }
+        with ExitStack() as more:  # further processes for the latency figure (--brokers)
+            others = [
+                more.enter_context(broker_server(url, AUDIENCE, workdir / f"bench-inbox-{i}.log", **caps))
+                for i in range(1, brokers)
+            ]
+            bases, pids = [base] + [b for b, _ in others], [proc.pid] + [p.pid for _, p in others]
+            waits = {
+                (mode, rate): latency(
+                    bases, rate, args.latency_items, pids, streams=mode == "stream", batch=args.batch
+                )
+                for mode in args.wakeups
+                for rate in args.rates
+            }
         polls_rss, early = asyncio.run(hold_polls(base, args.polls, proc.pid))
         after = rss_mib(proc.pid)
     print(
@@ -403,11 +424,21 @@ def main() -> int:
         help="how the recipients wait: long-polls (GET /v1/inbox?wait=), event streams (GET /v1/inbox/stream)",
     )
     parser.add_argument("--polls", type=int, default=1000)
+    parser.add_argument(
+        "--brokers",
+        type=int,
+        default=1,
+        help="PostgreSQL: broker processes for the latency figure (as throughput.py --brokers measures the maximum)",
+    )
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 8192)), hard))  # the broker inherits it
     print(f"machine: {os.cpu_count()} cores, {platform.machine()}, {platform.system()} {platform.release()}")
-    print(f"python {platform.python_version()}; 1 broker process; payloads of 1 KiB to 11 recipients")
+    print(
+        f"python {platform.python_version()}; 1 broker process"
+        f"{f' ({args.brokers} for the latency figure on PostgreSQL)' if args.brokers > 1 else ''}"
+        "; payloads of 1 KiB to 11 recipients"
+    )
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
     with tempfile.TemporaryDirectory() as tmp:
         for backend in backends:
@@ -416,7 +447,7 @@ def main() -> int:
                 run(f"sqlite:///{tmp}/bench.db", args, Path(tmp))
             else:
                 with postgresql_schema() as url:
-                    run(url, args, Path(tmp))
+                    run(url, args, Path(tmp), brokers=args.brokers)
     return 0
 
 
