@@ -231,6 +231,9 @@ def create_app(settings: Settings | None = None, clock: Callable[[], int] | None
         max_batch=settings.submit_max_batch,
         interval_s=settings.log_sweep_interval_s,
     )
+    # a process whose stored items another process integrates hears of it by that NOTIFY
+    broker.notifier.on_foreign.append(broker.sequencer.others_integrated)
+    broker.sequencer.pushed = lambda: broker.notifier.listening
     app.state.broker = broker
     app.state.engine = engine
     outage = broker.outage

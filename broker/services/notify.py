@@ -38,7 +38,7 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -258,6 +258,9 @@ class InboxNotifier:
         self.outage: Outage | None = None  # database outages, told once (services/health.py)
         self.recent = RecentDeliveries()
         self.origin = secrets.token_hex(8)  # names this process's own NOTIFYs, to skip their echo
+        # called (on the listener's thread) for each other process's NOTIFY: it committed an
+        # integration (the sequencer's waiting items may be in it)
+        self.on_foreign: list[Callable[[], None]] = []
 
     # --- in this process -------------------------------------------------------------------
 
@@ -372,12 +375,16 @@ class InboxNotifier:
                     # what was committed while nobody listened is found now; then (not before:
                     # whoever waits for `listening` must not see this wake-up later) say so
                     self.wake_all()
+                    for hook in self.on_foreign:  # and whatever else waited on a notification
+                        hook()
                     self._listening.set()
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=0.5):
                             origin, listed = split_origin(note.payload)
                             if note.channel == channel and origin != self.origin:
                                 self.publish(parse_payload(listed))
+                                for hook in self.on_foreign:
+                                    hook()
             except Exception as exc:  # the listener must outlive a database outage
                 lost = self._listening.is_set()  # a connection that worked, not a failed connect
                 if self._stop.is_set():

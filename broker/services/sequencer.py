@@ -13,7 +13,11 @@ Several broker processes (PostgreSQL): acceptance takes no global lock, so every
 stores its batches concurrently (only batches with items of the same originator wait for
 each other, on its stored-bytes row: services/quota.py); the integration lock (an advisory
 lock) decides which one integrates. A process whose items another process integrated learns it by reading their log
-indexes (every few milliseconds while it has callers waiting, never otherwise).
+indexes: when that process's NOTIFY arrives (`others_integrated`, from services/notify.py's
+listener; every integration of items sends one, with its commit), and otherwise every
+`PUSHED_POLL_S` while it has callers waiting (a lost notification, or an integrating process
+that died: then this one integrates them); without a listener (SQLite, or while it
+reconnects), every `POLL_S`. Never while nobody waits.
 
 Without submissions the writer wakes every `interval_s`, or when `kick()`ed after a directory
 statement, policy version or receipt was staged, and integrates what is pending (including
@@ -27,6 +31,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 
@@ -46,6 +51,10 @@ from .submit import Prepared, Receipt, accept_batch, receipt_for
 
 log = logging.getLogger("msmt.broker.sequencer")
 POLL_S = 0.003  # how often a process looks for its items in another process's integration
+# ... when other processes' integrations are pushed to it (LISTEN/NOTIFY): a backstop only. At
+# POLL_S, two processes on PostgreSQL spent ~0.5 ms of broker CPU per submission (and as much of
+# the server's) on look-ups while items waited (bench/README.md, eleventh session).
+PUSHED_POLL_S = 0.05
 FORGET_S = 120.0  # callers stop waiting long before this; then their tickets are dropped
 
 
@@ -61,6 +70,7 @@ class Ticket:
 
 
 _KICK = object()
+_LOOK = object()  # another process integrated: look up the items waiting for the log
 
 
 class Stopping(Exception):
@@ -91,6 +101,10 @@ class Sequencer:
         self.quotas = QuotaBook()  # the stored-bytes quotas, as of the registry version read
         self.batches = 0  # statistics for benchmarks and tests
         self.stored = 0
+        # whether other processes' integrations reach `others_integrated` (the inbox listener is
+        # connected); the look-ups' backstop interval then
+        self.pushed: Callable[[], bool] = lambda: False
+        self.pushed_poll_s = PUSHED_POLL_S
 
     # --- callers ---------------------------------------------------------------------
 
@@ -102,6 +116,11 @@ class Sequencer:
     def kick(self) -> None:
         """Something was staged for the log outside a submission: integrate it soon."""
         self._queue.put(_KICK)
+
+    def others_integrated(self) -> None:
+        """Another process committed an integration (its NOTIFY): if any of our stored items
+        wait for the log, look them up now. Safe from any thread."""
+        self._queue.put(_LOOK)
 
     # --- the writer ------------------------------------------------------------------
 
@@ -136,14 +155,19 @@ class Sequencer:
                     ticket.logged.set_exception(Stopping())
         self._waiting.clear()
 
-    def _take(self) -> tuple[list[Ticket], bool]:
-        """The next batch (possibly empty) and whether to integrate now."""
-        timeout = POLL_S if self._waiting else self.interval_s
+    def _take(self) -> tuple[list[Ticket], bool, bool]:
+        """The next batch (possibly empty), whether to integrate now, and whether to look up
+        the items waiting for another process's integration (the backstop's time came, or that
+        process's NOTIFY: `others_integrated`)."""
+        timeout = self.interval_s
+        if self._waiting:
+            timeout = self.pushed_poll_s if self.pushed() else POLL_S
         try:
             first = self._queue.get(timeout=timeout)
         except queue.Empty:
-            return [], True
+            return [], True, True
         batch: list[Ticket] = []
+        signals: set[object] = set() if isinstance(first, Ticket) else {first}
         if isinstance(first, Ticket):
             batch.append(first)
         while len(batch) < self.max_batch:
@@ -153,17 +177,22 @@ class Sequencer:
                 break
             if isinstance(more, Ticket):
                 batch.append(more)
-        return batch, True
+            else:
+                signals.add(more)
+        # a NOTIFY alone integrates nothing here (the other process did); a kick does
+        return batch, bool(batch) or _KICK in signals, _LOOK in signals
 
     def _write_loop(self) -> None:
         while not self._stop.is_set():
-            batch, integrate = self._take()
+            batch, integrate, look = self._take()
             try:
                 if batch:
                     self._store(batch)
                 elif integrate:
                     self._integrate_pending()
-                if self._waiting:
+                # with notifications, only when one came (or the backstop's time): after each
+                # batch of its own, a process mostly finds its items still waiting
+                if self._waiting and (look or not self.pushed()):
                     self._look_up_waiting()
                 if self._failing:
                     log.warning("the sequencer is writing again")
@@ -199,6 +228,8 @@ class Sequencer:
                 if attempt == 2:
                     raise
         self.integrator.committed(integrated)
+        if integrated is not None:  # earlier batches' items waiting for the log may be in it
+            self._resolve(integrated)
         self.batches += 1
         logged = integrated.items if integrated is not None else {}
         for ticket, answer in zip(batch, answers, strict=True):

@@ -484,3 +484,72 @@ def test_a_session_hung_holding_the_integration_lock_is_ended(world: World) -> N
     finally:
         raw.invalidate()
         engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgresql)], indirect=True
+)  # across processes PostgreSQL's NOTIFY carries it; SQLite has one writer
+def test_a_process_hears_by_notify_that_another_integrated_its_items(world: World, tmp_path: Path) -> None:
+    """A submission stored by one process and integrated by another is answered 201 as soon
+    as that integration commits: the other process's NOTIFY sets off the look-up, not the
+    backstop poll (30 s here; past the 4 s settle time the answer would be 202)."""
+    from broker.services.log import ADVISORY_LOCK
+
+    world.settle()
+    settings = Settings(database_url=world.url, audience=AUDIENCE, log_key_file=log_key_file(tmp_path))
+    app = create_app(settings, clock=world.clock)
+    engine = make_engine(world.url)
+    with TestClient(app, raise_server_exceptions=False) as other, engine.connect() as holder:
+        broker = app.state.broker
+        assert broker.notifier.wait_listening(10)
+        broker.sequencer.pushed_poll_s = 30.0
+        holder.execute(text("SELECT pg_advisory_lock(:k, hashtext(current_schema()))"), {"k": ADVISORY_LOCK})
+        result: dict[str, Any] = {}
+        envelope = world.seal("KOR", ["USA"])
+
+        def send() -> None:
+            result["r"] = other.post("/v1/items", content=envelope, headers={**world.auth("KOR"), **ENVELOPE})
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        sender.join(timeout=0.5)
+        assert sender.is_alive()  # stored by the other process, waiting for the log
+        assert world.count("items") == 1 and world.count("log_pending") == 1
+        holder.execute(
+            text("SELECT pg_advisory_unlock(:k, hashtext(current_schema()))"), {"k": ADVISORY_LOCK}
+        )
+        released = time.monotonic()
+        # this process integrates everything pending with its own next batch, the other's item too
+        assert world.submit("JPN", world.seal("JPN", ["USA"])).status_code == 201
+        sender.join(timeout=40)
+        waited = time.monotonic() - released
+    engine.dispose()
+    app.state.engine.dispose()
+    assert result["r"].status_code == 201, result["r"].text
+    assert result["r"].json()["log_index"] is not None
+    assert waited < 3.0
+
+
+def test_while_notifications_arrive_waiting_items_are_looked_up_at_the_backstop_interval() -> None:
+    """With a listener (pushed() true), a writer with items waiting for another process's
+    integration wakes at `pushed_poll_s`, not every POLL_S; without one, every POLL_S."""
+    from broker.services.sequencer import POLL_S, Sequencer
+
+    sequencer = Sequencer(None, None, None)  # type: ignore[arg-type]  # _take touches none of them
+    sequencer._waiting["an-item"] = []
+
+    def take_s() -> float:
+        start = time.monotonic()
+        assert sequencer._take() == ([], True, True)  # integrate (if it can), and look up
+        return time.monotonic() - start
+
+    assert take_s() < 0.1  # POLL_S: 3 ms
+    sequencer.pushed, sequencer.pushed_poll_s = (lambda: True), 0.3
+    assert take_s() >= 0.25
+    sequencer.others_integrated()  # a NOTIFY: at once, and only the look-up
+    start = time.monotonic()
+    assert sequencer._take() == ([], False, True)
+    assert time.monotonic() - start < 0.1
+    sequencer.kick()  # something staged for the log: integrate, no look-up of its own
+    assert sequencer._take() == ([], True, False)
+    assert POLL_S < 0.1
