@@ -105,6 +105,7 @@ class Sequencer:
         # connected); the look-ups' backstop interval then
         self.pushed: Callable[[], bool] = lambda: False
         self.pushed_poll_s = PUSHED_POLL_S
+        self._looked_at = 0.0  # when `_look_up_waiting` last ran (time.monotonic())
 
     # --- callers ---------------------------------------------------------------------
 
@@ -190,9 +191,12 @@ class Sequencer:
                     self._store(batch)
                 elif integrate:
                     self._integrate_pending()
-                # with notifications, only when one came (or the backstop's time): after each
+                # with notifications, only when one came or the backstop's time passed (also
+                # while batches keep coming, when the queue's timeout never does): after each
                 # batch of its own, a process mostly finds its items still waiting
-                if self._waiting and (look or not self.pushed()):
+                if self._waiting and (
+                    look or not self.pushed() or time.monotonic() - self._looked_at >= self.pushed_poll_s
+                ):
                     self._look_up_waiting()
                 if self._failing:
                     log.warning("the sequencer is writing again")
@@ -264,6 +268,7 @@ class Sequencer:
     def _look_up_waiting(self) -> None:
         """Our stored items that another process integrated, or (after a crash of the
         integrating transaction) nobody yet: try to integrate, then read their indexes."""
+        self._looked_at = time.monotonic()
         self._integrate_pending()
         if not self._waiting:
             return

@@ -553,3 +553,37 @@ def test_while_notifications_arrive_waiting_items_are_looked_up_at_the_backstop_
     sequencer.kick()  # something staged for the log: integrate, no look-up of its own
     assert sequencer._take() == ([], True, False)
     assert POLL_S < 0.1
+
+
+def test_with_batches_back_to_back_waiting_items_are_still_looked_up_at_the_backstop_interval() -> None:
+    """The queue's timeout never passes while batches keep coming: the writer still looks its
+    waiting items up every `pushed_poll_s` (a lost notification is not waited on for ever), and
+    not after every batch."""
+    from broker.services.sequencer import Sequencer, Ticket
+
+    sequencer = Sequencer(None, None, None)  # type: ignore[arg-type]  # _store is replaced below
+    sequencer.pushed, sequencer.pushed_poll_s = (lambda: True), 0.2
+    sequencer._waiting["an-item"] = []
+    looks: list[float] = []
+
+    def look_up() -> None:
+        sequencer._looked_at = time.monotonic()
+        looks.append(sequencer._looked_at)
+
+    sequencer._look_up_waiting = look_up  # type: ignore[method-assign]
+    sequencer._store = lambda batch: time.sleep(0.005)  # type: ignore[method-assign]
+    writer = threading.Thread(target=sequencer._write_loop)
+    writer.start()
+    try:
+        end = time.monotonic() + 1.2
+        batches = 0
+        while time.monotonic() < end:
+            sequencer._queue.put(Ticket(None))  # type: ignore[arg-type]
+            batches += 1
+            time.sleep(0.004)
+    finally:
+        sequencer._stop.set()
+        sequencer.kick()
+        writer.join(5)
+    assert batches > 100
+    assert 4 <= len(looks) <= 10, looks  # ~1.2 s / 0.2 s (+1 at the start), not one per batch
