@@ -198,7 +198,7 @@ def b64decode(text: str, what: str = "value") -> bytes:
     return raw
 
 
-_B64URL_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+B64URL_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
 def b64_length(size: int) -> int:
@@ -217,7 +217,7 @@ def check_b64(text: object, size: int, what: str = "value") -> str:
     character)."""
     if not isinstance(text, str) or not text.isascii() or len(text) % 4 == 1:
         raise InvalidHeader(f"{what} is not unpadded base64url")
-    if text.encode("ascii").translate(None, _B64URL_ALPHABET):
+    if text.encode("ascii").translate(None, B64URL_ALPHABET):
         raise InvalidHeader(f"{what} is not unpadded base64url")
     unused = {2: 0b1111, 3: 0b11}.get(len(text) % 4, 0)
     if unused and _B64URL_VALUE[text[-1]] & unused:

@@ -194,19 +194,7 @@ class Header:
             raise OversizedField(f"{len(recipients_raw)} recipients; at most {MAX_RECIPIENTS} are allowed")
         if not recipients_raw:
             raise InvalidHeader("recipients must not be empty")
-        recipients = []
-        for index, raw in enumerate(recipients_raw):
-            entry = _object(raw, f"recipients[{index}]", {"country", "key_id", "wrapped_key"})
-            wrapped = canonical.check_b64(
-                entry["wrapped_key"], WRAPPED_KEY_SIZE, f"recipients[{index}].wrapped_key"
-            )
-            recipients.append(
-                RecipientEntry(
-                    _country(entry["country"], f"recipients[{index}].country"),
-                    _key_id(entry["key_id"], f"recipients[{index}].key_id"),
-                    wrapped,
-                )
-            )
+        recipients = _recipients_fast(recipients_raw) or _recipients_one_by_one(recipients_raw)
         countries = [r.country for r in recipients]
         if countries != sorted(set(countries)):
             raise InvalidHeader("recipients must be sorted by country with no country twice")
@@ -272,6 +260,64 @@ def _timestamp(value: Any, name: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 2**48:
         raise InvalidHeader(f"{name} must be Unix time in milliseconds")
     return value
+
+
+def _recipients_one_by_one(raw: list[Any]) -> list[RecipientEntry]:
+    """The recipients, each entry checked in turn: the first fault found is the one reported."""
+    recipients = []
+    for index, item in enumerate(raw):
+        name = f"recipients[{index}]"
+        entry = _object(item, name, {"country", "key_id", "wrapped_key"})
+        wrapped = canonical.check_b64(entry["wrapped_key"], WRAPPED_KEY_SIZE, f"{name}.wrapped_key")
+        recipients.append(
+            RecipientEntry(
+                _country(entry["country"], f"{name}.country"),
+                _key_id(entry["key_id"], f"{name}.key_id"),
+                wrapped,
+            )
+        )
+    return recipients
+
+
+_RECIPIENT_FIELDS = frozenset({"country", "key_id", "wrapped_key"})
+_WRAPPED_TEXT_SIZE = canonical.b64_length(WRAPPED_KEY_SIZE)
+# A wrapped key's text ends 2 characters into a base64 quantum, so its last character carries
+# 4 unused bits, which must be zero: one of these four (canonical.check_b64).
+_WRAPPED_LAST = frozenset("AQgw")
+_COUNTRIES_RE = re.compile(r"[A-Z]{3}(?:,[A-Z]{3})*")
+_KEY_IDS_RE = re.compile(r"[0-9a-f]{32}(?:,[0-9a-f]{32})*")
+
+
+def _recipients_fast(raw: list[Any]) -> list[RecipientEntry] | None:
+    """The recipients if every entry is well formed, or None: then `_recipients_one_by_one`
+    finds and reports the fault. Accepts exactly what it accepts (tests/unit/
+    test_envelope_fast_path.py), checked in a few C calls over all entries at once instead of
+    five per entry: the entries of an envelope for 11 recipients were ~40 us of its ~100 us of
+    parsing, the broker's most frequent work after the signatures (bench/README.md)."""
+    countries, key_ids, wrapped = [], [], []
+    for entry in raw:
+        if type(entry) is not dict or entry.keys() != _RECIPIENT_FIELDS:
+            return None
+        country, key_id, text = entry["country"], entry["key_id"], entry["wrapped_key"]
+        if (
+            type(country) is not str
+            or type(key_id) is not str
+            or type(text) is not str
+            or len(country) != 3  # each of fixed length: the joined text's separators cannot shift
+            or len(key_id) != 32
+            or len(text) != _WRAPPED_TEXT_SIZE
+            or text[-1] not in _WRAPPED_LAST
+        ):
+            return None
+        countries.append(country)
+        key_ids.append(key_id)
+        wrapped.append(text)
+    if not _COUNTRIES_RE.fullmatch(",".join(countries)) or not _KEY_IDS_RE.fullmatch(",".join(key_ids)):
+        return None
+    joined = "".join(wrapped)
+    if not joined.isascii() or joined.encode("ascii").translate(None, canonical.B64URL_ALPHABET):
+        return None
+    return list(map(RecipientEntry, countries, key_ids, wrapped))
 
 
 @dataclass(frozen=True)
