@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
+    Connection,
     Table,
     bindparam,
     delete,
@@ -50,7 +51,7 @@ from msmt.witness import submit_checkpoint
 
 from ..problems import conflict, invalid, not_found
 from ..store import queries
-from ..store.bulk import execute_many
+from ..store.bulk import execute_many, insert_unnest_sql
 from ..store.db import IDLE_IN_TRANSACTION_TIMEOUT_S, transaction
 from ..store.models import (
     CheckpointCosignature,
@@ -77,10 +78,12 @@ LOG_ENTRIES: Table = LogEntry.__table__  # type: ignore[assignment]
 LOG_NODES: Table = LogNode.__table__  # type: ignore[assignment]
 PENDING: Table = LogPending.__table__  # type: ignore[assignment]
 LOG_STATE: Table = LogState.__table__  # type: ignore[assignment]
+CHECKPOINTS: Table = CheckpointRow.__table__  # type: ignore[assignment]
 INBOXES = "inboxes"  # the kind of the leaf that ends every batch
 
 # The integrator's statements, built once on the tables (Core, not the ORM). An integration runs
-# about 15 of them whatever its batch's size, and per execution a statement built afresh cost
+# about 15 of them whatever its batch's size (on PostgreSQL 6: its writes go as one, `_write`),
+# and per execution a statement built afresh cost
 # SQLAlchemy more than the query (its construction, its cache key, the ORM's compile state):
 # bench/store.py with batches of one, ~10 ms of CPU per batch, most of it there.
 _PENDING_BATCH = (
@@ -317,7 +320,7 @@ def integrate(
         {i.item_id: i for i in connection.execute(_ITEMS_TO_LOG, {"ids": item_ids})} if item_ids else {}
     )
     recipients = {item_id: item.recipients.split(",") for item_id, item in items.items()}
-    next_seq, sizes = _reserve_seqs(session, [r for i in item_ids for r in recipients[i]])
+    next_seq, sizes, counters = _reserve_seqs(session, [r for i in item_ids for r in recipients[i]])
 
     entries: list[dict[str, object]] = []
     logged: dict[str, tuple[int, dict[str, int]]] = {}
@@ -378,74 +381,139 @@ def integrate(
             }
         )
         leaf_hashes.append(digest)
-        if salts:
-            execute_many(
-                session,
-                "log.commitments",
-                insert(COMMITMENTS),
-                [
-                    {"country": c, "log_index": index, "size": sizes[c], "salt": salt}
-                    for c, salt in salts.items()
-                ],
-            )
+        commitments = [
+            {"country": c, "log_index": index, "size": sizes[c], "salt": salt} for c, salt in salts.items()
+        ]
+    else:
+        commitments = []
     frontier, new_nodes = frontier.append_many(leaf_hashes)
-    if entries:
-        execute_many(session, "log.entries", insert(LOG_ENTRIES), entries)
-        execute_many(
-            session,
-            "log.nodes",
-            insert(LOG_NODES),
-            [{"level": lv, "idx": ix, "hash": h} for (lv, ix), h in new_nodes],
-        )
-    _number(session, item_updates, new_deliveries)
-    connection.execute(_DONE_PENDING, {"ids": [p.id for p in pending]})
-    connection.execute(_SET_LOG_SIZE, {"size": frontier.size})
     root = frontier.root()
+    checkpoints: list[dict[str, object]] = []
     if signer is not None and frontier.size > size:
         checkpoint = Checkpoint(signer.origin, frontier.size, root)
         note = format_note(checkpoint.to_text(), list(signer.sign(checkpoint.to_text())))
-        session.add(CheckpointRow(size=frontier.size, root=root, note=note.decode(), created_ms=now_ms))
+        checkpoints.append({"size": frontier.size, "root": root, "note": note.decode(), "created_ms": now_ms})
+    _write(
+        session,
+        _Writes(
+            counters=counters,
+            commitments=commitments,
+            entries=entries,
+            nodes=[{"level": lv, "idx": ix, "hash": h} for (lv, ix), h in new_nodes] if entries else [],
+            item_updates=item_updates,
+            deliveries=new_deliveries,
+            done=[p.id for p in pending],
+            size=frontier.size,
+            checkpoints=checkpoints,
+        ),
+    )
     return Integrated(
         frontier.size, root, len(entries), logged, dict(deliveries), Tip(frontier, last_inboxes)
     )
 
 
-def _number(
-    session: Session, item_updates: list[dict[str, object]], new_deliveries: list[dict[str, object]]
-) -> None:
-    """Write the log indexes, and the deliveries with their inbox numbers (written once, here:
-    acceptance stored only the item's recipients; bulk.execute_many sends them in one
-    statement). The indexes: on PostgreSQL one UPDATE ... FROM unnest(...) of arrays, whose
-    text never changes (row-by-row updates cost a quarter of an integration, and a VALUES list
-    of n rows was compiled afresh for every batch: measured by bench/store.py); on SQLite,
-    where a statement is a function call, executemany."""
-    if not item_updates:
+@dataclass(frozen=True)
+class _Writes:
+    """Everything one integration writes, written together at its end (`_write`)."""
+
+    counters: list[dict[str, object]]  # b_recipient, b_last: each recipient's last inbox number
+    commitments: list[dict[str, object]]  # the openings of the batch's inboxes leaf
+    entries: list[dict[str, object]]  # the new leaves
+    nodes: list[dict[str, object]]  # the new perfect subtrees
+    item_updates: list[dict[str, object]]  # b_item, b_index: each item's log index
+    deliveries: list[dict[str, object]]  # with their inbox numbers
+    done: list[int]  # the log_pending rows integrated
+    size: int  # the log's size after
+    checkpoints: list[dict[str, object]]  # the new signed checkpoint (none without a signer)
+
+
+def _write(session: Session, w: _Writes) -> None:
+    """Write an integration. Deliveries with their inbox numbers are written once, here
+    (acceptance stored only the item's recipients).
+
+    PostgreSQL: ONE statement (`_pg_write_sql`), every write a data-modifying WITH query over
+    arrays the server unnests, text constant whatever the batch (psycopg prepares it once).
+    Apart, these were 9 round trips per integration, and under load a round trip costs far more
+    than the query: the writer thread waits for the GIL again after each (bench/README.md,
+    thirteenth session). On SQLite, where a statement is a function call, one statement each
+    (bulk.execute_many)."""
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        sql, order = _pg_write_sql(connection)
+        params: dict[str, object] = {"size": w.size, "p_id": w.done}
+        for prefix, part, keys in order:
+            rows: list[dict[str, object]] = getattr(w, part)
+            for key in keys:
+                params[f"{prefix}{key}"] = [row[key] for row in rows]
+        connection.exec_driver_sql(sql, params)
         return
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(
-            text(
-                "UPDATE items SET log_index = v.log_index"
-                " FROM unnest(CAST(:ids AS text[]), CAST(:indexes AS bigint[])) AS v(item_id, log_index)"
-                " WHERE items.item_id = v.item_id"
-            ),
-            {"ids": [u["b_item"] for u in item_updates], "indexes": [u["b_index"] for u in item_updates]},
-        )
-    else:
-        execute_many(
-            session,
-            "log.item-indexes",
-            update(ITEMS)
-            .where(ITEMS.c.item_id == bindparam("b_item"))
-            .values(log_index=bindparam("b_index")),
-            item_updates,
-        )
-    execute_many(session, "log.deliveries", insert(DELIVERIES), new_deliveries)
+    if w.counters:
+        connection.execute(_SET_COUNTER, w.counters)
+    execute_many(session, "log.commitments", insert(COMMITMENTS), w.commitments)
+    execute_many(session, "log.entries", insert(LOG_ENTRIES), w.entries)
+    execute_many(session, "log.nodes", insert(LOG_NODES), w.nodes)
+    execute_many(
+        session,
+        "log.item-indexes",
+        update(ITEMS).where(ITEMS.c.item_id == bindparam("b_item")).values(log_index=bindparam("b_index")),
+        w.item_updates,
+    )
+    execute_many(session, "log.deliveries", insert(DELIVERIES), w.deliveries)
+    connection.execute(_DONE_PENDING, {"ids": w.done})
+    connection.execute(_SET_LOG_SIZE, {"size": w.size})
+    execute_many(session, "log.checkpoints", insert(CHECKPOINTS), w.checkpoints)
 
 
-def _reserve_seqs(session: Session, recipients: list[str]) -> tuple[dict[str, int], dict[str, int]]:
-    """The next inbox number of each recipient, reserving as many as this batch needs; and
-    every member's inbox size after the batch (0 included) (for its inboxes leaf), from the same read of
-    the counters (one row per member).
+# (prefix, _Writes field, columns) of each array-bound part of _pg_write_sql
+_PG_PARTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("c_", "counters", ("b_recipient", "b_last")),
+    ("m_", "commitments", ("country", "log_index", "size", "salt")),
+    ("e_", "entries", ("log_index", "kind", "ref", "leaf_hash", "created_ms", "leaf")),
+    ("n_", "nodes", ("level", "idx", "hash")),
+    ("i_", "item_updates", ("b_item", "b_index")),
+    ("d_", "deliveries", ("item_id", "recipient", "seq", "state", "created_ms")),
+    ("k_", "checkpoints", ("size", "root", "note", "created_ms")),
+)
+_pg_write: tuple[str, tuple[tuple[str, str, tuple[str, ...]], ...]] | None = None
+
+
+def _pg_write_sql(connection: Connection) -> tuple[str, tuple[tuple[str, str, tuple[str, ...]], ...]]:
+    """The integration's writes as one PostgreSQL statement (`_write`). The WITH queries run
+    on one snapshot and touch different tables (each row once), so their order does not
+    matter; the foreign keys are checked at the statement's end, on all of them."""
+    global _pg_write
+    if _pg_write is None:
+        counters = (
+            f"CAST(%(c_b_recipient)s AS {COUNTERS.c.recipient.type.compile(dialect=connection.dialect)}[])"
+        )
+        item_ids = f"CAST(%(i_b_item)s AS {ITEMS.c.item_id.type.compile(dialect=connection.dialect)}[])"
+        # identifiers and types: constants and our tables' own; values: bound
+        parts = [
+            "UPDATE inbox_counters SET last_seq = v.last_seq"  # noqa: S608
+            f" FROM unnest({counters}, CAST(%(c_b_last)s AS BIGINT[])) AS v(recipient, last_seq)"
+            " WHERE inbox_counters.recipient = v.recipient",
+            insert_unnest_sql(connection, COMMITMENTS, _PG_PARTS[1][2], "m_"),
+            insert_unnest_sql(connection, LOG_ENTRIES, _PG_PARTS[2][2], "e_"),
+            insert_unnest_sql(connection, LOG_NODES, _PG_PARTS[3][2], "n_"),
+            "UPDATE items SET log_index = v.log_index"  # noqa: S608
+            f" FROM unnest({item_ids}, CAST(%(i_b_index)s AS BIGINT[])) AS v(item_id, log_index)"
+            " WHERE items.item_id = v.item_id",
+            insert_unnest_sql(connection, DELIVERIES, _PG_PARTS[5][2], "d_"),
+            "DELETE FROM log_pending WHERE id = ANY(CAST(%(p_id)s AS BIGINT[]))",
+            "UPDATE log_state SET size = %(size)s WHERE id = 1",
+            insert_unnest_sql(connection, CHECKPOINTS, _PG_PARTS[6][2], "k_"),
+        ]
+        sql = "WITH " + ", ".join(f"w{n} AS ({part})" for n, part in enumerate(parts)) + " SELECT 1"
+        _pg_write = (sql, _PG_PARTS)
+    return _pg_write
+
+
+def _reserve_seqs(
+    session: Session, recipients: list[str]
+) -> tuple[dict[str, int], dict[str, int], list[dict[str, object]]]:
+    """The next inbox number of each recipient, reserving as many as this batch needs; every
+    member's inbox size after the batch (0 included) (for its inboxes leaf), from the same read
+    of the counters (one row per member); and the counters to write (`_write`).
 
     Only the integrator writes the counters, under its lock, so numbers follow commit order
     (and reading them, then writing them back, in two statements is safe)."""
@@ -457,14 +525,13 @@ def _reserve_seqs(session: Session, recipients: list[str]) -> tuple[dict[str, in
     missing = set(need) - set(last)
     if missing:  # cannot happen: every member has a counter from enrolment on
         raise RuntimeError(f"no inbox counter for {sorted(missing)}")
-    if need:
-        connection.execute(
-            _SET_COUNTER, [{"b_recipient": r, "b_last": last[r] + n} for r, n in sorted(need.items())]
-        )
+    counters: list[dict[str, object]] = [
+        {"b_recipient": r, "b_last": last[r] + n} for r, n in sorted(need.items())
+    ]
     # every member, an empty inbox (size 0) included: a leaf then holds exactly one commitment
     # per member, with no free slot in which a second, smaller size for one inbox could hide
     sizes = {r: n + need.get(r, 0) for r, n in last.items()}
-    return {r: last[r] + 1 for r in need}, sizes
+    return {r: last[r] + 1 for r in need}, sizes, counters
 
 
 def _previous_inboxes(session: Session, size: int) -> int:

@@ -96,16 +96,28 @@ def _insert_unnest(
         table = statement.table
         if not isinstance(table, Table):  # pragma: no cover - every bulk insert names its table
             raise TypeError(f"{name}: a bulk insert needs a table, not {table!r}")
-        quote = connection.dialect.identifier_preparer.quote
-        arrays = ", ".join(
-            f"CAST(%({key})s AS {table.c[key].type.compile(dialect=connection.dialect)}[])" for key in keys
-        )
-        cached = (
-            # identifiers: the table's own columns (table.c[key] above), quoted; values: bound
-            f"INSERT INTO {quote(table.name)} ({', '.join(quote(k) for k in keys)}) SELECT * FROM unnest({arrays})",  # noqa: S608
-            keys,
-        )
+        cached = (insert_unnest_sql(connection, table, keys), keys)
         with _lock:
             _compiled[shape] = cached
     sql, order = cached
     connection.exec_driver_sql(sql, {key: [row[key] for row in rows] for key in order})
+
+
+def unnest_arrays(connection: Connection, table: Table, keys: Sequence[str], prefix: str = "") -> str:
+    """`CAST(%(<prefix><key>)s AS <type>[]), ...`: each of `table`'s columns `keys` bound as one
+    array (PostgreSQL), for `unnest(...)`."""
+    dialect = connection.dialect
+    return ", ".join(
+        f"CAST(%({prefix}{key})s AS {table.c[key].type.compile(dialect=dialect)}[])" for key in keys
+    )
+
+
+def insert_unnest_sql(connection: Connection, table: Table, keys: Sequence[str], prefix: str = "") -> str:
+    """`INSERT INTO table (keys) SELECT * FROM unnest(<arrays>)` (PostgreSQL): as many rows as
+    the arrays bound to `<prefix><key>` hold, in one statement of constant text."""
+    quote = connection.dialect.identifier_preparer.quote
+    # identifiers: the table's own columns (table.c[key] in unnest_arrays), quoted; values: bound
+    return (
+        f"INSERT INTO {quote(table.name)} ({', '.join(quote(k) for k in keys)})"  # noqa: S608
+        f" SELECT * FROM unnest({unnest_arrays(connection, table, keys, prefix)})"
+    )
