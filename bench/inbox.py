@@ -54,6 +54,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.broker import MARKINGS, OBSERVER, ROSTER, enrol_observer
+from bench.procs import cpu_seconds, rss_mib  # the broker's and its signature workers'
 from broker.services.submit import join_batch
 from msmt.auth import mint_token
 from msmt.client import Client
@@ -61,13 +62,6 @@ from msmt.core import parse, seal
 from msmt.trust import TrustStore
 from tests.e2e.servers import broker_server
 from tests.integration.conftest import _KEYS, AUDIENCE, MEMBERS, bootstrap, postgresql_schema, root_of
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def sealed(origin: str, n: int, payload: bytes) -> list[bytes]:
@@ -196,12 +190,6 @@ def _recipient(base: str, who: str, after: int, stop: Any, ready: Any, out: Any)
     out.put(seen)
 
 
-def cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) the process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def latency(
     bases: list[str],
     rate: float,
@@ -291,8 +279,8 @@ def latency(
             interval = len(prepared[0][0]) / rate
             next_at = time.perf_counter()
             cpu_before = (
-                sum(cpu_s(pid) for pid in broker_pids),
-                sum(cpu_s(process.pid or 0) for process in pollers),
+                sum(cpu_seconds(pid) for pid in broker_pids),
+                sum(cpu_seconds(process.pid or 0) for process in pollers),
                 time.process_time(),
                 time.perf_counter(),
             )
@@ -303,8 +291,8 @@ def latency(
                 next_at += interval
                 pool.submit(post, item_ids, body, auth, postings[n % len(postings)])
         assert statuses == [201] * len(envelopes), Counter(statuses)
-        broker_cpu = sum(cpu_s(pid) for pid in broker_pids) - cpu_before[0]
-        pollers_cpu = sum(cpu_s(process.pid or 0) for process in pollers) - cpu_before[1]
+        broker_cpu = sum(cpu_seconds(pid) for pid in broker_pids) - cpu_before[0]
+        pollers_cpu = sum(cpu_seconds(process.pid or 0) for process in pollers) - cpu_before[1]
         submitter_cpu = time.process_time() - cpu_before[2]
         wall = time.perf_counter() - cpu_before[3]
         time.sleep(3.0)  # the last deliveries reach every poller

@@ -36,6 +36,7 @@ from .services.health import Readiness, is_outage, readiness, schema_head
 from .services.log import Integrator
 from .services.notify import notify_in_transaction
 from .services.sequencer import Sequencer
+from .services.signatures import SignaturePool
 from .serving import (
     Draining,
     Failures,
@@ -128,6 +129,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         pid=os.getpid(),
     )
     broker.notifier.start(broker.settings.database_url)  # PostgreSQL: other processes' wake-ups
+    if settings.signature_pool_size() > 0:
+        broker.signatures = await asyncio.to_thread(SignaturePool, settings.signature_pool_size())
     broker.writer.start()
     retention = asyncio.create_task(_retention(broker)) if settings.retention_days > 0 else None
     # SIGTERM / SIGINT release the waiting long-polls before the server's graceful stop
@@ -144,6 +147,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             broker.notifier.stop()
         finally:
             broker.registry.close(for_good=True)
+            if broker.signatures is not None:  # after the writer: nothing checks any more
+                broker.signatures.close()
+                broker.signatures = None
         structlog.get_logger(LIFECYCLE_LOGGER).info("broker stopped", pid=os.getpid())
 
 

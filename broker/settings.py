@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     # 0: on SQLite one fewer than the cores (at least one), on PostgreSQL no limit of their own
     # (see `prepare_threads`).
     submit_prepare_threads: int = 0
+    # Envelopes' signatures are verified in this many worker processes (services/signatures.py),
+    # so that they do not take the GIL from the event loop and the writer thread; 0: in the
+    # request's thread; -1: as many as the cores this process may run on, when more than one.
+    signature_workers: int = Field(default=-1, ge=-1)
     # Where to reach the member witnesses the root names: "name=https://url;name=https://url".
     # Which witnesses count, and how many, is the members' root's decision, not this setting's.
     witness_urls: str = ""
@@ -116,8 +120,16 @@ class Settings(BaseSettings):
             return self.submit_prepare_threads
         if not self.database_url.startswith("sqlite"):
             return None
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        return max(1, cores - 1)
+        if self.signature_pool_size() > 0:  # a check thread mostly waits for its worker
+            return 2 * self.signature_pool_size()
+        return max(1, _cores() - 1)
+
+    def signature_pool_size(self) -> int:
+        """How many signature worker processes (`signature_workers`, -1 resolved)."""
+        if self.signature_workers >= 0:
+            return self.signature_workers
+        cores = _cores()
+        return cores if cores > 1 else 0
 
     @model_validator(mode="before")
     @classmethod
@@ -145,3 +157,8 @@ class Settings(BaseSettings):
     def witness_map(self) -> dict[str, str]:
         pairs = (part.split("=", 1) for part in self.witness_urls.split(";") if "=" in part)
         return {name.strip(): url.strip() for name, url in pairs}
+
+
+def _cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

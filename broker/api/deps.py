@@ -29,6 +29,7 @@ from ..services.notify import InboxNotifier
 from ..services.quota import Quota, QuotaBook, RateLimiter, envelope_too_large, rate_limited
 from ..services.registry import RegistryCache
 from ..services.sequencer import Sequencer
+from ..services.signatures import SignaturePool
 from ..settings import Settings
 
 
@@ -56,6 +57,9 @@ class BrokerState:
     # envelope checks (parse, signatures) running at once: Settings.prepare_threads (api/items.py);
     # None: the request thread pool's limit
     checks: anyio.CapacityLimiter | None = None
+    # the worker processes that verify envelopes' signatures (services/signatures.py); None:
+    # verified in the request's thread
+    signatures: SignaturePool | None = None
 
     @property
     def log(self) -> Integrator:

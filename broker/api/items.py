@@ -22,6 +22,7 @@ from ..observability import note
 from ..problems import Problem, conflict, database_unavailable, invalid, not_found
 from ..services import inbox as inbox_service
 from ..services import log as log_service
+from ..services import signatures
 from ..services import submit as submit_service
 from ..services.auth import Caller
 from ..services.health import is_outage
@@ -86,16 +87,44 @@ def _status(receipt: submit_service.Receipt) -> int:
 
 
 def _prepare(state: BrokerState, caller: Caller, data: bytes, now_ms: int) -> submit_service.Prepared:
-    """`submit_service.prepare`, counting what it refuses (what the sequencer stores or
-    refuses is counted there: broker/metrics.py)."""
+    """Every check of one envelope that needs no write, counting what refuses it (what the
+    sequencer stores or refuses is counted there: broker/metrics.py). Raises the Problem."""
+    (answer,) = _signed(state, caller, [_unsigned(state, caller, data, now_ms)], now_ms)
+    if isinstance(answer, Problem):
+        raise answer
+    return answer
+
+
+def _unsigned(state: BrokerState, caller: Caller, data: bytes, now_ms: int) -> submit_service.Unsigned:
+    """`submit_service.prepare_unsigned`, counting what it refuses or fails."""
     try:
-        return submit_service.prepare(state.sessions, state.registry, state.settings, caller, data, now_ms)
+        return submit_service.prepare_unsigned(
+            state.sessions, state.registry, state.settings, caller, data, now_ms
+        )
     except Problem as problem:
         metrics.submission_refused(problem)
         raise
     except Exception as exc:
         metrics.submission_failed(_failure(exc))
         raise
+
+
+def _signed(
+    state: BrokerState, caller: Caller, unsigned: list[submit_service.Unsigned], now_ms: int
+) -> list[submit_service.Prepared | Problem]:
+    """Their signatures, all at once (in the signature workers, where there are: services/
+    signatures.py), counting what they refuse; if the check itself fails, every one of them is
+    counted as failed."""
+    check = state.signatures.check if state.signatures is not None else signatures.check_here
+    try:
+        answers = submit_service.check_signatures(unsigned, now_ms, caller.key_id, check)
+    except Exception as exc:
+        metrics.submission_failed(_failure(exc), len(unsigned))
+        raise
+    for answer in answers:
+        if isinstance(answer, Problem):
+            metrics.submission_refused(answer)
+    return answers
 
 
 def _failure(exc: Exception) -> str:
@@ -141,9 +170,10 @@ async def submit_batch(request: Request, caller: CountryDep, state: StateDep) ->
     now = state.clock()
     quota = member_quota(state, caller)
 
-    out: list[submit_service.Prepared | Problem] = []
+    out: list[submit_service.Prepared | submit_service.Unsigned | Problem] = []
 
     def prepare(part: list[bytes]) -> None:
+        start = len(out)
         for envelope in part:
             if len(envelope) > quota.largest_envelope:  # refused alone, as if submitted alone
                 refusal = envelope_too_large(caller.owner, quota, len(envelope))
@@ -151,20 +181,33 @@ async def submit_batch(request: Request, caller: CountryDep, state: StateDep) ->
                 out.append(refusal)
                 continue
             try:
-                out.append(_prepare(state, caller, envelope, now))
+                out.append(_unsigned(state, caller, envelope, now))
             except Problem as problem:
                 out.append(problem)
             except Exception as exc:  # the whole batch fails: so do its envelopes not refused
                 refused = sum(isinstance(answer, Problem) for answer in out)
                 metrics.submission_failed(_failure(exc), len(envelopes) - 1 - refused)
                 raise
+        # the part's signatures in one go (spread over the signature workers, where there are)
+        unsigned = [
+            (i, u) for i, u in enumerate(out[start:], start) if isinstance(u, submit_service.Unsigned)
+        ]
+        try:
+            signed = _signed(state, caller, [u for _, u in unsigned], now)
+        except Exception as exc:  # the whole batch fails: the part's were counted, now the rest
+            refused = sum(isinstance(answer, Problem) for answer in out)
+            metrics.submission_failed(_failure(exc), len(envelopes) - len(unsigned) - refused)
+            raise
+        for (i, _), answer in zip(unsigned, signed, strict=True):
+            out[i] = answer
 
     # Where the checks have slots of their own (Settings.prepare_threads), in parts, each waiting
     # its turn: a lone submission waits behind one part of a large batch, never the whole batch.
     turn = CHECKS_PER_TURN if state.checks is not None else max(1, len(envelopes))
     for start in range(0, len(envelopes), turn):
         await anyio.to_thread.run_sync(prepare, envelopes[start : start + turn], limiter=state.checks)
-    prepared = out
+    prepared = [p for p in out if not isinstance(p, submit_service.Unsigned)]
+    assert len(prepared) == len(envelopes)  # every part's signatures were checked
     for answer in prepared:  # a batch carries only the caller's own envelopes: else none is stored
         if isinstance(answer, Problem) and answer.code == "originator-mismatch":
             for _ in range(sum(not isinstance(p, Problem) for p in prepared)):

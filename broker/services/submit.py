@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +11,7 @@ from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from msmt.core import check_freshness, errors, parse, verify
+from msmt.core import check_freshness, errors, parse
 from msmt.core.envelope import Envelope, Header
 from msmt.core.report import WITHDRAWAL_MEDIA_TYPE
 
@@ -23,9 +22,10 @@ from ..store.bulk import execute_many
 from ..store.db import transaction
 from ..store.models import Item, LogPending, MemberUsage
 from . import policy as policy_service
+from . import signatures
 from .auth import Caller
 from .quota import QuotaBook, Quotas, storage_quota_exceeded
-from .registry import Registry, RegistryCache, signing_public_key
+from .registry import Registry, RegistryCache
 
 ITEMS: Table = Item.__table__  # type: ignore[assignment]
 PENDING: Table = LogPending.__table__  # type: ignore[assignment]
@@ -95,20 +95,6 @@ def receipt_for(session: Session, item_id: str, *, created: bool) -> Receipt:
     )
 
 
-def _verify_signature(registry: Registry, envelope: Envelope, now_ms: int) -> None:
-    header = envelope.header
-    key = registry.usable_key(header.originator_key_id, now_ms, "signing", owner=header.originator)
-    if key is None:
-        raise forbidden(
-            "unknown-signing-key",
-            f"{header.originator_key_id} is not a current signing key of {header.originator}",
-        )
-    try:
-        verify(envelope, signing_public_key(key.raw))
-    except errors.EnvelopeError as exc:
-        raise envelope_problem(exc) from exc
-
-
 def _recipient_refusals(
     registry: Registry, envelope: Envelope, now_ms: int
 ) -> dict[str, list[dict[str, str]]]:
@@ -164,15 +150,24 @@ def join_batch(envelopes: Sequence[bytes]) -> bytes:
     return b"".join(len(e).to_bytes(FRAME_HEADER, "big") + e for e in envelopes)
 
 
-def prepare(
+@dataclass(frozen=True)
+class Unsigned:
+    """An envelope that passed every check that needs no write but its signature's."""
+
+    envelope: Envelope
+    data: bytes
+    signing_key: bytes  # the originator's current signing public key, as the registry names it
+
+
+def prepare_unsigned(
     factory: sessionmaker[Session],
     registry_cache: RegistryCache,
     settings: Settings,
     caller: Caller,
     data: bytes,
     now_ms: int,
-) -> Prepared:
-    """Every check that needs no write: parse, originator, freshness, signature (against the
+) -> Unsigned:
+    """Parse, originator, freshness, and the signing key the envelope names (against the
     registry as it stands now; checked again when the batch commits). Raises a Problem."""
     try:
         envelope = parse(data)
@@ -197,8 +192,46 @@ def prepare(
     if registry is None:
         with factory() as session:
             registry = registry_cache.get(session)
-    _verify_signature(registry, envelope, now_ms)
-    return Prepared(envelope, data, hashlib.sha256(data).hexdigest(), now_ms, caller.key_id)
+    key = registry.usable_key(header.originator_key_id, now_ms, "signing", owner=header.originator)
+    if key is None:
+        raise forbidden(
+            "unknown-signing-key",
+            f"{header.originator_key_id} is not a current signing key of {header.originator}",
+        )
+    return Unsigned(envelope, data, key.raw)
+
+
+def check_signatures(
+    unsigned: Sequence[Unsigned],
+    now_ms: int,
+    key_id: str,
+    check: Callable[[Sequence[signatures.Job]], list[signatures.Checked]] = signatures.check_here,
+) -> list[Prepared | Problem]:
+    """Each envelope's signature (and payload digest) against its originator's key, all in one
+    `check` (signatures.py: in this process, or spread over the signature workers)."""
+    checked = check([(u.data, u.signing_key) for u in unsigned])
+    if len(checked) != len(unsigned):  # never assume what was not checked
+        raise RuntimeError(f"{len(unsigned)} signatures sent, {len(checked)} answers")
+    return [
+        Prepared(u.envelope, u.data, digest, now_ms, key_id) if error is None else envelope_problem(error)
+        for u, (error, digest) in zip(unsigned, checked, strict=True)
+    ]
+
+
+def prepare(
+    factory: sessionmaker[Session],
+    registry_cache: RegistryCache,
+    settings: Settings,
+    caller: Caller,
+    data: bytes,
+    now_ms: int,
+) -> Prepared:
+    """Every check that needs no write, for one envelope, in this process. Raises a Problem."""
+    unsigned = prepare_unsigned(factory, registry_cache, settings, caller, data, now_ms)
+    (answer,) = check_signatures([unsigned], now_ms, caller.key_id)
+    if isinstance(answer, Problem):
+        raise answer
+    return answer
 
 
 def accept_batch(

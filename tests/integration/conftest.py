@@ -328,6 +328,9 @@ def world(database_url: str, tmp_path: Path) -> Iterator[World]:
         audience=AUDIENCE,
         inbox_poll_interval_s=0.05,
         log_key_file=log_key_file(tmp_path),
+        # verified in the request's thread: a pool's two processes per test would cost the
+        # suite minutes; test_signature_workers.py runs the checks through the workers
+        signature_workers=0,
     )
     app = create_app(settings, clock=clock)
     with TestClient(app, raise_server_exceptions=False) as client:

@@ -205,14 +205,14 @@ def test_a_large_batch_that_fails_midway_counts_each_envelope_once(
     envelopes = [world.seal("KOR", ["GBR"], f"lost {i}".encode()) for i in range(LARGE_BATCH)]
     envelopes[1] = b"not an envelope"  # refused while being prepared
     doomed = envelopes[len(envelopes) - 3]
-    real_prepare = submit_module.prepare
+    real_prepare = submit_module.prepare_unsigned
 
     def failing(*args: Any, **kwargs: Any) -> Any:
         if args[4] == doomed:  # the envelope's bytes
             raise OperationalError("SELECT", {}, Exception("the database went away"))
         return real_prepare(*args, **kwargs)
 
-    monkeypatch.setattr(submit_module, "prepare", failing)
+    monkeypatch.setattr(submit_module, "prepare_unsigned", failing)
     before = world.count("items")
     counted = own()
     r = _post_batch(world, envelopes)

@@ -1,0 +1,212 @@
+"""Envelope signatures verified in the signature worker processes (broker/services/signatures.py).
+
+The `world` fixture verifies in the request's thread (two processes per test would cost the suite
+minutes); these tests run a broker whose checks go through its workers, on both stores, and show
+that what the workers decide is what the broker answers: a forged signature or payload is refused
+in its place in a batch, a worker that dies is replaced and its envelopes are checked all the
+same, and a worker's wrong answer is never taken. The end-to-end tests (tests/e2e) run real
+`msmt-broker serve` processes, which use the workers by default on a machine of two cores or more.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from broker.api.deps import BrokerState
+from broker.app import create_app
+from broker.services import signatures
+from broker.services.signatures import SignaturePool, check_here
+from broker.services.submit import join_batch
+from broker.settings import Settings
+from msmt.core import parse
+from tests.integration.conftest import _KEYS, AUDIENCE, World, log_key_file
+
+BATCH = "application/vnd.msmt.envelope-batch"
+
+
+def flip(data: bytes, index: int) -> bytes:
+    out = bytearray(data)
+    out[index] ^= 0x01
+    return bytes(out)
+
+
+def forged_signature(data: bytes) -> bytes:
+    return flip(data, 9 + len(parse(data).header_bytes) + 100)  # inside the ML-DSA signature
+
+
+def forged_payload(data: bytes) -> bytes:
+    return flip(data, len(data) - 1)  # the ciphertext's last byte: its SHA-256 no longer matches
+
+
+@contextmanager
+def pooled(world: World, tmp_path: Path, workers: int = 2) -> Iterator[TestClient]:
+    """A broker on the world's database whose signatures are verified by `workers` processes."""
+    app = create_app(
+        Settings(
+            database_url=world.url,
+            audience=AUDIENCE,
+            log_key_file=log_key_file(tmp_path),
+            signature_workers=workers,
+        ),
+        clock=world.clock,
+    )
+    try:
+        with TestClient(app, raise_server_exceptions=False) as test_client:
+            yield test_client
+    finally:
+        app.state.engine.dispose()
+
+
+def pool_of(test_client: TestClient) -> SignaturePool:
+    state: BrokerState = test_client.app.state.broker  # type: ignore[attr-defined]
+    assert state.signatures is not None
+    return state.signatures
+
+
+def post_batch(world: World, test_client: TestClient, envelopes: list[bytes]) -> list[dict[str, Any]]:
+    r = test_client.post(
+        "/v1/items/batch",
+        content=join_batch(envelopes),
+        headers={**world.auth("KOR"), "Content-Type": BATCH},
+    )
+    assert r.status_code == 200, r.text
+    results: list[dict[str, Any]] = r.json()["results"]
+    return results
+
+
+@pytest.fixture
+def no_checks_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process cannot verify: whatever is verified, the workers verified."""
+
+    def refuse(jobs: Any) -> Any:
+        raise AssertionError("verified in the broker's own process")
+
+    monkeypatch.setattr(signatures, "check_here", refuse)
+
+
+def test_the_workers_verify_and_refuse_forgeries_in_their_place(
+    world: World, tmp_path: Path, no_checks_here: None
+) -> None:
+    envelopes = [world.seal("KOR", ["GBR", "USA"], f"pooled {i}".encode()) for i in range(40)]
+    forged = {3: forged_signature, 17: forged_payload, 31: forged_signature, 39: forged_payload}
+    for i, forge in forged.items():
+        envelopes[i] = forge(envelopes[i])
+    with pooled(world, tmp_path) as broker:
+        assert len(pool_of(broker).pids()) == 2
+        results = post_batch(world, broker, envelopes)
+        one = broker.post(
+            "/v1/items",
+            content=forged_signature(world.seal("KOR", ["GBR"], b"alone")),
+            headers={**world.auth("KOR"), "Content-Type": "application/vnd.msmt.envelope"},
+        )
+        assert one.status_code == 422 and one.json()["type"].endswith(":bad-signature"), one.text
+        good = world.seal("KOR", ["GBR"], b"alone, intact")
+        r = broker.post(
+            "/v1/items",
+            content=good,
+            headers={**world.auth("KOR"), "Content-Type": "application/vnd.msmt.envelope"},
+        )
+        assert r.status_code == 201, r.text
+    expected = {3: "bad-signature", 17: "payload-mismatch", 31: "bad-signature", 39: "payload-mismatch"}
+    assert {
+        i: x["problem"]["type"].rsplit(":", 1)[1] for i, x in enumerate(results) if x["status"] != 201
+    } == expected
+    for i, (envelope, result) in enumerate(zip(envelopes, results, strict=True)):
+        if i not in forged:
+            assert result["receipt"]["item_id"] == parse(envelope).header.item_id
+    assert world.count("items") == 40 - len(forged) + 1
+
+
+def test_a_worker_that_dies_is_replaced_and_its_envelopes_are_checked_all_the_same(
+    world: World, tmp_path: Path
+) -> None:
+    with pooled(world, tmp_path) as broker:
+        pool = pool_of(broker)
+        first = pool.pids()
+        for pid in first:
+            os.kill(pid, signal.SIGKILL)
+        for pid in first:  # both gone before anything is sent to them
+            deadline = time.monotonic() + 10
+            while os.waitpid(pid, os.WNOHANG) == (0, 0) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        envelopes = [world.seal("KOR", ["GBR"], f"after a crash {i}".encode()) for i in range(12)]
+        envelopes[5] = forged_signature(envelopes[5])
+        results = post_batch(world, broker, envelopes)
+        assert [x["status"] for x in results] == [422 if i == 5 else 201 for i in range(12)]
+        assert results[5]["problem"]["type"].endswith(":bad-signature")
+        assert pool.replaced >= 1
+        now = pool.pids()
+        assert len(now) == 2 and not set(now) & set(first)
+        # and the new workers do the work
+        envelopes = [world.seal("KOR", ["GBR"], f"later {i}".encode()) for i in range(8)]
+        envelopes[2] = forged_payload(envelopes[2])
+        results = post_batch(world, broker, envelopes)
+        assert [x["status"] for x in results] == [422 if i == 2 else 201 for i in range(8)]
+
+
+def test_a_wrong_answer_from_a_worker_is_never_taken(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that answers for fewer envelopes than it was sent (or garbage) is replaced, and
+    the envelopes are verified here instead: a forged one is still refused."""
+    envelopes = [world.seal("KOR", ["GBR"], f"wrong answer {i}".encode()) for i in range(6)]
+    envelopes[4] = forged_signature(envelopes[4])
+    key = _KEYS["KOR"].signing.public_key.raw
+    jobs = [(e, key) for e in envelopes]
+    pool = SignaturePool(1)
+    try:
+        real_send = signatures._Worker.send
+
+        def send_one_fewer(self: Any, sent: Any) -> None:
+            real_send(self, sent[:-1])
+
+        monkeypatch.setattr(signatures._Worker, "send", send_one_fewer)
+        answers = pool.check(jobs)
+        monkeypatch.setattr(signatures._Worker, "send", real_send)
+        assert pool.replaced == 1
+        assert [type(error).__name__ if error else None for error, _ in answers] == [
+            None,
+            None,
+            None,
+            None,
+            "BadSignature",
+            None,
+        ]
+        assert [d for _, d in answers] == [d for _, d in check_here(jobs)]
+        # the pool goes on with the worker that replaced it
+        assert [e is None for e, _ in pool.check(jobs)] == [True, True, True, True, False, True]
+        assert pool.replaced == 1
+    finally:
+        pool.close()
+    assert pool.check(jobs[:1])[0][0] is None  # closed: verified here
+
+
+def test_the_pool_answers_as_this_process_would(world: World) -> None:
+    """Same refusals (by type and message) and digests from the workers as from check_here, for
+    jobs spread over both workers."""
+    envelopes = [world.seal("KOR", ["GBR", "JPN"], f"same {i}".encode()) for i in range(20)]
+    for i in (0, 7, 19):
+        envelopes[i] = forged_signature(envelopes[i])
+    envelopes[11] = forged_payload(envelopes[11])
+    key = _KEYS["KOR"].signing.public_key.raw
+    other = _KEYS["USA"].signing.public_key.raw
+    jobs = [(e, key) for e in envelopes] + [(envelopes[1], other)]  # the wrong key: refused
+    pool = SignaturePool(2)
+    try:
+        pooled_answers = pool.check(jobs)
+    finally:
+        pool.close()
+    here = check_here(jobs)
+
+    def shape(answers: list[signatures.Checked]) -> list[tuple[str | None, str | None, str]]:
+        return [(e and e.code, e and e.detail, d) for e, d in answers]
+
+    assert shape(pooled_answers) == shape(here)
+    assert [e is not None for e, _ in here].count(True) == 5
