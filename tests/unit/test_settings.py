@@ -45,6 +45,32 @@ def test_a_missing_or_empty_url_file_is_an_error_naming_it(
 def test_envelope_checks_run_on_the_cores_to_spare(
     monkeypatch: pytest.MonkeyPatch, url: str, cores: set[int], set_to: int, threads: int | None
 ) -> None:
+    """Where signatures are verified in the request's thread (no signature workers)."""
     monkeypatch.setattr("os.sched_getaffinity", lambda _pid: cores)
-    settings = Settings(database_url=url, submit_prepare_threads=set_to)
+    settings = Settings(database_url=url, submit_prepare_threads=set_to, signature_workers=0)
     assert settings.prepare_threads() == threads
+
+
+@pytest.mark.parametrize(
+    ("url", "cores", "workers", "pool", "threads"),
+    [
+        ("sqlite:///broker.db", {0, 1}, -1, 2, 4),  # one worker per core; threads mostly wait
+        ("sqlite:///broker.db", {0, 1, 2, 3}, -1, 4, 8),
+        ("sqlite:///broker.db", {0}, -1, 0, 1),  # one core: no workers, checks as before
+        ("postgresql+psycopg://db/msmt", {0, 1}, -1, 2, None),
+        ("sqlite:///broker.db", {0, 1}, 3, 3, 6),  # what the operator set
+        ("sqlite:///broker.db", {0, 1, 2, 3}, 0, 0, 3),
+    ],
+)
+def test_signature_workers_one_per_core_where_there_are_several(
+    monkeypatch: pytest.MonkeyPatch, url: str, cores: set[int], workers: int, pool: int, threads: int | None
+) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: cores)
+    settings = Settings(database_url=url, signature_workers=workers)
+    assert settings.signature_pool_size() == pool
+    assert settings.prepare_threads() == threads
+
+
+def test_signature_workers_below_minus_one_are_refused() -> None:
+    with pytest.raises(ValidationError):
+        Settings(signature_workers=-2)
