@@ -35,6 +35,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import IO
 
+import msmt
 from msmt.core import SigningPublicKey, errors, verify
 
 log = logging.getLogger("msmt.broker.signatures")
@@ -81,10 +82,7 @@ class _Worker:
         env = dict(os.environ)
         # msmt and broker as this process imports them (a benchmark or test may have put them
         # on sys.path itself)
-        roots = [str(Path(__file__).resolve().parents[2])]
-        import msmt
-
-        roots.append(str(Path(msmt.__file__).resolve().parents[1]))
+        roots = [str(Path(__file__).resolve().parents[2]), str(Path(msmt.__file__).resolve().parents[1])]
         env["PYTHONPATH"] = os.pathsep.join([*roots, *filter(None, [env.get("PYTHONPATH")])])
         self.process = subprocess.Popen(  # noqa: S603 - this interpreter, this module
             [sys.executable, "-m", __name__],
@@ -129,7 +127,8 @@ class SignaturePool:
         if size < 1:
             raise ValueError("a signature pool needs at least one worker")
         self.size = size
-        self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+        # idle workers; None once closed (put back by whoever takes it, so every waiter wakes)
+        self._idle: queue.SimpleQueue[_Worker | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._workers: list[_Worker] = []
         self._closed = False
@@ -146,14 +145,20 @@ class SignaturePool:
     def check(self, jobs: Sequence[Job]) -> list[Checked]:
         if not jobs:
             return []
-        if self._closed:
+        first = self._idle.get()
+        if first is None:  # closed: whoever waited is answered here
+            self._idle.put(None)
             return check_here(jobs)
-        workers = [self._idle.get()]
+        workers = [first]
         while len(workers) * MIN_CHUNK < len(jobs):
             try:
-                workers.append(self._idle.get_nowait())
+                more = self._idle.get_nowait()
             except queue.Empty:
                 break
+            if more is None:
+                self._idle.put(None)
+                break
+            workers.append(more)
         step = -(-len(jobs) // len(workers))
         chunks = [jobs[i : i + step] for i in range(0, len(jobs), step)]
         for spare in workers[len(chunks) :]:
@@ -200,6 +205,7 @@ class SignaturePool:
         with self._lock:
             self._closed = True
             workers, self._workers = self._workers, []
+        self._idle.put(None)
         for worker in workers:
             worker.close()
 

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +21,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from broker.api.deps import BrokerState
-from broker.app import create_app
 from broker.services import signatures
 from broker.services.signatures import SignaturePool, check_here
 from broker.services.submit import join_batch
-from broker.settings import Settings
 from msmt.core import parse
-from tests.integration.conftest import _KEYS, AUDIENCE, World, log_key_file
+from tests.integration.conftest import _KEYS, World
+from tests.integration.test_inbox_batch import broker
 
 BATCH = "application/vnd.msmt.envelope-batch"
 
@@ -47,23 +45,9 @@ def forged_payload(data: bytes) -> bytes:
     return flip(data, len(data) - 1)  # the ciphertext's last byte: its SHA-256 no longer matches
 
 
-@contextmanager
-def pooled(world: World, tmp_path: Path, workers: int = 2) -> Iterator[TestClient]:
+def pooled(world: World, tmp_path: Path, workers: int = 2) -> Any:
     """A broker on the world's database whose signatures are verified by `workers` processes."""
-    app = create_app(
-        Settings(
-            database_url=world.url,
-            audience=AUDIENCE,
-            log_key_file=log_key_file(tmp_path),
-            signature_workers=workers,
-        ),
-        clock=world.clock,
-    )
-    try:
-        with TestClient(app, raise_server_exceptions=False) as test_client:
-            yield test_client
-    finally:
-        app.state.engine.dispose()
+    return broker(world, tmp_path, signature_workers=workers)
 
 
 def pool_of(test_client: TestClient) -> SignaturePool:
@@ -186,6 +170,25 @@ def test_a_wrong_answer_from_a_worker_is_never_taken(world: World, monkeypatch: 
     finally:
         pool.close()
     assert pool.check(jobs[:1])[0][0] is None  # closed: verified here
+
+
+def test_a_caller_waiting_for_a_worker_is_answered_when_the_pool_closes(world: World) -> None:
+    envelope = forged_signature(world.seal("KOR", ["GBR"], b"waiting"))
+    pool = SignaturePool(1)
+    taken = pool._idle.get()  # the only worker is busy
+    answers: list[Any] = []
+    waiter = threading.Thread(
+        target=lambda: answers.extend(pool.check([(envelope, _KEYS["KOR"].signing.public_key.raw)]))
+    )
+    waiter.start()
+    time.sleep(0.2)
+    assert waiter.is_alive()  # waiting for a worker
+    pool.close()
+    waiter.join(10)
+    assert not waiter.is_alive()
+    assert type(answers[0][0]).__name__ == "BadSignature"  # verified here, not skipped
+    assert taken is not None
+    taken.close()
 
 
 def test_the_pool_answers_as_this_process_would(world: World) -> None:
