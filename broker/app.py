@@ -46,6 +46,7 @@ from .serving import (
     watch_stop_signals,
 )
 from .settings import Settings
+from .store.checkpoint import WalCheckpointer
 from .store.db import make_engine, make_sessionmaker, transaction
 
 log = logging.getLogger("msmt.broker")
@@ -131,6 +132,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     broker.notifier.start(broker.settings.database_url)  # PostgreSQL: other processes' wake-ups
     if settings.signature_pool_size() > 0:
         broker.signatures = await asyncio.to_thread(SignaturePool, settings.signature_pool_size())
+    if broker.checkpointer is not None:
+        broker.checkpointer.start()
     broker.writer.start()
     retention = asyncio.create_task(_retention(broker)) if settings.retention_days > 0 else None
     # SIGTERM / SIGINT release the waiting long-polls before the server's graceful stop
@@ -145,6 +148,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             broker.writer.stop()
             broker.notifier.stop()
+            if broker.checkpointer is not None:  # after the writer: nothing commits any more
+                broker.checkpointer.stop()
         finally:
             broker.registry.close(for_good=True)
             if broker.signatures is not None:  # after the writer: nothing checks any more
@@ -230,6 +235,9 @@ def create_app(settings: Settings | None = None, clock: Callable[[], int] | None
     broker.integrator.after_commit.append(
         lambda result: broker.notifier.publish(result.recipients, result.deliveries)
     )
+    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        broker.checkpointer = WalCheckpointer(engine)
+        broker.integrator.after_commit.append(broker.checkpointer.poke)
     broker.sequencer = Sequencer(
         sessions,
         broker.registry,

@@ -31,6 +31,7 @@ from ..services.registry import RegistryCache
 from ..services.sequencer import Sequencer
 from ..services.signatures import SignaturePool
 from ..settings import Settings
+from ..store.checkpoint import WalCheckpointer
 
 
 def wall_clock_ms() -> int:
@@ -60,6 +61,8 @@ class BrokerState:
     # the worker processes that verify envelopes' signatures (services/signatures.py); None:
     # verified in the request's thread
     signatures: SignaturePool | None = None
+    # SQLite: the WAL copied back after the sequencer's commits, off its thread (store/checkpoint.py)
+    checkpointer: WalCheckpointer | None = None
 
     @property
     def log(self) -> Integrator:

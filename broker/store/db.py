@@ -114,6 +114,7 @@ IDLE_IN_TRANSACTION_TIMEOUT_S = float(os.environ.get("MSMT_DB_IDLE_IN_TRANSACTIO
 # bench/README.md, ninth session); 8 KiB gained less, 32 and 64 KiB less again (each commit
 # rewrites whole index pages).
 SQLITE_PAGE_SIZE = 16384
+WAL_BACKSTOP_PAGES = 4096  # store/checkpoint.py: 64 MiB of WAL in pages of 16 KiB
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -143,6 +144,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=FULL")  # a 2xx means durably committed
             cursor.execute("PRAGMA foreign_keys=ON")
+            # a server process copies the WAL back on a thread of its own (store/checkpoint.py);
+            # a commit does it itself only past this backstop
+            cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_BACKSTOP_PAGES}")
             cursor.close()
             if path is not None:
                 _tighten(path)  # -wal and -shm exist now
