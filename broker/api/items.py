@@ -37,6 +37,7 @@ router = APIRouter(prefix="/v1/items", tags=["items"])
 ENVELOPE_MEDIA_TYPE = "application/vnd.msmt.envelope"
 BATCH_MEDIA_TYPE = "application/vnd.msmt.envelope-batch"
 CHECKS_PER_TURN = 10  # a batch's envelopes checked per turn, where the checks have slots of their own
+PARTS_AT_ONCE = 2  # a batch's turns checked at once: one parsed while the other's signatures are verified
 ITEM_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
 ItemId = Annotated[str, Path(pattern=ITEM_ID_PATTERN)]
 # the status route also takes a unique prefix of an id: 8 hex digits at least (`msmt status 01a2260c`)
@@ -169,12 +170,17 @@ async def submit_batch(request: Request, caller: CountryDep, state: StateDep) ->
     envelopes = submit_service.split_batch(data, state.settings.submit_batch_max_items)
     now = state.clock()
     quota = member_quota(state, caller)
+    turn = CHECKS_PER_TURN if state.checks is not None else max(1, len(envelopes))
 
-    out: list[submit_service.Prepared | submit_service.Unsigned | Problem] = []
+    # each part's answers, and how many of its envelopes are counted in the metrics already
+    # (refused, or failed where the check itself failed): the rest, if the batch fails
+    parts = [envelopes[i : i + turn] for i in range(0, len(envelopes), turn)] if envelopes else []
+    checked: list[list[submit_service.Prepared | submit_service.Unsigned | Problem]] = [[] for _ in parts]
+    counted = [0] * len(parts)
 
-    def prepare(part: list[bytes]) -> None:
-        start = len(out)
-        for envelope in part:
+    def prepare(n: int) -> None:
+        out = checked[n]
+        for envelope in parts[n]:
             if len(envelope) > quota.largest_envelope:  # refused alone, as if submitted alone
                 refusal = envelope_too_large(caller.owner, quota, len(envelope))
                 metrics.submission_refused(refusal)
@@ -184,29 +190,39 @@ async def submit_batch(request: Request, caller: CountryDep, state: StateDep) ->
                 out.append(_unsigned(state, caller, envelope, now))
             except Problem as problem:
                 out.append(problem)
-            except Exception as exc:  # the whole batch fails: so do its envelopes not refused
-                refused = sum(isinstance(answer, Problem) for answer in out)
-                metrics.submission_failed(_failure(exc), len(envelopes) - 1 - refused)
+            except Exception:  # counted by _unsigned; the whole batch fails
+                counted[n] = sum(isinstance(answer, Problem) for answer in out) + 1
                 raise
         # the part's signatures in one go (spread over the signature workers, where there are)
-        unsigned = [
-            (i, u) for i, u in enumerate(out[start:], start) if isinstance(u, submit_service.Unsigned)
-        ]
+        unsigned = [(i, u) for i, u in enumerate(out) if isinstance(u, submit_service.Unsigned)]
+        refused = len(out) - len(unsigned)
         try:
             signed = _signed(state, caller, [u for _, u in unsigned], now)
-        except Exception as exc:  # the whole batch fails: the part's were counted, now the rest
-            refused = sum(isinstance(answer, Problem) for answer in out)
-            metrics.submission_failed(_failure(exc), len(envelopes) - len(unsigned) - refused)
+        except Exception:  # counted by _signed, each of them; the whole batch fails
+            counted[n] = refused + len(unsigned)
             raise
         for (i, _), answer in zip(unsigned, signed, strict=True):
             out[i] = answer
+        counted[n] = sum(isinstance(answer, Problem) for answer in out)
 
-    # Where the checks have slots of their own (Settings.prepare_threads), in parts, each waiting
-    # its turn: a lone submission waits behind one part of a large batch, never the whole batch.
-    turn = CHECKS_PER_TURN if state.checks is not None else max(1, len(envelopes))
-    for start in range(0, len(envelopes), turn):
-        await anyio.to_thread.run_sync(prepare, envelopes[start : start + turn], limiter=state.checks)
-    prepared = [p for p in out if not isinstance(p, submit_service.Unsigned)]
+    # Where the checks have slots of their own (Settings.prepare_threads), in parts of
+    # CHECKS_PER_TURN, at most PARTS_AT_ONCE of one batch at a time: a lone submission waits
+    # behind a part or two of a large batch, never the whole batch; and while one part's
+    # signatures are verified (in the signature workers), the next one is parsed.
+    at_once = asyncio.Semaphore(PARTS_AT_ONCE)
+
+    async def check(n: int) -> None:
+        async with at_once:
+            await anyio.to_thread.run_sync(prepare, n, limiter=state.checks)
+
+    outcomes = await asyncio.gather(*(check(n) for n in range(len(parts))), return_exceptions=True)
+    failures = [o for o in outcomes if isinstance(o, BaseException)]
+    if failures:  # the whole batch fails: every envelope not counted yet is counted as failed
+        first = failures[0]
+        if isinstance(first, Exception):
+            metrics.submission_failed(_failure(first), len(envelopes) - sum(counted))
+        raise first
+    prepared = [p for part in checked for p in part if not isinstance(p, submit_service.Unsigned)]
     assert len(prepared) == len(envelopes)  # every part's signatures were checked
     for answer in prepared:  # a batch carries only the caller's own envelopes: else none is stored
         if isinstance(answer, Problem) and answer.code == "originator-mismatch":
