@@ -54,7 +54,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.broker import MARKINGS, OBSERVER, ROSTER, enrol_observer
-from bench.procs import cpu_seconds, rss_mib  # the broker's and its signature workers'
+from bench.procs import cpu_seconds, own_cpu_seconds, rss_mib  # with / without its signature workers
 from broker.services.submit import join_batch
 from msmt.auth import mint_token
 from msmt.client import Client
@@ -283,6 +283,7 @@ def latency(
                 sum(cpu_seconds(process.pid or 0) for process in pollers),
                 time.process_time(),
                 time.perf_counter(),
+                sum(own_cpu_seconds(pid) for pid in broker_pids),
             )
             for n, (item_ids, body, auth) in enumerate(prepared):
                 delay = next_at - time.perf_counter()
@@ -294,6 +295,7 @@ def latency(
         broker_cpu = sum(cpu_seconds(pid) for pid in broker_pids) - cpu_before[0]
         pollers_cpu = sum(cpu_seconds(process.pid or 0) for process in pollers) - cpu_before[1]
         submitter_cpu = time.process_time() - cpu_before[2]
+        server_cpu = sum(own_cpu_seconds(pid) for pid in broker_pids) - cpu_before[4]
         wall = time.perf_counter() - cpu_before[3]
         time.sleep(3.0)  # the last deliveries reach every poller
         stop.set()
@@ -307,7 +309,9 @@ def latency(
         f"    ({rate:.0f}/s {'streams' if streams else 'long-polls'}: POST answered p50 "
         f"{1000 * statistics.median(answered):.1f} ms; CPU while submitting: broker "
         f"{1000 * broker_cpu / len(envelopes):.1f} ms per submission ({100 * broker_cpu / wall:.0f}% of a core"
-        f"{f' over {len(bases)} processes' if len(bases) > 1 else ''}), "
+        f"{f' over {len(bases)} processes' if len(bases) > 1 else ''}; "
+        f"the server process{'es' if len(bases) > 1 else ''} alone {100 * server_cpu / wall:.0f}%, "
+        "the rest its signature workers), "
         f"recipients {100 * pollers_cpu / wall:.0f}%, submitter {100 * submitter_cpu / wall:.0f}%)",
         flush=True,
     )
