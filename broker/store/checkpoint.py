@@ -63,8 +63,14 @@ class WalCheckpointer:
                 busy, frames, copied = cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             finally:
                 cursor.close()
+        except Exception:
+            # Not back to the pool: a connection that met a read-only or failing file system
+            # may stay broken after it is back (store/db.py's _stale_connection, which sees only
+            # what SQLAlchemy executes, not this driver call).
+            connection.invalidate()
+            raise
         finally:
-            connection.close()  # back to the pool
+            connection.close()  # back to the pool, unless invalidated above
         self.runs += 1
         self.last = (int(busy), int(frames), int(copied))
         return self.last

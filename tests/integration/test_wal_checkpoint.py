@@ -3,10 +3,13 @@ inside the sequencer's commits; PostgreSQL has no such thing, and its broker run
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
@@ -78,3 +81,46 @@ def test_the_broker_checkpoints_after_its_commits_on_sqlite_only(world: World) -
         time.sleep(0.01)
     assert checkpointer.runs > before  # the sequencer's commit poked it
     assert any(t.name == "msmt-checkpoint" for t in threading.enumerate())
+
+
+def test_a_failed_checkpoint_does_not_give_its_connection_back(tmp_path: Path) -> None:
+    """A connection that met a failing file system may stay broken: the pool must not hand it
+    to the sequencer afterwards."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'failing.db'}")
+    _fill(engine, 1)
+    taken: list[Any] = []
+
+    class Failing:  # the pool's connection, whose driver call fails as on an I/O error
+        def __init__(self, real: Any) -> None:
+            self.real = real
+
+        def cursor(self) -> Any:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        def invalidate(self) -> None:
+            self.real.invalidate()
+
+        def close(self) -> None:
+            self.real.close()
+
+    def raw_connection() -> Any:
+        taken.append(engine.pool.connect())
+        return Failing(taken[-1])
+
+    held = engine.pool.connect()
+    failed = held.driver_connection  # the one connection the pool has, and will hand out next
+    held.close()
+
+    checkpointer = WalCheckpointer(engine)
+    checkpointer.engine = type("E", (), {"raw_connection": staticmethod(raw_connection)})()  # type: ignore[assignment]
+    try:
+        with pytest.raises(sqlite3.OperationalError):
+            checkpointer.run_once()
+        assert checkpointer.runs == 0
+        again = engine.pool.connect()  # the pool's next connection is a new one
+        try:
+            assert again.driver_connection is not failed
+        finally:
+            again.close()
+    finally:
+        engine.dispose()
