@@ -174,7 +174,7 @@ async def submit_batch(request: Request, caller: CountryDep, state: StateDep) ->
 
     # each part's answers, and how many of its envelopes are counted in the metrics already
     # (refused, or failed where the check itself failed): the rest, if the batch fails
-    parts = [envelopes[i : i + turn] for i in range(0, len(envelopes), turn)] if envelopes else []
+    parts = [envelopes[i : i + turn] for i in range(0, len(envelopes), turn)]
     checked: list[list[submit_service.Prepared | submit_service.Unsigned | Problem]] = [[] for _ in parts]
     counted = [0] * len(parts)
 

@@ -88,7 +88,6 @@ def test_a_failed_checkpoint_does_not_give_its_connection_back(tmp_path: Path) -
     to the sequencer afterwards."""
     engine = make_engine(f"sqlite:///{tmp_path / 'failing.db'}")
     _fill(engine, 1)
-    taken: list[Any] = []
 
     class Failing:  # the pool's connection, whose driver call fails as on an I/O error
         def __init__(self, real: Any) -> None:
@@ -104,8 +103,7 @@ def test_a_failed_checkpoint_does_not_give_its_connection_back(tmp_path: Path) -
             self.real.close()
 
     def raw_connection() -> Any:
-        taken.append(engine.pool.connect())
-        return Failing(taken[-1])
+        return Failing(engine.pool.connect())
 
     held = engine.pool.connect()
     failed = held.driver_connection  # the one connection the pool has, and will hand out next
