@@ -11,7 +11,7 @@ from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from msmt.core import check_freshness, errors, parse
+from msmt.core import Markings, check_freshness, errors, parse
 from msmt.core.envelope import Envelope, Header
 from msmt.core.report import WITHDRAWAL_MEDIA_TYPE
 
@@ -258,6 +258,7 @@ def accept_batch(
     stored = dict(session.connection().execute(_STORED_DIGESTS, {"ids": ids}).all())
     references = _References.load(session, batch)
     answers: list[Receipt | Problem | None] = [None] * len(batch)
+    decided: dict[_Question, dict[str, list[dict[str, str]]]] = {}
     existing: dict[str, list[int]] = defaultdict(list)  # stored before this batch: receipts read below
     fresh: dict[str, int] = {}  # item id -> position of the entry that stores it in this batch
     items: list[dict[str, Any]] = []
@@ -282,7 +283,7 @@ def accept_batch(
                 existing[item_id].append(position)
             continue
         try:
-            _check_again(registry, prepared)
+            _check_again(registry, prepared, decided)
             references.check(header)
             usage.admit(header.originator, limits, len(prepared.data))
         except Problem as problem:
@@ -414,19 +415,39 @@ class _References:
             )
 
 
-def _check_again(registry: Registry, prepared: Prepared) -> None:
+# what `_recipient_refusals` answers depends on these alone (and the registry, one per batch)
+_Question = tuple[str, Markings, tuple[tuple[str, str], ...], int]
+
+
+def _check_again(
+    registry: Registry,
+    prepared: Prepared,
+    decided: dict[_Question, dict[str, list[dict[str, str]]]],
+) -> None:
+    """The originator's key and each recipient's policy decision and key, against the registry
+    read under the share lock. `decided`: the refusals already computed for this registry, by
+    question (a batch's envelopes mostly ask the same one: one originator, one set of
+    markings, the same recipients and their keys, one arrival time)."""
     header = prepared.envelope.header
     if (
         registry.usable_key(header.originator_key_id, prepared.now_ms, "signing", owner=header.originator)
         is None
     ):
         raise forbidden("unknown-signing-key", "the originator's signing key was revoked")
-    refusals = _recipient_refusals(registry, prepared.envelope, prepared.now_ms)
+    question = (
+        header.originator,
+        header.markings,
+        tuple((entry.country, entry.key_id) for entry in header.recipients),
+        prepared.now_ms,
+    )
+    refusals = decided.get(question)
+    if refusals is None:
+        refusals = decided[question] = _recipient_refusals(registry, prepared.envelope, prepared.now_ms)
     if refusals:
         raise forbidden(
             "recipients-refused",
             f"{len(refusals)} of {len(header.recipients)} recipients may not receive this item; nothing was stored",
-            recipients=refusals,
+            recipients={country: list(reasons) for country, reasons in refusals.items()},
         )
 
 

@@ -18,7 +18,7 @@ from broker.app import create_app
 from broker.services.submit import join_batch
 from broker.settings import Settings
 from broker.store.db import make_engine
-from msmt.core import Markings
+from msmt.core import EncryptionPrivateKey, Markings, seal
 
 from .conftest import AUDIENCE, World, log_key_file
 
@@ -171,6 +171,42 @@ def test_each_envelope_of_a_batch_is_answered_on_its_own(world: World) -> None:
     world.settle()
     assert world.count("items") == 2  # `again` before, `good` once; nothing of the refused ones
     assert world.count("deliveries") == 3
+
+
+def test_a_batchs_policy_decisions_are_each_envelopes_own(world: World) -> None:
+    """The store decides a batch's recipients once per question (originator, markings, the
+    recipients and the keys they were sealed to, the arrival time): envelopes that differ in
+    any of these are decided apart, and each refusal names its own recipients and rules."""
+    secret = Markings.create("CONFIDENTIAL", "AMBER", ["ALL"], topics=["maritime"])
+    stranger = EncryptionPrivateKey.generate()
+    stale = seal(
+        b"report",
+        content_type="text/markdown",
+        markings=Markings.create("RESTRICTED", "AMBER", ["ALL"], topics=["maritime"]),  # world.seal's
+        recipients=[("USA", stranger.public_key)],
+        originator="KOR",
+        signing_key=world.members["KOR"].signing,
+        created_ms=world.clock.ms,
+    )
+    batch = [
+        world.seal("KOR", ["USA"]),  # allowed
+        stale,  # the same markings and recipient, another key: refused
+        world.seal("KOR", ["NZL"]),  # allowed
+        world.seal("KOR", ["NZL"], markings=secret),  # the same recipient, other markings: refused
+        world.seal("KOR", ["USA"]),  # the first question again: allowed
+    ]
+    r = post_batch(world, "KOR", batch)
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["status"] for x in results] == [201, 403, 201, 403, 201]
+    rules = [
+        {c: {d["rule"] for d in denials} for c, denials in x["problem"]["recipients"].items()}
+        for x in (results[1], results[3])
+    ]
+    assert rules[0] == {"USA": {"stale-encryption-key"}}
+    assert set(rules[1]) == {"NZL"} and "stale-encryption-key" not in rules[1]["NZL"]
+    world.settle()
+    assert world.count("items") == 3
 
 
 @pytest.mark.parametrize(
