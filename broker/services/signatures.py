@@ -1,7 +1,7 @@
 """Envelope signatures checked in worker processes, so that they do not hold this process's GIL.
 
-An envelope's verification (`msmt.core.verify`: ML-DSA-65 + Ed25519 over the header, the
-payload's SHA-256) is ~0.3-0.5 ms of CPU that keeps the GIL for most of it (two threads verify
+An envelope's signature (`msmt.core.envelope.verify_signature`: ML-DSA-65 + Ed25519 over the
+header) is ~0.3-0.5 ms of CPU that keeps the GIL for most of it (two threads verify
 only 1.3x as fast as one). In the broker's process that time competes with the event loop, the
 writer thread and the long-polls' answers: on PostgreSQL each of the writer's round trips waits
 for the GIL behind a check thread (bench/README.md, "a GIL convoy"). A `SignaturePool` runs the
@@ -10,10 +10,14 @@ this module, which imports only `msmt.core` (not the broker: ~28 MiB and 0.1 s e
 `multiprocessing` child would import the whole server as its main module).
 
 What a worker is sent and answers, over its stdin / stdout, framed as 4-byte big-endian lengths:
-a pickled list of (envelope bytes, the originator's signing public key bytes), and a pickled list
-of (None or the `msmt.core.errors.EnvelopeError` that refused it, the envelope's SHA-256 hex).
-Both ends are this broker's own processes; the key is the one the registry names, looked up here
-before the work is sent. A worker that dies or answers nonsense is replaced and the envelopes it
+a pickled list of `Job`s (the header's bytes, the signature, the originator's signing public key
+bytes, the originator and the key id its header names), and a pickled list of None or the
+`msmt.core.errors.EnvelopeError` that refused each. Both ends are this broker's own processes; the
+key is the one the registry names, looked up here before the work is sent. The worker does not
+parse: the request's thread has parsed the envelope already (and checks its payload against the
+header once the signature is answered, services/submit.py), so a worker's CPU per envelope is the
+signature's alone (a parse there cost ~0.1 ms more per envelope: bench/README.md, seventeenth
+session). A worker that dies or answers nonsense is replaced and the envelopes it
 held are verified in this process: the check is never skipped, and never decided by a worker
 that failed.
 """
@@ -21,7 +25,6 @@ that failed.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import pickle
@@ -36,12 +39,14 @@ from pathlib import Path
 from typing import IO
 
 import msmt
-from msmt.core import SigningPublicKey, errors, verify
+from msmt.core import SigningPublicKey, errors
+from msmt.core.envelope import verify_signature
 
 log = logging.getLogger("msmt.broker.signatures")
 
-Job = tuple[bytes, bytes]  # (envelope, the originator's signing public key)
-Checked = tuple[errors.EnvelopeError | None, str]  # (what refused it, or None; SHA-256 hex)
+# (header bytes, signature, the originator's signing public key, originator, the key id named)
+Job = tuple[bytes, bytes, bytes, str, str]
+Checked = errors.EnvelopeError | None  # what refused it, or None
 MIN_CHUNK = 4  # fewer envelopes than this per worker cost more in hand-offs than they save
 FRAME = 4
 
@@ -52,14 +57,14 @@ def _key(raw: bytes) -> SigningPublicKey:
 
 
 def check_here(jobs: Sequence[Job]) -> list[Checked]:
-    """Verify each envelope against its key in this process."""
+    """Verify each envelope's signature against its key in this process."""
     out: list[Checked] = []
-    for data, key in jobs:
+    for header_bytes, signature, key, originator, key_id in jobs:
         try:
-            verify(data, _key(key))
-            out.append((None, hashlib.sha256(data).hexdigest()))
+            verify_signature(header_bytes, signature, _key(key), originator, key_id)
+            out.append(None)
         except errors.EnvelopeError as exc:
-            out.append((exc, ""))
+            out.append(exc)
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from msmt.core import Markings, check_freshness, errors, parse
-from msmt.core.envelope import Envelope, Header
+from msmt.core.envelope import Envelope, Header, check_payload
 from msmt.core.report import WITHDRAWAL_MEDIA_TYPE
 
 from ..problems import Problem, conflict, forbidden, invalid
@@ -207,13 +208,33 @@ def check_signatures(
     key_id: str,
     check: Callable[[Sequence[signatures.Job]], list[signatures.Checked]] = signatures.check_here,
 ) -> list[Prepared | Problem]:
-    """Each envelope's signature (and payload digest) against its originator's key, all in one
-    `check` (signatures.py: in this process, or spread over the signature workers)."""
-    checked = check([(u.data, u.signing_key) for u in unsigned])
+    """Each envelope's signature against its originator's key, all in one `check`
+    (signatures.py: in this process, or spread over the signature workers), then its payload
+    against its header here (as `msmt.core.verify` orders them: key, signature, payload)."""
+    checked = check(
+        [
+            (u.envelope.header_bytes, u.envelope.signature, u.signing_key, h.originator, h.originator_key_id)
+            for u in unsigned
+            for h in (u.envelope.header,)
+        ]
+    )
     return [  # strict: never assume what was not checked
-        Prepared(u.envelope, u.data, digest, now_ms, key_id) if error is None else envelope_problem(error)
-        for u, (error, digest) in zip(unsigned, checked, strict=True)
+        _checked(u, error, now_ms, key_id) for u, error in zip(unsigned, checked, strict=True)
     ]
+
+
+def _checked(
+    unsigned: Unsigned, error: errors.EnvelopeError | None, now_ms: int, key_id: str
+) -> Prepared | Problem:
+    if error is not None:
+        return envelope_problem(error)
+    try:
+        check_payload(unsigned.envelope)
+    except errors.EnvelopeError as exc:
+        return envelope_problem(exc)
+    return Prepared(
+        unsigned.envelope, unsigned.data, hashlib.sha256(unsigned.data).hexdigest(), now_ms, key_id
+    )
 
 
 def prepare(

@@ -21,9 +21,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from broker.api.deps import BrokerState
+from broker.problems import Problem
 from broker.services import signatures
 from broker.services.signatures import SignaturePool, check_here
-from broker.services.submit import join_batch
+from broker.services.submit import Prepared, Unsigned, check_signatures, join_batch
 from msmt.core import parse
 from tests.integration.conftest import _KEYS, World
 from tests.integration.test_inbox_batch import broker
@@ -43,6 +44,16 @@ def forged_signature(data: bytes) -> bytes:
 
 def forged_payload(data: bytes) -> bytes:
     return flip(data, len(data) - 1)  # the ciphertext's last byte: its SHA-256 no longer matches
+
+
+def jobs_of(envelopes: list[bytes], key: bytes) -> list[signatures.Job]:
+    """What the broker sends its workers for these envelopes, each to be checked against `key`."""
+    out: list[signatures.Job] = []
+    for envelope in envelopes:
+        parsed = parse(envelope)
+        header = parsed.header
+        out.append((parsed.header_bytes, parsed.signature, key, header.originator, header.originator_key_id))
+    return out
 
 
 def pooled(world: World, tmp_path: Path, workers: int = 2) -> Any:
@@ -142,8 +153,7 @@ def test_a_wrong_answer_from_a_worker_is_never_taken(world: World, monkeypatch: 
     the envelopes are verified here instead: a forged one is still refused."""
     envelopes = [world.seal("KOR", ["GBR"], f"wrong answer {i}".encode()) for i in range(6)]
     envelopes[4] = forged_signature(envelopes[4])
-    key = _KEYS["KOR"].signing.public_key.raw
-    jobs = [(e, key) for e in envelopes]
+    jobs = jobs_of(envelopes, _KEYS["KOR"].signing.public_key.raw)
     pool = SignaturePool(1)
     try:
         real_send = signatures._Worker.send
@@ -155,7 +165,7 @@ def test_a_wrong_answer_from_a_worker_is_never_taken(world: World, monkeypatch: 
         answers = pool.check(jobs)
         monkeypatch.setattr(signatures._Worker, "send", real_send)
         assert pool.replaced == 1
-        assert [type(error).__name__ if error else None for error, _ in answers] == [
+        assert [type(error).__name__ if error else None for error in answers] == [
             None,
             None,
             None,
@@ -163,13 +173,12 @@ def test_a_wrong_answer_from_a_worker_is_never_taken(world: World, monkeypatch: 
             "BadSignature",
             None,
         ]
-        assert [d for _, d in answers] == [d for _, d in check_here(jobs)]
         # the pool goes on with the worker that replaced it
-        assert [e is None for e, _ in pool.check(jobs)] == [True, True, True, True, False, True]
+        assert [e is None for e in pool.check(jobs)] == [True, True, True, True, False, True]
         assert pool.replaced == 1
     finally:
         pool.close()
-    assert pool.check(jobs[:1])[0][0] is None  # closed: verified here
+    assert pool.check(jobs[:1])[0] is None  # closed: verified here
 
 
 def test_a_caller_waiting_for_a_worker_is_answered_when_the_pool_closes(world: World) -> None:
@@ -178,7 +187,7 @@ def test_a_caller_waiting_for_a_worker_is_answered_when_the_pool_closes(world: W
     taken = pool._idle.get()  # the only worker is busy
     answers: list[Any] = []
     waiter = threading.Thread(
-        target=lambda: answers.extend(pool.check([(envelope, _KEYS["KOR"].signing.public_key.raw)]))
+        target=lambda: answers.extend(pool.check(jobs_of([envelope], _KEYS["KOR"].signing.public_key.raw)))
     )
     waiter.start()
     time.sleep(0.2)
@@ -186,30 +195,42 @@ def test_a_caller_waiting_for_a_worker_is_answered_when_the_pool_closes(world: W
     pool.close()
     waiter.join(10)
     assert not waiter.is_alive()
-    assert type(answers[0][0]).__name__ == "BadSignature"  # verified here, not skipped
+    assert type(answers[0]).__name__ == "BadSignature"  # verified here, not skipped
     assert taken is not None
     taken.close()
 
 
 def test_the_pool_answers_as_this_process_would(world: World) -> None:
-    """Same refusals (by type and message) and digests from the workers as from check_here, for
-    jobs spread over both workers."""
+    """Same answers (problem type and detail, or the envelope's digest) from the submit path's
+    checks with the workers as with check_here, for envelopes spread over both workers: forged
+    signatures, a forged payload (refused after the workers' answer, against the header) and a
+    key that is not the one the header names."""
     envelopes = [world.seal("KOR", ["GBR", "JPN"], f"same {i}".encode()) for i in range(20)]
     for i in (0, 7, 19):
         envelopes[i] = forged_signature(envelopes[i])
     envelopes[11] = forged_payload(envelopes[11])
     key = _KEYS["KOR"].signing.public_key.raw
     other = _KEYS["USA"].signing.public_key.raw
-    jobs = [(e, key) for e in envelopes] + [(envelopes[1], other)]  # the wrong key: refused
+    unsigned = [Unsigned(parse(e), e, key) for e in envelopes] + [
+        Unsigned(parse(envelopes[1]), envelopes[1], other)
+    ]
+    now_ms = int(time.time() * 1000)
     pool = SignaturePool(2)
     try:
-        pooled_answers = pool.check(jobs)
+        pooled_answers = check_signatures(unsigned, now_ms, "api-key", pool.check)
     finally:
         pool.close()
-    here = check_here(jobs)
+    here = check_signatures(unsigned, now_ms, "api-key", check_here)
 
-    def shape(answers: list[signatures.Checked]) -> list[tuple[str | None, str | None, str]]:
-        return [(e and e.code, e and e.detail, d) for e, d in answers]
+    def shape(answers: list[Prepared | Problem]) -> list[tuple[str, str]]:
+        return [(a.code, a.detail) if isinstance(a, Problem) else ("stored", a.digest) for a in answers]
 
     assert shape(pooled_answers) == shape(here)
-    assert [e is not None for e, _ in here].count(True) == 5
+    refused = {i: a.code for i, a in enumerate(here) if isinstance(a, Problem)}
+    assert refused == {
+        0: "bad-signature",
+        7: "bad-signature",
+        11: "payload-mismatch",
+        19: "bad-signature",
+        20: "unknown-signing-key",
+    }

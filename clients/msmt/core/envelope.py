@@ -374,7 +374,8 @@ def verify(data: bytes | Envelope, originator_key: SigningPublicKey | KeyLookup)
     """Broker-side verification with public keys only; returns the verified envelope.
 
     `originator_key` is the originator's signing key, or a lookup (country, key_id) -> key
-    over the caller's directory of currently valid keys.
+    over the caller's directory of currently valid keys. In order: the key, the signature
+    (`verify_signature`), the payload (`check_payload`).
     """
     envelope = data if isinstance(data, Envelope) else parse(data)
     header = envelope.header
@@ -382,18 +383,41 @@ def verify(data: bytes | Envelope, originator_key: SigningPublicKey | KeyLookup)
         key: SigningPublicKey | None = originator_key
     else:
         key = originator_key(header.originator, header.originator_key_id)
-    if key is None or key.key_id != header.originator_key_id:
-        raise UnknownSigningKey(
-            f"{header.originator}'s signing key {header.originator_key_id} is not known or not valid"
-        )
-    key.verify(envelope.signature, envelope.header_bytes, SIGNATURE_CONTEXT)
+    if key is None:
+        raise UnknownSigningKey(_unknown_key(header.originator, header.originator_key_id))
+    verify_signature(
+        envelope.header_bytes, envelope.signature, key, header.originator, header.originator_key_id
+    )
+    check_payload(envelope)
+    return envelope
+
+
+def _unknown_key(originator: str, key_id: str) -> str:
+    return f"{originator}'s signing key {key_id} is not known or not valid"
+
+
+def verify_signature(
+    header_bytes: bytes, signature: bytes, key: SigningPublicKey, originator: str, key_id: str
+) -> None:
+    """The step of `verify` that costs (~0.3 ms: ML-DSA-65 and Ed25519), alone, for a caller
+    that has parsed the envelope itself and checks its payload with `check_payload` after:
+    `key` must be the key `key_id` of the header's `originator`, and `signature` must be its
+    signature over `header_bytes`. Needs no parse, so it can run where the header is not at
+    hand (the broker's signature workers)."""
+    if key.key_id != key_id:
+        raise UnknownSigningKey(_unknown_key(originator, key_id))
+    key.verify(signature, header_bytes, SIGNATURE_CONTEXT)
+
+
+def check_payload(envelope: Envelope) -> None:
+    """The ciphertext is the one whose size and SHA-256 the (signed) header states."""
+    header = envelope.header
     if len(envelope.ciphertext) != header.payload_size:
         raise PayloadMismatch(
             f"ciphertext is {len(envelope.ciphertext)} bytes but the header says {header.payload_size}"
         )
     if not hmac.compare_digest(hashlib.sha256(envelope.ciphertext).digest(), header.payload_sha256):
         raise PayloadMismatch("ciphertext does not match the signed payload hash")
-    return envelope
 
 
 def check_freshness(header: Header, now_ms: int, *, max_age_ms: int, max_skew_ms: int) -> None:
