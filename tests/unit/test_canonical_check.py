@@ -1,5 +1,6 @@
-"""canonical.encode's value check (with a fast path for exact str and int) against the plain
-version it replaced, kept here as the reference: same verdict for every value."""
+"""canonical.encode's value check (with fast paths for exact str and int, and for the exact str
+and int members of exact lists and dicts) against the plain version it replaced, kept here as
+the reference: same verdict for every value, at every depth up to and past the limit."""
 
 from __future__ import annotations
 
@@ -55,6 +56,10 @@ class Level(enum.IntEnum):
     HIGH = 3
 
 
+class Mapping(dict[str, Any]):
+    pass
+
+
 LIMIT = canonical.MAX_SAFE_INTEGER
 scalars = st.one_of(
     st.text(max_size=8),
@@ -70,8 +75,11 @@ values = st.recursive(
     lambda inner: st.one_of(
         st.lists(inner, max_size=3),
         st.dictionaries(
-            st.one_of(st.text(max_size=3), st.sampled_from(["é", "k", "\ud800"])), inner, max_size=3
+            st.one_of(st.text(max_size=3), st.sampled_from(["é", "k", "\ud800", Colour.RED])),
+            inner,
+            max_size=3,
         ),
+        st.dictionaries(st.text(max_size=3), inner, max_size=2).map(Mapping),  # a dict, not exactly
     ),
     max_leaves=12,
 )
@@ -83,13 +91,15 @@ def test_agrees_with_the_reference(value: Any) -> None:
     assert verdict(canonical._check, value) == verdict(reference, value)
 
 
-def nested(depth: int, leaf: Any) -> Any:
+def nested(depth: int, leaf: Any, container: str) -> Any:
     for _ in range(depth):
-        leaf = [leaf]
+        leaf = [leaf] if container == "list" else {"k": leaf}
     return leaf
 
 
+@pytest.mark.parametrize("container", ["list", "dict"])
 @pytest.mark.parametrize("depth", [15, 16, 17, 18])
-@pytest.mark.parametrize("leaf", ["ascii", 7, "é"])
-def test_depth_limit_agrees(depth: int, leaf: Any) -> None:
-    assert verdict(canonical._check, nested(depth, leaf)) == verdict(reference, nested(depth, leaf))
+@pytest.mark.parametrize("leaf", ["ascii", 7, "é", LIMIT + 1, [], {}, ["ascii", 7]])
+def test_depth_limit_agrees(depth: int, leaf: Any, container: str) -> None:
+    value = nested(depth, leaf, container)
+    assert verdict(canonical._check, value) == verdict(reference, value)
