@@ -10,14 +10,16 @@ this module, which imports only `msmt.core` (not the broker: ~28 MiB and 0.1 s e
 `multiprocessing` child would import the whole server as its main module).
 
 What a worker is sent and answers, over its stdin / stdout, framed as 4-byte big-endian lengths:
-a pickled list of `Job`s (the header's bytes, the signature, the originator's signing public key
-bytes, the originator and the key id its header names), and a pickled list of None or the
-`msmt.core.errors.EnvelopeError` that refused each. Both ends are this broker's own processes; the
-key is the one the registry names, looked up here before the work is sent. The worker does not
-parse: the request's thread has parsed the envelope already (and checks its payload against the
-header once the signature is answered, services/submit.py), so a worker's CPU per envelope is the
-signature's alone (a parse there cost ~0.1 ms more per envelope: bench/README.md, seventeenth
-session). A worker that dies or answers nonsense is replaced and the envelopes it
+a pickled list of `Job`s (the envelope, the originator's signing public key bytes, the originator
+and the key id its header names), and a pickled list of (None or the
+`msmt.core.errors.EnvelopeError` that refused it, the envelope's SHA-256 hex). Both ends are this
+broker's own processes; the key is the one the registry names, looked up here before the work is
+sent. The worker does not decode the header: the request's thread has parsed the envelope already
+(and checks its payload against the header once the signature is answered, services/submit.py),
+so a worker splits the envelope's framing, checks the signature and takes the digest (a parse
+there cost ~0.1 ms more per envelope: bench/README.md, seventeenth session). The digest is taken
+here and not in the request's thread because hashlib lets go of the GIL on anything over 2 KiB,
+and a thread that lets go of it waits to have it back behind the process's other threads. A worker that dies or answers nonsense is replaced and the envelopes it
 held are verified in this process: the check is never skipped, and never decided by a worker
 that failed.
 """
@@ -25,6 +27,7 @@ that failed.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import pickle
@@ -40,13 +43,13 @@ from typing import IO
 
 import msmt
 from msmt.core import SigningPublicKey, errors
-from msmt.core.envelope import verify_signature
+from msmt.core.envelope import split, verify_signature
 
 log = logging.getLogger("msmt.broker.signatures")
 
-# (header bytes, signature, the originator's signing public key, originator, the key id named)
-Job = tuple[bytes, bytes, bytes, str, str]
-Checked = errors.EnvelopeError | None  # what refused it, or None
+# (envelope, the originator's signing public key, originator, the key id its header names)
+Job = tuple[bytes, bytes, str, str]
+Checked = tuple[errors.EnvelopeError | None, str]  # (what refused it, or None; SHA-256 hex)
 MIN_CHUNK = 4  # fewer envelopes than this per worker cost more in hand-offs than they save
 FRAME = 4
 
@@ -59,12 +62,13 @@ def _key(raw: bytes) -> SigningPublicKey:
 def check_here(jobs: Sequence[Job]) -> list[Checked]:
     """Verify each envelope's signature against its key in this process."""
     out: list[Checked] = []
-    for header_bytes, signature, key, originator, key_id in jobs:
+    for data, key, originator, key_id in jobs:
         try:
+            header_bytes, signature, _ = split(data)
             verify_signature(header_bytes, signature, _key(key), originator, key_id)
-            out.append(None)
+            out.append((None, hashlib.sha256(data).hexdigest()))
         except errors.EnvelopeError as exc:
-            out.append(exc)
+            out.append((exc, ""))
     return out
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -213,18 +212,18 @@ def check_signatures(
     against its header here (as `msmt.core.verify` orders them: key, signature, payload)."""
     checked = check(
         [
-            (u.envelope.header_bytes, u.envelope.signature, u.signing_key, h.originator, h.originator_key_id)
+            (u.data, u.signing_key, u.envelope.header.originator, u.envelope.header.originator_key_id)
             for u in unsigned
-            for h in (u.envelope.header,)
         ]
     )
     return [  # strict: never assume what was not checked
-        _checked(u, error, now_ms, key_id) for u, error in zip(unsigned, checked, strict=True)
+        _checked(u, error, digest, now_ms, key_id)
+        for u, (error, digest) in zip(unsigned, checked, strict=True)
     ]
 
 
 def _checked(
-    unsigned: Unsigned, error: errors.EnvelopeError | None, now_ms: int, key_id: str
+    unsigned: Unsigned, error: errors.EnvelopeError | None, digest: str, now_ms: int, key_id: str
 ) -> Prepared | Problem:
     if error is not None:
         return envelope_problem(error)
@@ -232,9 +231,7 @@ def _checked(
         check_payload(unsigned.envelope)
     except errors.EnvelopeError as exc:
         return envelope_problem(exc)
-    return Prepared(
-        unsigned.envelope, unsigned.data, hashlib.sha256(unsigned.data).hexdigest(), now_ms, key_id
-    )
+    return Prepared(unsigned.envelope, unsigned.data, digest, now_ms, key_id)
 
 
 def prepare(

@@ -346,6 +346,13 @@ class Opened:
 
 def parse(data: bytes) -> Envelope:
     """Split and structurally check an envelope. No signature check: use `verify`."""
+    header_bytes, signature, ciphertext = split(data)
+    return Envelope(Header.from_dict(canonical.decode(header_bytes)), header_bytes, signature, ciphertext)
+
+
+def split(data: bytes) -> tuple[bytes, bytes, bytes]:
+    """The envelope's header bytes, signature and ciphertext, its framing checked but its header
+    not decoded (`parse` does that)."""
     if len(data) < _PREFIX.size:
         raise MalformedEnvelope("envelope is shorter than its fixed prefix")
     magic, version, header_len = _PREFIX.unpack_from(data)
@@ -360,11 +367,11 @@ def parse(data: bytes) -> Envelope:
         raise MalformedEnvelope("envelope is truncated (header or signature incomplete)")
     if len(body) - header_len - SIGNATURE_SIZE > MAX_PAYLOAD_BYTES + GCM_TAG_SIZE:
         raise OversizedField(f"payload exceeds {MAX_PAYLOAD_BYTES} bytes")
-    header_bytes = bytes(body[:header_len])
-    header = Header.from_dict(canonical.decode(header_bytes))
-    signature = bytes(body[header_len : header_len + SIGNATURE_SIZE])
-    ciphertext = bytes(body[header_len + SIGNATURE_SIZE :])
-    return Envelope(header, header_bytes, signature, ciphertext)
+    return (
+        bytes(body[:header_len]),
+        bytes(body[header_len : header_len + SIGNATURE_SIZE]),
+        bytes(body[header_len + SIGNATURE_SIZE :]),
+    )
 
 
 KeyLookup = Callable[[str, str], SigningPublicKey | None]
