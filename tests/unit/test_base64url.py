@@ -47,10 +47,21 @@ def _without_pybase64() -> Iterator[None]:
         canonical._pybase64 = saved
 
 
+@contextlib.contextmanager
+def _pybase64_for_any_size() -> Iterator[None]:
+    saved, canonical.SIMD_MIN_BYTES = canonical.SIMD_MIN_BYTES, 0
+    try:
+        yield
+    finally:
+        canonical.SIMD_MIN_BYTES = saved
+
+
 def on_both_paths(run: Callable[[], object]) -> list[object]:
-    """`run()` with pybase64 (the test environment installs it) and with binascii alone."""
+    """`run()` with pybase64 (the test environment installs it), whatever the value's size, and
+    with binascii alone."""
     assert canonical._pybase64 is not None, "the broker's environment installs pybase64"
-    fast = run()
+    with _pybase64_for_any_size():
+        fast = run()
     with _without_pybase64():
         return [fast, run()]
 

@@ -177,9 +177,19 @@ def decode_reference(data: bytes) -> JsonValue:
     return value
 
 
+# pybase64 lets go of the GIL for every call, however short, and a thread that lets go of it
+# while another runs Python waits up to the switch interval (5 ms) to have it back: a
+# 43-character digest took ~200 us through pybase64 beside one busy thread, against 0.4 us
+# through binascii, which keeps the GIL (bench/README.md, seventeenth session). In the broker
+# each envelope's parse decodes two such fields, on threads that share the process with the
+# writer and the other requests; SIMD pays only on values of envelope size.
+SIMD_MIN_BYTES = 4096
+
+
 def b64encode(data: bytes) -> str:
     """base64url without padding (RFC 4648 section 5)."""
-    if _pybase64 is not None:  # the same bytes (tests/unit/test_base64url.py), ~8x faster on an envelope
+    # pybase64: the same bytes (tests/unit/test_base64url.py), ~8x faster on an envelope
+    if _pybase64 is not None and len(data) >= SIMD_MIN_BYTES:
         return str(_pybase64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii"))
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
@@ -198,7 +208,8 @@ def b64decode(text: str, what: str = "value") -> bytes:
         raise InvalidHeader(f"{what} is not unpadded base64url")
     raw: bytes
     try:
-        if _pybase64 is not None:  # SIMD: an envelope of an inbox page in ~10 us instead of ~230 us
+        # SIMD for an envelope of an inbox page: ~10 us instead of ~230 us
+        if _pybase64 is not None and len(text) >= SIMD_MIN_BYTES:
             # "-_" as the alphabet's last two; validate: any other character is refused ("+" and
             # "/", which it would also take, are refused above)
             raw = _pybase64.b64decode(
