@@ -19,9 +19,10 @@ sent. The worker does not decode the header: the request's thread has parsed the
 so a worker splits the envelope's framing, checks the signature and takes the digest (a parse
 there cost ~0.1 ms more per envelope: bench/README.md, seventeenth session). The digest is taken
 here and not in the request's thread because hashlib lets go of the GIL on anything over 2 KiB,
-and a thread that lets go of it waits to have it back behind the process's other threads. A worker that dies or answers nonsense is replaced and the envelopes it
-held are verified in this process: the check is never skipped, and never decided by a worker
-that failed.
+and a thread that lets go of it waits to have it back behind the process's other threads.
+
+A worker that dies or answers nonsense is replaced and the envelopes it held are verified in
+this process: the check is never skipped, and never decided by a worker that failed.
 """
 
 from __future__ import annotations

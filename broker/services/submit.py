@@ -225,6 +225,7 @@ def check_signatures(
 def _checked(
     unsigned: Unsigned, error: errors.EnvelopeError | None, digest: str, now_ms: int, key_id: str
 ) -> Prepared | Problem:
+    """The envelope as stored, or what refused it: the workers' answer on its signature first."""
     if error is not None:
         return envelope_problem(error)
     try:
