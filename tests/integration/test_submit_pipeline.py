@@ -548,9 +548,14 @@ def test_a_process_hears_by_notify_that_another_integrated_its_items(world: Worl
 
         sender = threading.Thread(target=send)
         sender.start()
-        sender.join(timeout=0.5)
-        assert sender.is_alive()  # stored by the other process, waiting for the log
+        # stored by the other process, waiting for the log (on a loaded machine the first check
+        # in its new signature workers may take longer than a fixed wait: poll for the store)
+        deadline = time.monotonic() + 20
+        while world.count("items") == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert world.count("items") == 1 and world.count("log_pending") == 1
+        sender.join(timeout=0.5)
+        assert sender.is_alive()
         holder.execute(
             text("SELECT pg_advisory_unlock(:k, hashtext(current_schema()))"), {"k": ADVISORY_LOCK}
         )
