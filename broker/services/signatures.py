@@ -11,15 +11,17 @@ this module, which imports only `msmt.core` (not the broker: ~28 MiB and 0.1 s e
 
 What a worker is sent and answers, over its stdin / stdout, framed as 4-byte big-endian lengths:
 a pickled list of `Job`s (the envelope, the originator's signing public key bytes, the originator
-and the key id its header names), and a pickled list of (None or the
-`msmt.core.errors.EnvelopeError` that refused it, the envelope's SHA-256 hex). Both ends are this
-broker's own processes; the key is the one the registry names, looked up here before the work is
-sent. The worker does not decode the header: the request's thread has parsed the envelope already
-(and checks its payload against the header once the signature is answered, services/submit.py),
-so a worker splits the envelope's framing, checks the signature and takes the digest (a parse
-there cost ~0.1 ms more per envelope: bench/README.md, seventeenth session). The digest is taken
-here and not in the request's thread because hashlib lets go of the GIL on anything over 2 KiB,
-and a thread that lets go of it waits to have it back behind the process's other threads.
+and the key id its header names, and the payload size and SHA-256 its header states), and a
+pickled list of (None or the `msmt.core.errors.EnvelopeError` that refused it, the envelope's
+SHA-256 hex). Both ends are this broker's own processes; the key is the one the registry names,
+looked up here before the work is sent, and the header fields are those of the request thread's
+own parse of the same bytes. The worker does not decode the header (a parse there cost ~0.1 ms
+more per envelope: bench/README.md, seventeenth session): it splits the envelope's framing,
+checks the signature, then the ciphertext against the stated size and digest (in
+`msmt.core.verify`'s order: key, signature, payload), and takes the envelope's digest. Both
+hashes are taken here and not in the request's thread because hashlib lets go of the GIL on
+anything over 2 KiB, and a thread that lets go of it waits to have it back behind the process's
+other threads.
 
 A worker that dies or answers nonsense is replaced and the envelopes it held are verified in
 this process: the check is never skipped, and never decided by a worker that failed.
@@ -44,12 +46,13 @@ from typing import IO
 
 import msmt
 from msmt.core import SigningPublicKey, errors
-from msmt.core.envelope import split, verify_signature
+from msmt.core.envelope import check_ciphertext, split, verify_signature
 
 log = logging.getLogger("msmt.broker.signatures")
 
-# (envelope, the originator's signing public key, originator, the key id its header names)
-Job = tuple[bytes, bytes, str, str]
+# (envelope, the originator's signing public key, originator, the key id its header names, the
+# payload size and payload SHA-256 its header states)
+Job = tuple[bytes, bytes, str, str, int, bytes]
 Checked = tuple[errors.EnvelopeError | None, str]  # (what refused it, or None; SHA-256 hex)
 MIN_CHUNK = 4  # fewer envelopes than this per worker cost more in hand-offs than they save
 FRAME = 4
@@ -61,12 +64,14 @@ def _key(raw: bytes) -> SigningPublicKey:
 
 
 def check_here(jobs: Sequence[Job]) -> list[Checked]:
-    """Verify each envelope's signature against its key in this process."""
+    """Verify each envelope's signature against its key, then its ciphertext against the size and
+    digest its header states, in this process."""
     out: list[Checked] = []
-    for data, key, originator, key_id in jobs:
+    for data, key, originator, key_id, payload_size, payload_sha256 in jobs:
         try:
-            header_bytes, signature, _ = split(data)
+            header_bytes, signature, ciphertext = split(data)
             verify_signature(header_bytes, signature, _key(key), originator, key_id)
+            check_ciphertext(ciphertext, payload_size, payload_sha256)
             out.append((None, hashlib.sha256(data).hexdigest()))
         except errors.EnvelopeError as exc:
             out.append((exc, ""))

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from msmt.core import Markings, check_freshness, errors, parse
-from msmt.core.envelope import Envelope, Header, check_payload
+from msmt.core.envelope import Envelope, Header
 from msmt.core.report import WITHDRAWAL_MEDIA_TYPE
 
 from ..problems import Problem, conflict, forbidden, invalid
@@ -207,31 +207,34 @@ def check_signatures(
     key_id: str,
     check: Callable[[Sequence[signatures.Job]], list[signatures.Checked]] = signatures.check_here,
 ) -> list[Prepared | Problem]:
-    """Each envelope's signature against its originator's key, all in one `check`
-    (signatures.py: in this process, or spread over the signature workers), then its payload
-    against its header here (as `msmt.core.verify` orders them: key, signature, payload)."""
-    checked = check(
-        [
-            (u.data, u.signing_key, u.envelope.header.originator, u.envelope.header.originator_key_id)
-            for u in unsigned
-        ]
-    )
+    """Each envelope's signature against its originator's key, then its payload against its
+    header, all in one `check` (signatures.py: in this process, or spread over the signature
+    workers; in `msmt.core.verify`'s order: key, signature, payload)."""
+    checked = check([_job(u) for u in unsigned])
     return [  # strict: never assume what was not checked
         _checked(u, error, digest, now_ms, key_id)
         for u, (error, digest) in zip(unsigned, checked, strict=True)
     ]
 
 
+def _job(unsigned: Unsigned) -> signatures.Job:
+    header = unsigned.envelope.header
+    return (
+        unsigned.data,
+        unsigned.signing_key,
+        header.originator,
+        header.originator_key_id,
+        header.payload_size,
+        header.payload_sha256,
+    )
+
+
 def _checked(
     unsigned: Unsigned, error: errors.EnvelopeError | None, digest: str, now_ms: int, key_id: str
 ) -> Prepared | Problem:
-    """The envelope as stored, or what refused it: the workers' answer on its signature first."""
+    """The envelope as stored, or what refused it (its signature or its payload)."""
     if error is not None:
         return envelope_problem(error)
-    try:
-        check_payload(unsigned.envelope)
-    except errors.EnvelopeError as exc:
-        return envelope_problem(exc)
     return Prepared(unsigned.envelope, unsigned.data, digest, now_ms, key_id)
 
 

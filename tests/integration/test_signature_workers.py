@@ -10,6 +10,7 @@ same, and a worker's wrong answer is never taken. The end-to-end tests (tests/e2
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import threading
@@ -49,7 +50,10 @@ def forged_payload(data: bytes) -> bytes:
 def jobs_of(envelopes: list[bytes], key: bytes) -> list[signatures.Job]:
     """What the broker sends its workers for these envelopes, each to be checked against `key`."""
     headers = [parse(envelope).header for envelope in envelopes]
-    return [(e, key, h.originator, h.originator_key_id) for e, h in zip(envelopes, headers, strict=True)]
+    return [
+        (e, key, h.originator, h.originator_key_id, h.payload_size, h.payload_sha256)
+        for e, h in zip(envelopes, headers, strict=True)
+    ]
 
 
 def pooled(world: World, tmp_path: Path, workers: int = 2) -> Any:
@@ -200,8 +204,8 @@ def test_a_caller_waiting_for_a_worker_is_answered_when_the_pool_closes(world: W
 def test_the_pool_answers_as_this_process_would(world: World) -> None:
     """Same answers (problem type and detail, or the envelope's digest) from the submit path's
     checks with the workers as with check_here, for envelopes spread over both workers: forged
-    signatures, a forged payload (refused after the workers' answer, against the header) and a
-    key that is not the one the header names."""
+    signatures, a forged payload (its ciphertext against the header's size and digest, checked in
+    the workers too) and a key that is not the one the header names."""
     envelopes = [world.seal("KOR", ["GBR", "JPN"], f"same {i}".encode()) for i in range(20)]
     for i in (0, 7, 19):
         envelopes[i] = forged_signature(envelopes[i])
@@ -231,3 +235,34 @@ def test_the_pool_answers_as_this_process_would(world: World) -> None:
         19: "bad-signature",
         20: "unknown-signing-key",
     }
+
+
+def test_the_workers_check_the_ciphertext_against_the_size_and_digest_they_are_sent(world: World) -> None:
+    """The payload check is the workers' (the request's thread no longer hashes the ciphertext,
+    which for payloads over 2 KiB would hand back the GIL): an intact envelope sent with another
+    digest or size than its ciphertext's is refused as payload-mismatch, a forged signature is
+    refused as bad-signature before its payload is looked at, and a payload larger than 2 KiB
+    is checked as a small one is."""
+    envelopes = [world.seal("KOR", ["GBR"], b"x" * 5000), world.seal("KOR", ["GBR"], b"small")]
+    key = _KEYS["KOR"].signing.public_key.raw
+    jobs = jobs_of(envelopes, key)
+    (data, _, originator, key_id, size, digest) = jobs[0]
+    wrong_digest = bytes([digest[0] ^ 1]) + digest[1:]
+    (forged_both, *_, forged_size, _) = jobs_of([forged_signature(envelopes[1])], key)[0]
+    cases = [
+        *jobs,
+        (data, key, originator, key_id, size, wrong_digest),
+        (data, key, originator, key_id, size + 1, digest),
+        (forged_both, key, originator, key_id, forged_size, wrong_digest),
+    ]
+    pool = SignaturePool(2)
+    try:
+        answers = pool.check(cases * 3)  # spread over both workers
+    finally:
+        pool.close()
+    names = [type(error).__name__ if error else None for error, _ in answers]
+    assert names == [None, None, "PayloadMismatch", "PayloadMismatch", "BadSignature"] * 3
+    assert [d for _, d in answers[:2]] == [hashlib.sha256(e).hexdigest() for e in envelopes]
+    assert [(type(e).__name__ if e else None, d) for e, d in answers] == [
+        (type(e).__name__ if e else None, d) for e, d in check_here(cases * 3)
+    ]

@@ -418,12 +418,15 @@ def verify_signature(
 
 def check_payload(envelope: Envelope) -> None:
     """The ciphertext is the one whose size and SHA-256 the (signed) header states."""
-    header = envelope.header
-    if len(envelope.ciphertext) != header.payload_size:
-        raise PayloadMismatch(
-            f"ciphertext is {len(envelope.ciphertext)} bytes but the header says {header.payload_size}"
-        )
-    if not hmac.compare_digest(hashlib.sha256(envelope.ciphertext).digest(), header.payload_sha256):
+    check_ciphertext(envelope.ciphertext, envelope.header.payload_size, envelope.header.payload_sha256)
+
+
+def check_ciphertext(ciphertext: bytes, payload_size: int, payload_sha256: bytes) -> None:
+    """`check_payload` given the header's two fields, for a caller that has them without the
+    parsed envelope (the broker's signature workers, which are sent them with the envelope)."""
+    if len(ciphertext) != payload_size:
+        raise PayloadMismatch(f"ciphertext is {len(ciphertext)} bytes but the header says {payload_size}")
+    if not hmac.compare_digest(hashlib.sha256(ciphertext).digest(), payload_sha256):
         raise PayloadMismatch("ciphertext does not match the signed payload hash")
 
 
