@@ -34,7 +34,7 @@ bench: $(STAMP)
 # load on each database, 100,000 hostile requests, 1,500 long-polls under a 1,024-descriptor
 # limit, 3 PostgreSQL restarts; the figures of every scenario are printed at the end.
 soak: $(STAMP)
-	MSMT_CHAOS_SCALE=soak $(BIN)/pytest -p no:cacheprovider -n 2 --dist worksteal tests/chaos
+	MSMT_CHAOS_SCALE=soak $(BIN)/pytest -p no:cacheprovider --timeout 7200 -n 2 --dist worksteal tests/chaos
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
