@@ -407,10 +407,10 @@ def verify_signature(
     header_bytes: bytes, signature: bytes, key: SigningPublicKey, originator: str, key_id: str
 ) -> None:
     """The step of `verify` that costs (~0.3 ms: ML-DSA-65 and Ed25519), alone, for a caller
-    that has parsed the envelope itself and checks its payload with `check_payload` after:
-    `key` must be the key `key_id` of the header's `originator`, and `signature` must be its
-    signature over `header_bytes`. Needs no parse, so it can run where the header is not at
-    hand (the broker's signature workers)."""
+    that checks the payload itself after (`check_payload`, or `check_ciphertext` given the
+    header's two fields): `key` must be the key `key_id` of the header's `originator`, and
+    `signature` must be its signature over `header_bytes`. Needs no parse, so it can run where
+    the header is not at hand (the broker's signature workers)."""
     if key.key_id != key_id:
         raise UnknownSigningKey(_unknown_key(originator, key_id))
     key.verify(signature, header_bytes, SIGNATURE_CONTEXT)
