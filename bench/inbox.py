@@ -315,6 +315,13 @@ def latency(
         f"recipients {100 * pollers_cpu / wall:.0f}%, submitter {100 * submitter_cpu / wall:.0f}%)",
         flush=True,
     )
+    if not streams:  # a long-poll's deliveries share the time its page was read: one per answer
+        answers = len({(who, when) for item, who, when in seen if item in sent_at})
+        print(
+            f"    ({answers / len(recipients):.0f} long-poll answers with items per recipient for "
+            f"{len(prepared)} POSTs, {items * len(recipients) / max(answers, 1):.1f} items each)",
+            flush=True,
+        )
     return waits
 
 
