@@ -17,8 +17,9 @@ one verification measured 0.384 and 0.606 ms in runs a minute apart, so a single
 before the load moved the ratio from 2.4x to 3.9x with the broker's CPU unchanged.) The
 signature workers' own CPU per submission (verification, plus each envelope's framing, the
 pipe and two SHA-256s) is set beside it too: measured in the same window as the broker's, it
-is an upper bound of verification under that load. On PostgreSQL the CPU of the server's processes on this machine over the run is shown
-per submission beside it (the server shares the same two cores).
+is an upper bound of verification under that load. On PostgreSQL the CPU of the server's
+processes on this machine over the run is shown per submission beside it (the server shares
+the same two cores).
 """
 
 from __future__ import annotations
