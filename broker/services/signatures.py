@@ -30,6 +30,7 @@ this process: the check is never skipped, and never decided by a worker that fai
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -56,6 +57,18 @@ Job = tuple[bytes, bytes, str, str, int, bytes]
 Checked = tuple[errors.EnvelopeError | None, str]  # (what refused it, or None; SHA-256 hex)
 MIN_CHUNK = 4  # fewer envelopes than this per worker cost more in hand-offs than they save
 FRAME = 4
+# A worker's share of a part (~5 envelopes of ~23 KB) is larger than a pipe's default 64 KiB:
+# the sender's write would wait for the worker to read before the next worker is sent its own.
+PIPE_BYTES = 1 << 20  # Linux's default /proc/sys/fs/pipe-max-size for unprivileged processes
+
+
+def _widen(fd: int) -> None:
+    """Let a frame of a few envelopes fit in the pipe (Linux), so that a write does not wait
+    for the reader; elsewhere, or past the system's limit, the pipe keeps its size."""
+    setsize = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if setsize is not None:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, setsize, PIPE_BYTES)
 
 
 @lru_cache(maxsize=256)
@@ -109,6 +122,7 @@ class _Worker:
         assert self.process.stdin is not None and self.process.stdout is not None
         self.stdin: IO[bytes] = self.process.stdin
         self.stdout: IO[bytes] = self.process.stdout
+        _widen(self.stdin.fileno())
 
     def send(self, jobs: Sequence[Job]) -> None:
         _write_frame(self.stdin, pickle.dumps(list(jobs), protocol=pickle.HIGHEST_PROTOCOL))

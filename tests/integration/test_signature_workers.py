@@ -266,3 +266,30 @@ def test_the_workers_check_the_ciphertext_against_the_size_and_digest_they_are_s
     assert [(type(e).__name__ if e else None, d) for e, d in answers] == [
         (type(e).__name__ if e else None, d) for e, d in check_here(cases * 3)
     ]
+
+
+@pytest.mark.skipif(not hasattr(__import__("fcntl"), "F_GETPIPE_SZ"), reason="pipe sizes are Linux's")
+def test_a_workers_share_of_a_part_is_sent_without_waiting_for_the_worker_to_read_it() -> None:
+    """Five envelopes of ~23 KB are more than a pipe's default 64 KiB: unwidened, the request's
+    thread would wait for one worker to read before it could send the next worker its share."""
+    import fcntl
+
+    pool = SignaturePool(1)
+    try:
+        worker = pool._idle.get()
+        assert worker is not None
+        assert fcntl.fcntl(worker.stdin.fileno(), fcntl.F_GETPIPE_SZ) >= signatures.PIPE_BYTES
+        worker.process.send_signal(signal.SIGSTOP)  # reads nothing until continued
+        try:
+            share = [(os.urandom(23_000), b"k", "KOR", "k", 1, b"\0" * 32)] * 5
+            sent = threading.Thread(target=worker.send, args=(share,), daemon=True)
+            sent.start()
+            sent.join(5)
+            assert not sent.is_alive()  # written whole into the pipe, the worker stopped
+        finally:
+            worker.process.send_signal(signal.SIGCONT)
+        answers = worker.receive(5)
+        assert [type(error).__name__ for error, _ in answers] == ["MalformedEnvelope"] * 5
+        pool._idle.put(worker)
+    finally:
+        pool.close()
