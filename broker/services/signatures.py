@@ -30,7 +30,6 @@ this process: the check is never skipped, and never decided by a worker that fai
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import logging
 import os
@@ -65,6 +64,10 @@ PIPE_BYTES = 1 << 20  # Linux's default /proc/sys/fs/pipe-max-size for unprivile
 def _widen(fd: int) -> None:
     """Let a frame of a few envelopes fit in the pipe (Linux), so that a write does not wait
     for the reader; elsewhere, or past the system's limit, the pipe keeps its size."""
+    try:
+        import fcntl  # not on Windows
+    except ImportError:
+        return
     setsize = getattr(fcntl, "F_SETPIPE_SZ", None)
     if setsize is not None:
         with contextlib.suppress(OSError):
