@@ -11,10 +11,12 @@ with a signed checkpoint per batch. The load comes from `--load-procs` processes
 keep-alive HTTP/1.1 connections on the same 2 cores as the brokers, so read the rate as a
 floor; the broker's CPU time per accepted submission is read from /proc and set beside the
 cost of verifying one envelope's signatures in this process (the one cost the broker cannot
-avoid), timed just before and just after each backend's run: their mean is the ratio's
-denominator, both are printed. (This machine's speed drifts by up to ~1.6x between minutes:
-one verification measured 0.384 and 0.606 ms in runs a minute apart, so a single timing
-before the load moved the ratio from 2.4x to 3.9x with the broker's CPU unchanged.) The
+avoid), timed DURING the run (`VerifySampler`: bursts of 10 verifications every 0.25 s on a thread
+of this otherwise idle process, the median of their own CPU time): the ratio's denominator.
+Timings just before and just after the run are printed too, and the ratio against their mean.
+(This machine's speed drifts by up to ~1.6x between minutes: one verification measured 0.384
+and 0.606 ms in runs a minute apart, so a single timing before the load moved the ratio from
+2.4x to 3.9x with the broker's CPU unchanged; before and after can both miss the run's minutes.) The
 signature workers' own CPU per submission (verification, plus each envelope's framing, the
 pipe and two SHA-256s) is set beside it too: measured in the same window as the broker's, it
 is an upper bound of verification under that load. On PostgreSQL the CPU of the server's
@@ -150,6 +152,48 @@ def verify_cost(items: list[tuple[str, bytes]], repeat: int = 400) -> float:
     return (time.process_time() - start) / len(envelopes)
 
 
+class VerifySampler:
+    """Verifications timed DURING the run, in a thread of this process (otherwise idle while
+    the load runs): every `every_s`, `burst` envelopes back to back (as a signature worker
+    verifies its share of a part, caches warm), timed by this thread's own CPU clock; a sample
+    is a burst's mean. So the ratio's denominator is what a verification cost on this machine
+    at the same moments as the broker's CPU was spent (the machine's speed drifts between
+    minutes, and timings before and after the run can both miss the run's minutes). Lone
+    verifications 20 ms apart, caches cold, cost ~1.5x a warm one under the same load: not
+    what the workers pay. It adds ~2% of a core (10 x ~0.4 ms every 0.25 s)."""
+
+    def __init__(self, items: list[tuple[str, bytes]], every_s: float = 0.25, burst: int = 10) -> None:
+        self.envelopes = [parse(e) for _, e in items[:200]]
+        self.keys = {c: ROSTER[c].signing.public_key for c in ROSTER}
+        self.every_s = every_s
+        self.burst = burst
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="verify-sampler", daemon=True)
+
+    def _loop(self) -> None:
+        n = 0
+        while not self._stop.wait(self.every_s):
+            start = time.thread_time()
+            for _ in range(self.burst):
+                envelope = self.envelopes[n % len(self.envelopes)]
+                verify(envelope, self.keys[envelope.header.originator])
+                n += 1
+            self.samples.append((time.thread_time() - start) / self.burst)
+
+    def __enter__(self) -> VerifySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def median_ms(self) -> float:
+        ordered = sorted(self.samples)
+        return 1000 * ordered[len(ordered) // 2] if ordered else float("nan")
+
+
 def integration_figures(url: str) -> dict[str, float]:
     """Integration against submission, from what the run left in the store: items accepted per
     second (their `received_ms`) and item leaves integrated per second (their log entries'
@@ -218,12 +262,13 @@ def run(
         cpu_before = sum(cpu_seconds(proc.pid) for _, proc in servers)
         own_before = sum(own_cpu_seconds(proc.pid) for _, proc in servers)
         server_before = server_cpu_seconds()
-        ready.wait()
-        start = time.perf_counter()
-        statuses: Counter[int] = Counter()
-        for _ in loaders:
-            statuses.update(out.get())
-        elapsed = time.perf_counter() - start
+        with VerifySampler(items) as sampler:
+            ready.wait()
+            start = time.perf_counter()
+            statuses: Counter[int] = Counter()
+            for _ in loaders:
+                statuses.update(out.get())
+            elapsed = time.perf_counter() - start
         cpu = sum(cpu_seconds(proc.pid) for _, proc in servers) - cpu_before
         own = sum(own_cpu_seconds(proc.pid) for _, proc in servers) - own_before
         server_cpu = server_cpu_seconds() - server_before
@@ -238,6 +283,8 @@ def run(
         "own_cpu_ms": 1000 * own / max(accepted, 1),  # the server processes' alone, no workers
         "server_cpu_ms": 1000 * server_cpu / max(accepted, 1),
         "logged": statuses[201] / max(accepted, 1),
+        "verify_during_ms": sampler.median_ms(),
+        "verify_samples": len(sampler.samples),
         **integration_figures(url),
     }
 
@@ -282,14 +329,17 @@ def main() -> int:
             after_ms = 1000 * verify_cost(items)
             verify_ms = (before_ms + after_ms) / 2
             workers_ms = figures["cpu_ms"] - figures["own_cpu_ms"]
+            during_ms = figures["verify_during_ms"]
             print(
                 f"{backend:>10}: verifying one envelope's signatures (Ed25519 + ML-DSA-65) in this process: "
-                f"{before_ms:.3f} ms of CPU before the run, {after_ms:.3f} ms after"
+                f"{before_ms:.3f} ms of CPU before the run, {after_ms:.3f} ms after, "
+                f"{during_ms:.3f} ms during it (median of {figures['verify_samples']:.0f})"
             )
             print(
                 f"{backend:>10} ({brokers} broker process{'es' if brokers > 1 else ''}): "
                 f"{figures['rate']:7.1f} accepted submissions/s | broker CPU {figures['cpu_ms']:.2f} ms "
-                f"per submission = {figures['cpu_ms'] / verify_ms:.1f}x signature verification "
+                f"per submission = {figures['cpu_ms'] / during_ms:.1f}x signature verification timed "
+                f"during the run ({figures['cpu_ms'] / verify_ms:.1f}x the mean of before and after) "
                 f"({figures['cpu_ms'] / workers_ms:.1f}x the signature workers' CPU in the same run) "
                 f"({figures['own_cpu_ms']:.2f} ms in the server process{'es' if brokers > 1 else ''}, "
                 f"the rest in {'their' if brokers > 1 else 'its'} signature workers) | "
