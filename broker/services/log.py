@@ -291,11 +291,19 @@ def integrate(
     now_ms: int,
     busy: Callable[[Session], None] | None = None,
     tip: Tip | None = None,
+    staged: dict[str, dict[str, Any]] | None = None,
 ) -> Integrated | None:
     """Integrate up to BATCH pending leaves in the caller's transaction; None if nothing to do
     or another process is integrating (then `busy` is called). `tip`: the tree as this
     process's last committed integration left it, used instead of reading the frontier and
-    the last inboxes leaf back when the log's size (read under the lock) is still its size."""
+    the last inboxes leaf back when the log's size (read under the lock) is still its size.
+
+    `staged`: items accepted in this transaction and not inserted yet (services/submit.py
+    `accept_batch`), item id -> row. Those integrated here are inserted with their log index
+    and taken out of it; the caller inserts what is left. An item row written once, not
+    inserted then updated: on SQLite an update rewrites the whole row with its ~23 KB envelope
+    (its overflow pages), on PostgreSQL it is a new row version with new entries in every
+    index of the table (the log index is one of them)."""
     if not _take_lock(session):
         if busy is not None:
             busy(session)
@@ -315,10 +323,13 @@ def integrate(
             _previous_inboxes(session, size),
         )
 
+    staged = staged if staged is not None else {}
     item_ids = [p.ref for p in pending if p.kind == "item"]
+    stored_ids = [i for i in item_ids if i not in staged]
     items: dict[str, Any] = (
-        {i.item_id: i for i in connection.execute(_ITEMS_TO_LOG, {"ids": item_ids})} if item_ids else {}
+        {i.item_id: i for i in connection.execute(_ITEMS_TO_LOG, {"ids": stored_ids})} if stored_ids else {}
     )
+    items.update((i, _Staged(staged[i])) for i in item_ids if i in staged)
     recipients = {item_id: item.recipients.split(",") for item_id, item in items.items()}
     next_seq, sizes, counters = _reserve_seqs(session, [r for i in item_ids for r in recipients[i]])
 
@@ -326,6 +337,7 @@ def integrate(
     logged: dict[str, tuple[int, dict[str, int]]] = {}
     deliveries: dict[str, list[tuple[int, dict[str, Any], int | None]]] = defaultdict(list)
     item_updates: list[dict[str, object]] = []
+    new_items: list[dict[str, Any]] = []
     new_deliveries: list[dict[str, object]] = []
     leaf_hashes: list[bytes] = []
     index = size
@@ -346,7 +358,10 @@ def integrate(
             }
         )
         if row.kind == "item":
-            item_updates.append({"b_item": row.ref, "b_index": index})
+            if row.ref in staged:
+                new_items.append({**staged.pop(row.ref), "log_index": index})
+            else:
+                item_updates.append({"b_item": row.ref, "b_index": index})
             logged[row.ref] = (index, seqs)
             item = items[row.ref]
             shown = queries.delivery_view({**item._mapping, "seq": 0, "state": "pending", "log_index": index})
@@ -400,6 +415,7 @@ def integrate(
             commitments=commitments,
             entries=entries,
             nodes=[{"level": lv, "idx": ix, "hash": h} for (lv, ix), h in new_nodes] if entries else [],
+            items=new_items,
             item_updates=item_updates,
             deliveries=new_deliveries,
             done=[p.id for p in pending],
@@ -420,7 +436,8 @@ class _Writes:
     commitments: list[dict[str, object]]  # the openings of the batch's inboxes leaf
     entries: list[dict[str, object]]  # the new leaves
     nodes: list[dict[str, object]]  # the new perfect subtrees
-    item_updates: list[dict[str, object]]  # b_item, b_index: each item's log index
+    items: list[dict[str, Any]]  # items accepted in this transaction, with their log index
+    item_updates: list[dict[str, object]]  # b_item, b_index: each earlier item's log index
     deliveries: list[dict[str, object]]  # with their inbox numbers
     done: list[int]  # the log_pending rows integrated
     size: int  # the log's size after
@@ -438,6 +455,8 @@ def _write(session: Session, w: _Writes) -> None:
     thirteenth session). On SQLite, where a statement is a function call, one statement each
     (bulk.execute_many)."""
     connection = session.connection()
+    if w.items:  # before their deliveries, whose item_id is a foreign key
+        queries.insert_items(session, w.items)
     if connection.dialect.name == "postgresql":
         sql, order = _pg_write_sql(connection)
         params: dict[str, object] = {"size": w.size, "p_id": w.done}
@@ -506,6 +525,21 @@ def _pg_write_sql(connection: Connection) -> tuple[str, tuple[tuple[str, str, tu
         sql = "WITH " + ", ".join(f"w{n} AS ({part})" for n, part in enumerate(parts)) + " SELECT 1"
         _pg_write = (sql, _PG_PARTS)
     return _pg_write
+
+
+class _Staged:
+    """An item row not inserted yet (`integrate`'s `staged`), read as a row of _ITEMS_TO_LOG."""
+
+    __slots__ = ("_mapping",)
+
+    def __init__(self, row: Mapping[str, Any]) -> None:
+        self._mapping = row
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._mapping[name]
+        except KeyError:
+            raise AttributeError(name) from None
 
 
 def _reserve_seqs(
@@ -608,8 +642,11 @@ class Integrator:
         # set only after a commit, checked against the log's size before every use
         self.tip: Tip | None = None
 
-    def integrate_in(self, session: Session) -> Integrated | None:
-        """Integrate in the caller's transaction; the caller must call `committed` after."""
+    def integrate_in(
+        self, session: Session, staged: dict[str, dict[str, Any]] | None = None
+    ) -> Integrated | None:
+        """Integrate in the caller's transaction (`staged`: as `integrate`'s); the caller must
+        call `committed` after."""
         busy = False
 
         def held_elsewhere(session: Session) -> None:
@@ -617,7 +654,7 @@ class Integrator:
             busy = True
             self._lock_held_elsewhere(session)
 
-        result = integrate(session, self.signer, self.clock(), held_elsewhere, self.tip)
+        result = integrate(session, self.signer, self.clock(), held_elsewhere, self.tip, staged)
         if not busy:
             self._busy_since = None
         if result is not None and result.items:

@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -41,6 +42,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .. import metrics
 from ..problems import Problem
+from ..store import queries
 from ..store.db import transaction
 from ..store.models import Item
 from .health import Outage, is_outage
@@ -221,10 +223,14 @@ class Sequencer:
         for attempt in range(3):
             try:
                 with transaction(self.factory) as session:
+                    # the new items' rows are written by the integration, with their log index
+                    staged: dict[str, dict[str, Any]] = {}
                     answers = accept_batch(
-                        session, self.registry_cache, [t.prepared for t in batch], self.quotas
+                        session, self.registry_cache, [t.prepared for t in batch], self.quotas, staged
                     )
-                    integrated = self.integrator.integrate_in(session)
+                    integrated = self.integrator.integrate_in(session, staged)
+                    if staged:  # not integrated here: another process holds the lock, or a backlog
+                        queries.insert_items(session, list(staged.values()))
                 break
             except IntegrityError:
                 # Another process stored one of these item ids after we looked, or the first

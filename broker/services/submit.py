@@ -259,6 +259,7 @@ def accept_batch(
     registry_cache: RegistryCache,
     batch: Sequence[Prepared],
     quotas: QuotaBook | None = None,
+    staged: dict[str, dict[str, Any]] | None = None,
 ) -> list[Receipt | Problem]:
     """Store every acceptable item of `batch` in the caller's transaction (items, their
     with their recipients, and their log staging rows; the integrator writes the deliveries
@@ -271,7 +272,11 @@ def accept_batch(
     lock, so no directory or policy change can commit between these checks and the commit.
     Each originator's stored-bytes row is locked (in code order: no deadlock) until the
     commit, so that its quota holds across broker processes; only batches of the same
-    originator wait for each other on it."""
+    originator wait for each other on it.
+
+    With `staged`, the new items' rows are put there (item id -> row) instead of inserted, for
+    an integration in the same transaction to insert them with their log index
+    (`log.integrate`'s `staged`); the caller inserts whatever it left (`insert_staged`)."""
     registry = registry_cache.get(session, share_lock=True)
     book = quotas if quotas is not None else QuotaBook()
     usage = _Usage.lock(session, {p.envelope.header.originator for p in batch})
@@ -317,9 +322,10 @@ def accept_batch(
         pending.append({"kind": "item", "ref": item_id, "created_ms": prepared.now_ms})
         answers[position] = Receipt(item_id, None, prepared.now_ms, header.recipient_countries, created=True)
     if items:
-        # not as arrays on PostgreSQL: a bytea array travels as hex text, and the envelopes
-        # (~23 KB each) made that dearer than SQLAlchemy's executemany (bench/store.py)
-        execute_many(session, "submit.items", insert(ITEMS), items, arrays=False)
+        if staged is None:
+            queries.insert_items(session, items)
+        else:
+            staged.update((row["item_id"], row) for row in items)
         execute_many(session, "submit.pending", insert(PENDING), pending)
         usage.write(session)
     for item_id, positions in existing.items():

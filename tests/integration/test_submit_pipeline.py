@@ -173,6 +173,44 @@ def test_each_envelope_of_a_batch_is_answered_on_its_own(world: World) -> None:
     assert world.count("deliveries") == 3
 
 
+def test_a_batch_logged_where_it_is_stored_writes_each_item_row_once(world: World) -> None:
+    """When the process that stores a batch also integrates it (in the same transaction), each
+    item row is inserted with its log index, never inserted and then updated: an update
+    rewrites the row's ~23 KB envelope on SQLite and makes a new row version with new index
+    entries on PostgreSQL (services/log.py `integrate`'s `staged`)."""
+    from sqlalchemy import event
+
+    world.settle()
+    engine = world.client.app.state.engine  # type: ignore[attr-defined]
+    statements: list[str] = []
+    updated: list[object] = []  # PostgreSQL: the items the integration's one statement updates
+
+    def seen(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        statements.append(" ".join(statement.split()).lower())
+        if isinstance(parameters, dict) and "i_b_item" in parameters:
+            updated.extend(parameters["i_b_item"])
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        envelopes = [world.seal("KOR", ["USA", "JPN"]) for _ in range(3)]
+        r = post_batch(world, "KOR", envelopes)
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert r.status_code == 200, r.text
+    assert [x["status"] for x in r.json()["results"]] == [201, 201, 201]
+    assert all(x["receipt"]["log_index"] is not None for x in r.json()["results"])
+    assert [s for s in statements if s.startswith("insert into items")]
+    assert not [s for s in statements if s.startswith("update items")]
+    assert updated == []
+    engine2 = make_engine(world.url)
+    try:
+        with engine2.connect() as conn:
+            indexes = conn.execute(text("SELECT log_index FROM items")).scalars().all()
+    finally:
+        engine2.dispose()
+    assert len(indexes) == 3 and None not in indexes
+
+
 def test_a_batchs_policy_decisions_are_each_envelopes_own(world: World) -> None:
     """The store decides a batch's recipients once per question (originator, markings, the
     recipients and the keys they were sealed to, the arrival time): envelopes that differ in
