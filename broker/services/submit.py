@@ -261,8 +261,8 @@ def accept_batch(
     quotas: QuotaBook | None = None,
     staged: dict[str, dict[str, Any]] | None = None,
 ) -> list[Receipt | Problem]:
-    """Store every acceptable item of `batch` in the caller's transaction (items, their
-    with their recipients, and their log staging rows; the integrator writes the deliveries
+    """Store every acceptable item of `batch` in the caller's transaction (items with their
+    recipients, and their log staging rows; the integrator writes the deliveries
     with their inbox numbers): one answer per entry, in
     order. An identical re-submission (earlier, or earlier in the same batch) is answered with
     the stored receipt; different bytes under a known id are a conflict.
@@ -276,7 +276,7 @@ def accept_batch(
 
     With `staged`, the new items' rows are put there (item id -> row) instead of inserted, for
     an integration in the same transaction to insert them with their log index
-    (`log.integrate`'s `staged`); the caller inserts whatever it left (`insert_staged`)."""
+    (`log.integrate`'s `staged`); the caller inserts whatever it left (`queries.insert_items`)."""
     registry = registry_cache.get(session, share_lock=True)
     book = quotas if quotas is not None else QuotaBook()
     usage = _Usage.lock(session, {p.envelope.header.originator for p in batch})
